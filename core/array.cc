@@ -1,0 +1,97 @@
+#include "core/array.h"
+
+#include <cassert>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_join.h"
+
+namespace nt {
+
+int64_t NumElements(absl::Span<const int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string ShapeToString(absl::Span<const int64_t> shape) {
+  return "(" + absl::StrJoin(shape, ", ") + (shape.size() == 1 ? ",)" : ")");
+}
+
+Array::Array(Shape shape, std::vector<double> data) : shape_(std::move(shape)), data_(std::move(data)) {
+  assert(static_cast<int64_t>(data_.size()) == NumElements(shape_));
+}
+
+Array Array::Reshaped(Shape shape) const {
+  assert(NumElements(shape) == size());
+  return Array(std::move(shape), data_);
+}
+
+Array Transpose(const Array& a, absl::Span<const int> perm) {
+  const int r = a.rank();
+  Shape out_shape(r);
+  for (int i = 0; i < r; ++i) out_shape[i] = a.dim(perm[i]);
+  Array out(out_shape);
+  if (a.size() == 0) return out;
+  // Strides of the input, permuted into output axis order.
+  std::vector<int64_t> in_stride(r, 1);
+  for (int i = r - 2; i >= 0; --i) in_stride[i] = in_stride[i + 1] * a.dim(i + 1);
+  std::vector<int64_t> stride(r);
+  for (int i = 0; i < r; ++i) stride[i] = in_stride[perm[i]];
+  std::vector<int64_t> idx(r, 0);
+  const double* src = a.data();
+  double* dst = out.data();
+  const int64_t n = out.size();
+  // Innermost axis as a strided loop, outer axes as an odometer.
+  const int64_t inner = r ? out_shape[r - 1] : 1;
+  const int64_t inner_stride = r ? stride[r - 1] : 0;
+  int64_t offset = 0;
+  for (int64_t e = 0; e < n; e += inner) {
+    for (int64_t k = 0; k < inner; ++k) dst[e + k] = src[offset + k * inner_stride];
+    for (int ax = r - 2; ax >= 0; --ax) {
+      if (++idx[ax] < out_shape[ax]) {
+        offset += stride[ax];
+        break;
+      }
+      offset -= stride[ax] * (out_shape[ax] - 1);
+      idx[ax] = 0;
+    }
+  }
+  return out;
+}
+
+std::vector<int> MirrorPermutation(int rank, bool pair_trailing) {
+  std::vector<int> perm(rank);
+  for (int i = 0; i < rank; ++i) perm[i] = i;
+  if (rank >= 2) std::swap(perm[0], perm[1]);
+  if (pair_trailing) {
+    for (int i = 2; i + 1 < rank; i += 2) std::swap(perm[i], perm[i + 1]);
+  }
+  return perm;
+}
+
+void PlaceBlock(const Array& block_in, int tiled_axes, int64_t row, int64_t col, bool mirror,
+                bool full_spatial, Array* full) {
+  const Array* block = &block_in;
+  Array mirrored;
+  if (mirror) {
+    mirrored = Transpose(block_in, MirrorPermutation(block_in.rank(), full_spatial));
+    block = &mirrored;
+    std::swap(row, col);
+  }
+  const int64_t rows = block->dim(0);
+  if (tiled_axes == 1) {
+    const int64_t inner = NumElements(absl::MakeConstSpan(block->shape()).subspan(1));
+    std::memcpy(full->data() + row * inner, block->data(), sizeof(double) * rows * inner);
+    return;
+  }
+  const int64_t cols = block->dim(1);
+  const int64_t inner = NumElements(absl::MakeConstSpan(block->shape()).subspan(2));
+  const int64_t full_cols = full->dim(1);
+  for (int64_t i = 0; i < rows; ++i) {
+    std::memcpy(full->data() + ((row + i) * full_cols + col) * inner,
+                block->data() + i * cols * inner, sizeof(double) * cols * inner);
+  }
+}
+
+}  // namespace nt

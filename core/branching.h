@@ -1,0 +1,49 @@
+// FanOut, FanInSum and Identity.
+#ifndef NT_CORE_BRANCHING_H_
+#define NT_CORE_BRANCHING_H_
+
+#include "core/layer.h"
+
+namespace nt {
+
+class IdentityLayer : public Layer {
+ public:
+  std::string name() const override { return "Identity"; }
+  absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override { return in; }
+  absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow& x) const override { return x; }
+
+ protected:
+  absl::Status TransformKernel(KernelFlow*, const KernelContext&) const override {
+    return absl::OkStatus();
+  }
+};
+
+// num perfectly correlated copies of the input.
+class FanOutLayer : public Layer {
+ public:
+  explicit FanOutLayer(int num) : num_(num) {}
+  std::string name() const override { return "FanOut"; }
+  absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
+  absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow& x) const override;
+
+ protected:
+  absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
+
+ private:
+  int num_;
+};
+
+// Sum of independent branches; more than one input must be Gaussian.
+class FanInSumLayer : public Layer {
+ public:
+  std::string name() const override { return "FanInSum"; }
+  absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
+  absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow& x) const override;
+
+ protected:
+  absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
+};
+
+}  // namespace nt
+
+#endif  // NT_CORE_BRANCHING_H_

@@ -1,0 +1,217 @@
+#include "core/combinators.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace nt {
+
+namespace {
+
+// Upstream's serial key schedule: (key, layer_key) = split(key) before each layer.
+std::vector<RngKey> SerialKeys(const RngKey& key, size_t n) {
+  std::vector<RngKey> keys;
+  RngKey k = key;
+  for (size_t i = 0; i < n; ++i) {
+    std::vector<RngKey> two = k.Split(2);
+    k = two[0];
+    keys.push_back(two[1]);
+  }
+  return keys;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------
+SerialLayer::SerialLayer(std::vector<LayerPtr> layers) : layers_(std::move(layers)) {
+  for (const LayerPtr& l : layers_) req_ = FoldSerial(req_, l->requirements());
+}
+
+int64_t SerialLayer::NumLayers() const {
+  int64_t n = 0;
+  for (const LayerPtr& l : layers_) n += l->NumLayers();
+  return n;
+}
+
+absl::StatusOr<ShapeFlow> SerialLayer::OutputShape(const ShapeFlow& in) const {
+  ShapeFlow s = in;
+  for (const LayerPtr& l : layers_) {
+    auto next = l->OutputShape(s);
+    if (!next.ok()) return next.status();
+    s = *std::move(next);
+  }
+  return s;
+}
+
+absl::StatusOr<Params> SerialLayer::Init(const RngKey& key, const ShapeFlow& in) const {
+  Params p;
+  ShapeFlow s = in;
+  std::vector<RngKey> keys = SerialKeys(key, layers_.size());
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    auto child = layers_[i]->Init(keys[i], s);
+    if (!child.ok()) return child.status();
+    p.children.push_back(*std::move(child));
+    auto next = layers_[i]->OutputShape(s);
+    if (!next.ok()) return next.status();
+    s = *std::move(next);
+  }
+  return p;
+}
+
+absl::StatusOr<ArrayFlow> SerialLayer::Apply(const Params& params, const ArrayFlow& x) const {
+  if (params.children.size() != layers_.size()) {
+    return LayerError(name(), "params", absl::StrCat("expected ", layers_.size(),
+                                                     " entries, got ", params.children.size()));
+  }
+  ArrayFlow y = x;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    auto next = layers_[i]->Apply(params.children[i], y);
+    if (!next.ok()) return next.status();
+    y = *std::move(next);
+  }
+  return y;
+}
+
+absl::Status SerialLayer::TransformKernel(KernelFlow* k, const KernelContext& ctx) const {
+  for (const LayerPtr& l : layers_) {
+    if (absl::Status st = l->ApplyKernel(k, ctx); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------------
+ParallelLayer::ParallelLayer(std::vector<LayerPtr> layers) : layers_(std::move(layers)) {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    req_ = i == 0 ? layers_[i]->requirements() : FoldParallel(req_, layers_[i]->requirements());
+  }
+}
+
+absl::Status ParallelLayer::CheckArity(size_t n, bool is_list) const {
+  if (!is_list || n != layers_.size()) {
+    return LayerError(name(), "", absl::StrCat("has ", layers_.size(), " branches but received ",
+                                               is_list ? absl::StrCat("a list of ", n) : "a single input",
+                                               " (use FanOut before parallel)"));
+  }
+  return absl::OkStatus();
+}
+
+int64_t ParallelLayer::NumLayers() const {
+  int64_t n = 0;
+  for (const LayerPtr& l : layers_) n += l->NumLayers();
+  return n;
+}
+
+absl::StatusOr<ShapeFlow> ParallelLayer::OutputShape(const ShapeFlow& in) const {
+  if (absl::Status st = CheckArity(in.items.size(), in.is_list); !st.ok()) return st;
+  std::vector<Shape> out;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    auto s = layers_[i]->OutputShape(ShapeFlow::Single(in.items[i]));
+    if (!s.ok()) return s.status();
+    if (s->is_list) {
+      return LayerUnimplemented(name(), absl::StrCat("branch ", i,
+                                                     " returns a list; nested lists are not supported"));
+    }
+    out.push_back(s->single());
+  }
+  return ShapeFlow::List(std::move(out));
+}
+
+absl::StatusOr<Params> ParallelLayer::Init(const RngKey& key, const ShapeFlow& in) const {
+  if (absl::Status st = CheckArity(in.items.size(), in.is_list); !st.ok()) return st;
+  std::vector<RngKey> keys = key.Split(static_cast<int>(layers_.size()));
+  Params p;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    auto child = layers_[i]->Init(keys[i], ShapeFlow::Single(in.items[i]));
+    if (!child.ok()) return child.status();
+    p.children.push_back(*std::move(child));
+  }
+  return p;
+}
+
+absl::StatusOr<ArrayFlow> ParallelLayer::Apply(const Params& params, const ArrayFlow& x) const {
+  if (absl::Status st = CheckArity(x.items.size(), x.is_list); !st.ok()) return st;
+  if (params.children.size() != layers_.size()) {
+    return LayerError(name(), "params", "wrong number of entries");
+  }
+  std::vector<Array> out;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    auto y = layers_[i]->Apply(params.children[i], ArrayFlow::Single(x.items[i]));
+    if (!y.ok()) return y.status();
+    out.push_back(std::move(y->single()));
+  }
+  return ArrayFlow::List(std::move(out));
+}
+
+absl::Status ParallelLayer::TransformKernel(KernelFlow* k, const KernelContext& ctx) const {
+  if (absl::Status st = CheckArity(k->items.size(), k->is_list); !st.ok()) return st;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    KernelFlow branch = KernelFlow::Single(std::move(k->items[i]));
+    if (absl::Status st = layers_[i]->ApplyKernel(&branch, ctx); !st.ok()) return st;
+    if (branch.is_list) {
+      return LayerUnimplemented(name(), absl::StrCat("branch ", i,
+                                                     " returns a list; nested lists are not supported"));
+    }
+    k->items[i] = std::move(branch.single());
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------------
+RepeatLayer::RepeatLayer(LayerPtr layer, int n) : layer_(std::move(layer)), n_(n) {}
+
+Requirements RepeatLayer::requirements() const { return layer_->requirements(); }
+
+absl::StatusOr<ShapeFlow> RepeatLayer::OutputShape(const ShapeFlow& in) const {
+  if (n_ < 0) return LayerError(name(), "n", absl::StrCat("must be >= 0, got ", n_));
+  if (n_ == 0) return in;
+  auto out = layer_->OutputShape(in);
+  if (!out.ok()) return out.status();
+  if (out->items != in.items || out->is_list != in.is_list) {
+    return LayerError(name(), "layer",
+                      absl::StrCat("the repeated layer ", layer_->name(),
+                                   " must keep its input shape, but maps ",
+                                   ShapeToString(in.items.front()), " to ",
+                                   ShapeToString(out->items.front())));
+  }
+  return out;
+}
+
+absl::StatusOr<Params> RepeatLayer::Init(const RngKey& key, const ShapeFlow& in) const {
+  auto shape_ok = OutputShape(in);
+  if (!shape_ok.ok()) return shape_ok.status();
+  Params p;
+  std::vector<RngKey> keys = SerialKeys(key, n_);
+  for (int i = 0; i < n_; ++i) {
+    auto child = layer_->Init(keys[i], in);
+    if (!child.ok()) return child.status();
+    p.children.push_back(*std::move(child));
+  }
+  return p;
+}
+
+absl::StatusOr<ArrayFlow> RepeatLayer::Apply(const Params& params, const ArrayFlow& x) const {
+  if (params.children.size() != static_cast<size_t>(n_)) {
+    return LayerError(name(), "params", "wrong number of entries");
+  }
+  ArrayFlow y = x;
+  for (int i = 0; i < n_; ++i) {
+    auto next = layer_->Apply(params.children[i], y);
+    if (!next.ok()) return next.status();
+    y = *std::move(next);
+  }
+  return y;
+}
+
+absl::Status RepeatLayer::TransformKernel(KernelFlow* k, const KernelContext& ctx) const {
+  if (n_ < 0) return LayerError(name(), "n", absl::StrCat("must be >= 0, got ", n_));
+  for (int i = 0; i < n_; ++i) {
+    const bool reversed = k->items.front().is_reversed;
+    if (absl::Status st = layer_->ApplyKernel(k, ctx); !st.ok()) return st;
+    if (k->items.front().is_reversed != reversed) {
+      return LayerError(name(), "layer",
+                        "the repeated layer changes the kernel's metadata (is_reversed); repeat an "
+                        "even number of such layers as one block instead");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace nt

@@ -1,0 +1,75 @@
+// serial, parallel and repeat.
+#ifndef NT_CORE_COMBINATORS_H_
+#define NT_CORE_COMBINATORS_H_
+
+#include <vector>
+
+#include "core/layer.h"
+
+namespace nt {
+
+class SerialLayer : public Layer {
+ public:
+  explicit SerialLayer(std::vector<LayerPtr> layers);
+  std::string name() const override { return "serial"; }
+  Requirements requirements() const override { return req_; }
+  absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
+  absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
+  absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  const std::vector<LayerPtr>& layers() const { return layers_; }
+  int64_t NumLayers() const override;
+
+ protected:
+  absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
+  bool is_combinator() const override { return true; }
+
+ private:
+  std::vector<LayerPtr> layers_;
+  Requirements req_;
+};
+
+// Branch i acts on input i; the output is the list of branch outputs.
+class ParallelLayer : public Layer {
+ public:
+  explicit ParallelLayer(std::vector<LayerPtr> layers);
+  std::string name() const override { return "parallel"; }
+  Requirements requirements() const override { return req_; }
+  absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
+  absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
+  absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  int64_t NumLayers() const override;
+
+ protected:
+  absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
+  bool is_combinator() const override { return true; }
+
+ private:
+  absl::Status CheckArity(size_t n, bool is_list) const;
+  std::vector<LayerPtr> layers_;
+  Requirements req_;
+};
+
+// serial(layer, ..., layer) with n copies sharing the layer's definition (parameters are not shared).
+// The layer must preserve shapes and kernel metadata, as upstream's compiled loop requires.
+class RepeatLayer : public Layer {
+ public:
+  RepeatLayer(LayerPtr layer, int n);
+  std::string name() const override { return "repeat"; }
+  Requirements requirements() const override;
+  absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
+  absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
+  absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  int64_t NumLayers() const override { return n_ * layer_->NumLayers(); }
+
+ protected:
+  absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
+  bool is_combinator() const override { return true; }
+
+ private:
+  LayerPtr layer_;
+  int n_;
+};
+
+}  // namespace nt
+
+#endif  // NT_CORE_COMBINATORS_H_

@@ -1,0 +1,137 @@
+#include "core/elementwise.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace nt {
+
+namespace {
+
+constexpr int64_t kChunk = 256;
+
+// Spatial offsets (into the flattened (s1..sS) positions) of the left and right member of every
+// trailing-axes entry of an array in full (interleaved pairs) or diagonal spatial layout.
+void SpatialOffsets(const Shape& sizes, bool diagonal_spatial, std::vector<int64_t>* left,
+                    std::vector<int64_t>* right) {
+  const int s = static_cast<int>(sizes.size());
+  const int64_t p = NumElements(sizes);
+  const int64_t inner = diagonal_spatial ? p : p * p;
+  left->assign(inner, 0);
+  right->assign(inner, 0);
+  // Odometer over the trailing axes of the array, most significant first.
+  std::vector<int64_t> dims;
+  for (int d = 0; d < s; ++d) {
+    dims.push_back(sizes[d]);
+    if (!diagonal_spatial) dims.push_back(sizes[d]);
+  }
+  std::vector<int64_t> idx(dims.size(), 0);
+  for (int64_t e = 0; e < inner; ++e) {
+    int64_t l = 0, r = 0;
+    for (int d = 0; d < s; ++d) {
+      const int64_t il = diagonal_spatial ? idx[d] : idx[2 * d];
+      const int64_t ir = diagonal_spatial ? idx[d] : idx[2 * d + 1];
+      l = l * sizes[d] + il;
+      r = r * sizes[d] + ir;
+    }
+    (*left)[e] = l;
+    (*right)[e] = r;
+    for (int a = static_cast<int>(dims.size()) - 1; a >= 0; --a) {
+      if (++idx[a] < dims[a]) break;
+      idx[a] = 0;
+    }
+  }
+}
+
+// Applies the pair map to an array with `batch_axes` leading axes whose entries pair d_left[row] with
+// d_right[col] (rows x cols batch grid; for one batch axis, row == col). `ntk` (same shape as `a`, may be
+// null) is multiplied by tdot in place.
+void MapArray(const ElementwiseLayer& layer, int batch_axes, const Array& d_left,
+              const Array& d_right, const std::vector<int64_t>& off_l,
+              const std::vector<int64_t>& off_r, int64_t p, Array* a, Array* ntk) {
+  const int64_t rows = a->dim(0);
+  const int64_t cols = batch_axes == 2 ? a->dim(1) : 1;
+  const int64_t inner = static_cast<int64_t>(off_l.size());
+  const int64_t row_len = cols * inner;
+  double q11[kChunk], q22[kChunk], t[kChunk], tdot[kChunk];
+  for (int64_t i = 0; i < rows; ++i) {
+    double* row = a->data() + i * row_len;
+    double* nrow = ntk ? ntk->data() + i * row_len : nullptr;
+    const double* dl = d_left.data() + i * p;
+    int64_t j = 0, e = 0;  // Column and inner index of the chunk's first entry.
+    for (int64_t start = 0; start < row_len; start += kChunk) {
+      const int64_t n = std::min(kChunk, row_len - start);
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t col = batch_axes == 2 ? j : i;
+        q11[k] = dl[off_l[e]];
+        q22[k] = d_right[col * p + off_r[e]];
+        if (++e == inner) {
+          e = 0;
+          ++j;
+        }
+      }
+      layer.PairMap(q11, row + start, q22, n, t, nrow ? tdot : nullptr);
+      std::copy(t, t + n, row + start);
+      if (nrow) {
+        for (int64_t k = 0; k < n; ++k) nrow[start + k] *= tdot[k];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Requirements ElementwiseLayer::requirements() const {
+  Requirements r;
+  r.diagonal_spatial = Diagonal{};
+  return r;
+}
+
+absl::StatusOr<ShapeFlow> ElementwiseLayer::OutputShape(const ShapeFlow& in) const {
+  if (absl::Status st = ExpectSingle(name(), in.is_list, in.items.size()); !st.ok()) return st;
+  return in;
+}
+
+absl::StatusOr<ArrayFlow> ElementwiseLayer::Apply(const Params&, const ArrayFlow& x) const {
+  if (absl::Status st = ExpectSingle(name(), x.is_list, x.items.size()); !st.ok()) return st;
+  ArrayFlow y = x;
+  for (double& v : y.single().vec()) v = Phi(v);
+  return y;
+}
+
+void ElementwiseLayer::DiagMap(const double* q, int64_t n, double* t) const {
+  PairMap(q, q, q, n, t, nullptr);
+}
+
+absl::Status ElementwiseLayer::TransformKernel(KernelFlow* kf, const KernelContext&) const {
+  if (absl::Status st = ExpectSingle(name(), kf->is_list, kf->items.size()); !st.ok()) return st;
+  Kernel& k = kf->single();
+  if (!k.is_gaussian) {
+    return LayerError(name(), "",
+                      "the input to an activation must be Gaussian: apply a random affine layer "
+                      "(Dense, Conv, attention) before it");
+  }
+  const int s = k.num_spatial();
+  const int cb = CovBatchAxes(k);
+  const Array d1 = GetDiagonal(k.cov1, cb, k.diagonal_spatial, s);
+  const Array d2 = k.cov2 ? GetDiagonal(*k.cov2, cb, k.diagonal_spatial, s) : d1;
+  const Shape sizes(d1.shape().begin() + 1, d1.shape().end());
+  const int64_t p = NumElements(sizes);
+  std::vector<int64_t> off_l, off_r;
+  SpatialOffsets(sizes, k.diagonal_spatial, &off_l, &off_r);
+
+  Array* ntk = (k.ntk && k.ntk->rank() > 0) ? &*k.ntk : nullptr;  // A rank-0 NTK is 0 and stays 0.
+  MapArray(*this, 2, d1, d2, off_l, off_r, p, &k.nngp, ntk);
+  auto map_cov = [&](Array* cov, const Array& d) {
+    if (cb == 1 && k.diagonal_spatial) {
+      DiagMap(cov->data(), cov->size(), cov->data());
+    } else {
+      MapArray(*this, cb, d, d, off_l, off_r, p, cov, nullptr);
+    }
+  };
+  map_cov(&k.cov1, d1);
+  if (k.cov2) map_cov(&*k.cov2, d2);
+  k.is_gaussian = false;
+  return absl::OkStatus();
+}
+
+}  // namespace nt

@@ -1,0 +1,33 @@
+// Shared machinery of elementwise nonlinearities: the kernel maps are evaluated over whole arrays in
+// chunks, with (q11, q12, q22) gathered per chunk so that a layer's map is one tight loop.
+#ifndef NT_CORE_ELEMENTWISE_H_
+#define NT_CORE_ELEMENTWISE_H_
+
+#include <cstdint>
+
+#include "core/layer.h"
+
+namespace nt {
+
+class ElementwiseLayer : public Layer {
+ public:
+  Requirements requirements() const override;
+  absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
+  absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+
+  // E[phi(u) phi(v)] (into t) and E[phi'(u) phi'(v)] (into tdot, when not null) for (u, v) centred
+  // Gaussian with covariance [[q11, q12], [q12, q22]], for n entries.
+  virtual void PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
+                       double* tdot) const = 0;
+  // E[phi(u)^2] for variance q; default: PairMap(q, q, q).
+  virtual void DiagMap(const double* q, int64_t n, double* t) const;
+  // phi(x) for the finite network.
+  virtual double Phi(double x) const = 0;
+
+ protected:
+  absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
+};
+
+}  // namespace nt
+
+#endif  // NT_CORE_ELEMENTWISE_H_

@@ -1,0 +1,26 @@
+// Erf(a, b, c) = a erf(b x) + c, and Sigmoid_like.
+#ifndef NT_CORE_ERF_H_
+#define NT_CORE_ERF_H_
+
+#include "core/elementwise.h"
+
+namespace nt {
+
+class ErfLayer : public ElementwiseLayer {
+ public:
+  ErfLayer(double a, double b, double c, std::string name = "Erf")
+      : a_(a), b_(b), c_(c), name_(std::move(name)) {}
+  std::string name() const override { return name_; }
+  void PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
+               double* tdot) const override;
+  void DiagMap(const double* q, int64_t n, double* t) const override;
+  double Phi(double x) const override { return a_ * std::erf(b_ * x) + c_; }
+
+ private:
+  double a_, b_, c_;
+  std::string name_;
+};
+
+}  // namespace nt
+
+#endif  // NT_CORE_ERF_H_

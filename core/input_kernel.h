@@ -1,0 +1,38 @@
+// Building the input Kernel from raw arrays (core.md section 2.3), tile by tile.
+#ifndef NT_CORE_INPUT_KERNEL_H_
+#define NT_CORE_INPUT_KERNEL_H_
+
+#include "absl/status/statusor.h"
+#include "core/array.h"
+#include "core/kernel.h"
+
+namespace nt {
+
+// An input batch rearranged to (N, P, C): batch first, positions in input order, channels last.
+struct CanonicalInput {
+  Array x;          // (N, P, C)
+  Shape spatial;    // Spatial sizes in input order (empty for flat inputs).
+  Shape shape;      // The (post-flatten) activation shape, as shape1/shape2 report it.
+  int batch_axis = 0;
+  int channel_axis = 1;
+  int64_t n() const { return x.dim(0); }
+  int64_t p() const { return x.dim(1); }
+  int64_t c() const { return x.dim(2); }
+};
+
+// `flatten` reproduces channel_axis=None (a Flatten first layer): inputs become (N, prod(rest)).
+absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int channel_axis,
+                                            bool flatten, const std::string& field);
+
+// nngp of rows [r0, r1) of a against rows [c0, c1) of b: (r, c) + Sp, divided by a's channel count.
+Array InputNngp(const CanonicalInput& a, int64_t r0, int64_t r1, const CanonicalInput& b, int64_t c0,
+                int64_t c1, bool diagonal_spatial);
+// Diagonal-batch covariance of rows [r0, r1): (r,) + Sp.
+Array InputCovDiag(const CanonicalInput& a, int64_t r0, int64_t r1, bool diagonal_spatial);
+
+// max |a_i - b_i| < eps over the same shapes (upstream's x1_is_x2 test).
+bool SameInputs(const Array& a, const Array& b, double eps = 1e-12);
+
+}  // namespace nt
+
+#endif  // NT_CORE_INPUT_KERNEL_H_

@@ -1,0 +1,59 @@
+// The Kernel record: NNGP/NTK and covariances of one layer's outputs, plus layout metadata.
+#ifndef NT_CORE_KERNEL_H_
+#define NT_CORE_KERNEL_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/array.h"
+
+namespace nt {
+
+// Field names and order follow upstream's Kernel (core.md section 1).
+//
+// Layouts (Sp = (s1, s1', s2, s2', ...) full spatial or (s1, s2, ...) diagonal spatial):
+//   nngp, ntk: (N1, N2) + Sp
+//   cov1: (N1,) + Sp with diagonal_batch, (N1, N1) + Sp otherwise; cov2 likewise for x2.
+// `ntk` is a rank-0 zero at the input and stays rank-0 until a layer with parameters; absent = not
+// requested. `cov2` is absent iff x2 was None (then cov1 stands for it).
+struct Kernel {
+  Array nngp;
+  std::optional<Array> ntk;
+  Array cov1;
+  std::optional<Array> cov2;
+  bool x1_is_x2 = false;
+  bool is_gaussian = false;
+  bool is_reversed = false;
+  bool is_input = false;
+  bool diagonal_batch = true;
+  bool diagonal_spatial = false;
+  Shape shape1;
+  Shape shape2;
+  int batch_axis = 0;
+  int channel_axis = 1;
+  // 1.0 = masked; absent = no masking. Same rank as shape1/shape2.
+  std::optional<Array> mask1;
+  std::optional<Array> mask2;
+
+  const Array& cov2_or_cov1() const { return cov2 ? *cov2 : cov1; }
+  // Number of spatial dimensions described (rank of the activation minus batch and channel).
+  int num_spatial() const { return static_cast<int>(shape1.size()) - 2; }
+  // Reverses the order of the spatial axis pairs of every array and toggles is_reversed.
+  void Reverse();
+  // Multiplies nngp, ntk, cov1, cov2 by f (upstream's `k * a` with f = a^2).
+  void Scale(double f);
+};
+
+// Number of leading batch axes of a covariance array in this kernel's layout.
+inline int CovBatchAxes(const Kernel& k) { return k.diagonal_batch ? 1 : 2; }
+
+// Extracts per-sample, per-location variances (N, s1, ..., sS) from a covariance array.
+Array GetDiagonal(const Array& cov, int batch_axes, bool diagonal_spatial, int num_spatial);
+
+// All Kernel field names, in declaration order.
+const std::vector<std::string>& KernelFieldNames();
+
+}  // namespace nt
+
+#endif  // NT_CORE_KERNEL_H_

@@ -1,0 +1,448 @@
+#include "core/kernel_fn.h"
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "core/input_kernel.h"
+#include "tbb/blocked_range.h"
+#include "tbb/parallel_for.h"
+
+// OpenBLAS's own threads would oversubscribe the cores TBB already uses.
+extern "C" void openblas_set_num_threads(int num_threads);
+
+namespace nt {
+
+namespace {
+
+void SingleThreadedBlas() {
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
+}
+
+constexpr int64_t kTileBytes = 4 << 20;  // Target size of one tile's nngp block.
+
+absl::StatusOr<std::vector<std::string>> CanonicalGet(const std::vector<std::string>& get,
+                                                      bool x2_given) {
+  static const std::set<std::string> kValid = {"nngp", "ntk", "cov1", "cov2"};
+  std::vector<std::string> out;
+  if (get.empty()) {
+    out = {"nngp", "ntk", "cov1"};
+    if (x2_given) out.push_back("cov2");
+    return out;
+  }
+  std::set<std::string> seen;
+  for (const std::string& g : get) {
+    const std::string n = absl::AsciiStrToLower(g);
+    if (n.empty()) return absl::InvalidArgumentError("get: contains an empty name");
+    if (!kValid.count(n)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("get: unknown array '", g, "'; expected any of nngp, ntk, cov1, cov2"));
+    }
+    if (!seen.insert(n).second) {
+      return absl::InvalidArgumentError(absl::StrCat("get: '", n, "' is requested twice"));
+    }
+    // cov2 is None when x2 is None: nothing to send.
+    if (n == "cov2" && !x2_given) continue;
+    out.push_back(n);
+  }
+  return out;
+}
+
+bool Wants(const KernelPlan& plan, const std::string& name) {
+  return std::find(plan.get.begin(), plan.get.end(), name) != plan.get.end();
+}
+
+Shape Trailing(const Array& a, int lead) { return Shape(a.shape().begin() + lead, a.shape().end()); }
+
+// One pair of inputs evaluated tile by tile.
+struct Pass {
+  const CanonicalInput* a;
+  const CanonicalInput* b;
+  bool symmetric;          // b is a: only tiles with I <= J.
+  std::string nngp_name;   // Name to emit the nngp under ("nngp" or the full-batch "cov1"/"cov2").
+  bool main;               // The x1/x2 pass: also emits ntk and diagonal-batch covariances.
+};
+
+struct TileJob {
+  int pass;
+  int64_t r0, r1, c0, c1;
+};
+
+Kernel InputKernel(const KernelPlan& plan, const Pass& pass, int64_t r0, int64_t r1, int64_t c0,
+                   int64_t c1) {
+  const bool same_block = pass.symmetric && r0 == c0;
+  Kernel k;
+  k.nngp = InputNngp(*pass.a, r0, r1, *pass.b, c0, c1, plan.diagonal_spatial);
+  if (plan.compute_ntk && pass.main) k.ntk = Array::Scalar(0.0);
+  k.cov1 = InputCovDiag(*pass.a, r0, r1, plan.diagonal_spatial);
+  if (!same_block) k.cov2 = InputCovDiag(*pass.b, c0, c1, plan.diagonal_spatial);
+  // Upstream's x1_is_x2 marks entries (i, i) of the same batch: only blocks on the diagonal qualify.
+  k.x1_is_x2 = pass.symmetric ? same_block : (plan.x1_is_x2 && r0 == c0 && r1 == c1);
+  k.diagonal_batch = true;
+  k.diagonal_spatial = plan.diagonal_spatial;
+  k.shape1 = pass.a->shape;
+  k.shape1[pass.a->batch_axis] = r1 - r0;
+  k.shape2 = pass.b->shape;
+  k.shape2[pass.b->batch_axis] = c1 - c0;
+  k.batch_axis = pass.a->batch_axis;
+  k.channel_axis = pass.a->channel_axis;
+  return k;
+}
+
+absl::StatusOr<Kernel> RunTile(const Layer& net, const KernelPlan& plan, const Pass& pass, int64_t r0,
+                               int64_t r1, int64_t c0, int64_t c1) {
+  Kernel k = InputKernel(plan, pass, r0, r1, c0, c1);
+  if (absl::Status st = ApplyToKernel(net, &k, plan.compute_ntk && pass.main); !st.ok()) return st;
+  if (k.is_reversed) k.Reverse();  // Spatial axes always go out in natural order.
+  return k;
+}
+
+struct Inputs {
+  CanonicalInput c1, c2;
+  bool x2_given = false;
+};
+
+absl::StatusOr<Inputs> PrepareInputs(const Array& x1, const Array* x2, const KernelPlan& plan) {
+  Inputs in;
+  auto c1 = Canonicalize(x1, plan.batch_axis, plan.channel_axis, plan.flatten_input, "x1");
+  if (!c1.ok()) return c1.status();
+  in.c1 = *std::move(c1);
+  if (x2) {
+    auto c2 = Canonicalize(*x2, plan.batch_axis, plan.channel_axis, plan.flatten_input, "x2");
+    if (!c2.ok()) return c2.status();
+    in.c2 = *std::move(c2);
+    in.x2_given = true;
+  }
+  return in;
+}
+
+std::vector<Pass> MakePasses(const KernelPlan& plan, const Inputs& in) {
+  std::vector<Pass> passes;
+  const CanonicalInput* b = in.x2_given ? &in.c2 : &in.c1;
+  passes.push_back(Pass{&in.c1, b, !in.x2_given, "nngp", true});
+  if (!plan.diagonal_batch) {
+    // Full-batch covariances are the nngp of each batch with itself.
+    if (Wants(plan, "cov1") && in.x2_given) passes.push_back(Pass{&in.c1, &in.c1, true, "cov1", false});
+    if (Wants(plan, "cov2")) passes.push_back(Pass{&in.c2, &in.c2, true, "cov2", false});
+  }
+  return passes;
+}
+
+std::vector<TileJob> MakeJobs(const std::vector<Pass>& passes, int64_t t) {
+  std::vector<TileJob> jobs;
+  for (int p = 0; p < static_cast<int>(passes.size()); ++p) {
+    const int64_t n1 = passes[p].a->n(), n2 = passes[p].b->n();
+    for (int64_t r0 = 0; r0 < n1; r0 += t) {
+      for (int64_t c0 = passes[p].symmetric ? r0 : 0; c0 < n2; c0 += t) {
+        jobs.push_back(TileJob{p, r0, std::min(r0 + t, n1), c0, std::min(c0 + t, n2)});
+      }
+    }
+  }
+  return jobs;
+}
+
+// Emits the blocks of one computed tile.
+absl::Status EmitTile(const KernelPlan& plan, const Pass& pass, const TileJob& job, Kernel&& k,
+                      const TileSink& sink) {
+  const bool mirror = pass.symmetric && job.r0 != job.c0;
+  auto emit = [&](const std::string& name, Array&& a, int tiled, int64_t row, int64_t col,
+                  bool mir) -> absl::Status {
+    return sink(TileBlock{name, row, col, tiled, mir, std::move(a)});
+  };
+  const bool want_nngp = pass.main ? Wants(plan, "nngp") : true;
+  // With x2 = None and full batch, cov1 is the main pass's nngp.
+  const bool cov1_from_nngp = pass.main && !plan.diagonal_batch && !plan.x2_given && Wants(plan, "cov1");
+  if (cov1_from_nngp) {
+    Array copy = k.nngp;
+    if (absl::Status st = emit("cov1", std::move(copy), 2, job.r0, job.c0, mirror); !st.ok()) return st;
+  }
+  if (want_nngp) {
+    if (absl::Status st = emit(pass.nngp_name, std::move(k.nngp), 2, job.r0, job.c0, mirror); !st.ok()) {
+      return st;
+    }
+  }
+  if (!pass.main) return absl::OkStatus();
+  if (Wants(plan, "ntk") && k.ntk) {
+    if (k.ntk->rank() == 0) {
+      if (job.r0 == 0 && job.c0 == 0) {
+        if (absl::Status st = emit("ntk", std::move(*k.ntk), 0, 0, 0, false); !st.ok()) return st;
+      }
+    } else if (absl::Status st = emit("ntk", std::move(*k.ntk), 2, job.r0, job.c0, mirror); !st.ok()) {
+      return st;
+    }
+  }
+  if (plan.diagonal_batch) {
+    const bool cov1_here = plan.x2_given ? job.c0 == 0 : job.r0 == job.c0;
+    if (Wants(plan, "cov1") && cov1_here) {
+      if (absl::Status st = emit("cov1", std::move(k.cov1), 1, job.r0, 0, false); !st.ok()) return st;
+    }
+    if (Wants(plan, "cov2") && plan.x2_given && job.r0 == 0 && k.cov2) {
+      if (absl::Status st = emit("cov2", std::move(*k.cov2), 1, job.c0, 0, false); !st.ok()) return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<KernelPlan> Plan(const Layer& net, const Array& x1, const Array* x2,
+                                const KernelOptions& options, int concurrency) {
+  KernelPlan plan;
+  plan.x2_given = x2 != nullptr;
+  auto get = CanonicalGet(options.get, plan.x2_given);
+  if (!get.ok()) return get.status();
+  plan.get = *std::move(get);
+  plan.compute_ntk = Wants(plan, "ntk");
+  if (options.mask_constant.has_value()) {
+    return absl::UnimplementedError(
+        "mask_constant: masking is not implemented yet by this server (it comes with the masking "
+        "issue); send inputs without mask_constant");
+  }
+  // Requirement resolution (core.md 2.2): network requirements, then user overrides, then defaults.
+  const Requirements req = net.requirements();
+  if (req.diagonal_batch.has_value() && !*req.diagonal_batch) {
+    return absl::UnimplementedError(
+        "the network mixes batch entries (it requires diagonal_batch=False), which tiled evaluation "
+        "does not support yet");
+  }
+  plan.diagonal_batch = true;
+  if (options.diagonal_batch.has_value()) plan.diagonal_batch = *options.diagonal_batch;
+  bool net_diag_spatial = req.diagonal_spatial ? req.diagonal_spatial->AsBool() : false;
+  if (options.diagonal_spatial.has_value()) {
+    if (*options.diagonal_spatial && req.diagonal_spatial && req.diagonal_spatial->input == Bool::kNo) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "diagonal_spatial: asked for a diagonal spatial output, but the network requires the full "
+          "spatial covariance (",
+          DiagonalToString(*req.diagonal_spatial), ")"));
+    }
+    net_diag_spatial = *options.diagonal_spatial;
+  }
+  plan.batch_axis = req.batch_axis.value_or(0);
+  plan.flatten_input = req.flatten_input;
+  plan.channel_axis = req.channel_axis.value_or(-1);
+  // Flatten first forces the full spatial layout (there is none left).
+  plan.diagonal_spatial = plan.flatten_input ? false : net_diag_spatial;
+
+  if (x2) {
+    if (x2->rank() != x1.rank()) {
+      return absl::InvalidArgumentError(absl::StrCat("x2: rank ", x2->rank(), " differs from x1's rank ",
+                                                     x1.rank(), " (shapes ", ShapeToString(x2->shape()),
+                                                     " and ", ShapeToString(x1.shape()), ")"));
+    }
+    if (x1.rank() >= 2) {
+      const int b = (plan.batch_axis % x1.rank() + x1.rank()) % x1.rank();
+      for (int i = 0; i < x1.rank(); ++i) {
+        if (i != b && x1.dim(i) != x2->dim(i)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "x2: shape ", ShapeToString(x2->shape()), " must match x1's shape ",
+              ShapeToString(x1.shape()), " in every axis but the batch axis (axis ", i, " differs)"));
+        }
+      }
+    }
+  }
+  auto inputs = PrepareInputs(x1, x2, plan);
+  if (!inputs.ok()) return inputs.status();
+  plan.n1 = inputs->c1.n();
+  plan.n2 = x2 ? inputs->c2.n() : plan.n1;
+  plan.x1_is_x2 = x2 ? SameInputs(x1, *x2) : true;
+
+  // Run the network on a 1 x 1 sample: validates it against the inputs and yields output layouts.
+  std::vector<Pass> passes = MakePasses(plan, *inputs);
+  auto meta = RunTile(net, plan, passes[0], 0, 1, 0, 1);
+  if (!meta.ok()) return meta.status();
+  plan.meta = *std::move(meta);
+  plan.meta.x1_is_x2 = plan.x1_is_x2;
+  plan.meta.diagonal_batch = plan.diagonal_batch;
+  const Shape out_trailing = Trailing(plan.meta.nngp, 2);
+  const Shape cov_trailing = Trailing(plan.meta.cov1, 1);
+  auto with = [](Shape lead, const Shape& trailing) {
+    lead.insert(lead.end(), trailing.begin(), trailing.end());
+    return lead;
+  };
+  for (const std::string& g : plan.get) {
+    if (g == "nngp") plan.arrays.push_back({g, with({plan.n1, plan.n2}, out_trailing), 2});
+    if (g == "ntk") {
+      if (plan.meta.ntk && plan.meta.ntk->rank() == 0) {
+        plan.arrays.push_back({g, Shape{}, 0});
+      } else {
+        plan.arrays.push_back({g, with({plan.n1, plan.n2}, out_trailing), 2});
+      }
+    }
+    const int64_t n = g == "cov1" ? plan.n1 : plan.n2;
+    if (g == "cov1" || g == "cov2") {
+      plan.arrays.push_back(plan.diagonal_batch ? ArraySpec{g, with({n}, cov_trailing), 1}
+                                                : ArraySpec{g, with({n, n}, out_trailing), 2});
+    }
+  }
+  // Tiles: about kTileBytes of nngp per tile, at most 256 x 256.
+  const int64_t trailing = std::max<int64_t>(1, NumElements(out_trailing));
+  const int64_t p_in = inputs->c1.p();
+  const int64_t in_trailing = plan.diagonal_spatial ? p_in : p_in * p_in;
+  int64_t t = options.tile_size;
+  if (t <= 0) {
+    const int64_t per = std::max(trailing, in_trailing) * 8;
+    t = std::clamp<int64_t>(static_cast<int64_t>(std::sqrt(double(kTileBytes) / per)), 1, 256);
+  }
+  plan.tile_size = t;
+  std::vector<TileJob> jobs = MakeJobs(passes, t);
+  plan.num_tiles = static_cast<int64_t>(jobs.size());
+  plan.num_tile_messages = plan.num_tiles * static_cast<int64_t>(plan.get.size());
+  const double c = static_cast<double>(inputs->c1.c());
+  const double p = static_cast<double>(inputs->c1.p());
+  const double entries = double(plan.n1) * double(plan.n2);
+  plan.estimated_flops = 2 * entries * c * (plan.diagonal_spatial ? p : p * p) +
+                         60.0 * entries * double(std::max(trailing, in_trailing)) * net.NumLayers();
+  for (const ArraySpec& a : plan.arrays) plan.output_bytes += NumElements(a.shape) * 8;
+  const int64_t tile_entries = t * t * std::max(trailing, in_trailing);
+  plan.working_bytes = int64_t(concurrency) * tile_entries * 8 * 8 +
+                       (x1.size() + (x2 ? x2->size() : 0)) * 8 * 2;
+  plan.layout = absl::StrCat(plan.diagonal_batch ? "diagonal_batch" : "full_batch", ", ",
+                             out_trailing.empty() ? "no spatial axes"
+                             : plan.diagonal_spatial ? "diagonal_spatial" : "full_spatial",
+                             "; nngp ", ShapeToString(with({plan.n1, plan.n2}, out_trailing)));
+  return plan;
+}
+
+}  // namespace
+
+absl::Status ApplyToKernel(const Layer& net, Kernel* k, bool compute_ntk) {
+  KernelContext ctx;
+  ctx.compute_ntk = compute_ntk;
+  if (!compute_ntk) k->ntk.reset();
+  KernelFlow flow = KernelFlow::Single(std::move(*k));
+  absl::Status st = net.ApplyKernel(&flow, ctx);
+  if (!st.ok()) return st;
+  if (flow.is_list || flow.items.size() != 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "the network returns a list of ", flow.items.size(),
+        " outputs; finish it with a FanIn layer (multiple outputs are not supported over this API)"));
+  }
+  *k = std::move(flow.single());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const Array* x2,
+                                      const KernelOptions& options, int concurrency) {
+  return Plan(net, x1, x2, options, concurrency);
+}
+
+absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1_shape,
+                                               const Shape* x2_shape, const KernelOptions& options,
+                                               int concurrency) {
+  for (int64_t d : x1_shape) {
+    if (d <= 0) return absl::InvalidArgumentError(absl::StrCat("x1_shape: dimensions must be positive, got ", ShapeToString(x1_shape)));
+  }
+  if (x2_shape) {
+    for (int64_t d : *x2_shape) {
+      if (d <= 0) return absl::InvalidArgumentError(absl::StrCat("x2_shape: dimensions must be positive, got ", ShapeToString(*x2_shape)));
+    }
+  }
+  // Plan on one-row stand-ins of the inputs (values do not change layouts), then scale up.
+  auto one_row = [](Shape s, int batch_axis) {
+    const int r = static_cast<int>(s.size());
+    if (r >= 1) s[(batch_axis % r + r) % r] = 1;
+    Array a(s, 0.0);
+    for (int64_t i = 0; i < a.size(); ++i) a[i] = 1.0 + 0.01 * static_cast<double>(i % 7);
+    return a;
+  };
+  const int b = net.requirements().batch_axis.value_or(0);
+  Array a1 = one_row(x1_shape, b);
+  std::optional<Array> a2;
+  if (x2_shape) a2 = one_row(*x2_shape, b);
+  auto plan = Plan(net, a1, a2 ? &*a2 : nullptr, options, concurrency);
+  if (!plan.ok()) return plan.status();
+  // Re-derive sizes for the real batch sizes.
+  const int r = static_cast<int>(x1_shape.size());
+  const int ba = (plan->batch_axis % r + r) % r;
+  const int64_t n1 = x1_shape[ba];
+  const int64_t n2 = x2_shape ? (*x2_shape)[ba] : n1;
+  KernelPlan out = *std::move(plan);
+  const int64_t t = out.tile_size;
+  out.n1 = n1;
+  out.n2 = n2;
+  out.output_bytes = 0;
+  for (ArraySpec& a : out.arrays) {
+    if (a.tiled_axes >= 1) a.shape[0] = (a.name == "cov2") ? n2 : n1;
+    if (a.tiled_axes == 2) a.shape[1] = (a.name == "cov1") ? n1 : n2;
+    out.output_bytes += NumElements(a.shape) * 8;
+  }
+  const int64_t nb1 = (n1 + t - 1) / t, nb2 = (n2 + t - 1) / t;
+  out.num_tiles = x2_shape ? nb1 * nb2 : nb1 * (nb1 + 1) / 2;
+  if (!out.diagonal_batch) {
+    if (x2_shape) out.num_tiles += nb1 * (nb1 + 1) / 2 + nb2 * (nb2 + 1) / 2;
+  }
+  out.num_tile_messages = out.num_tiles * static_cast<int64_t>(out.get.size());
+  const double scale = double(n1) * double(n2);
+  out.estimated_flops *= scale;
+  out.working_bytes += (NumElements(x1_shape) + (x2_shape ? NumElements(*x2_shape) : 0)) * 16;
+  return out;
+}
+
+absl::Status ComputeKernelTiles(const Layer& net, const Array& x1, const Array* x2,
+                                const KernelPlan& plan, const KernelOptions& options,
+                                const TileSink& sink) {
+  SingleThreadedBlas();
+  auto inputs = PrepareInputs(x1, x2, plan);
+  if (!inputs.ok()) return inputs.status();
+  const std::vector<Pass> passes = MakePasses(plan, *inputs);
+  const std::vector<TileJob> jobs = MakeJobs(passes, plan.tile_size);
+  std::atomic<bool> failed{false};
+  std::mutex mu;
+  absl::Status first_error;
+  tbb::parallel_for(tbb::blocked_range<size_t>(0, jobs.size(), 1), [&](const tbb::blocked_range<size_t>& r) {
+    for (size_t i = r.begin(); i != r.end(); ++i) {
+      if (failed.load(std::memory_order_relaxed)) return;
+      if (options.cancelled && options.cancelled->load(std::memory_order_relaxed)) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!failed.exchange(true)) first_error = absl::CancelledError("the kernel computation was cancelled");
+        return;
+      }
+      const TileJob& job = jobs[i];
+      const Pass& pass = passes[job.pass];
+      absl::Status st;
+      auto k = RunTile(net, plan, pass, job.r0, job.r1, job.c0, job.c1);
+      st = k.ok() ? EmitTile(plan, pass, job, *std::move(k), sink) : k.status();
+      if (!st.ok()) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!failed.exchange(true)) first_error = st;
+        return;
+      }
+    }
+  });
+  return failed ? first_error : absl::OkStatus();
+}
+
+const Array* KernelResult::Find(const std::string& name) const {
+  for (const auto& [n, a] : arrays) {
+    if (n == name) return &a;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<KernelResult> ComputeKernel(const Layer& net, const Array& x1, const Array* x2,
+                                           const KernelOptions& options) {
+  auto plan = PlanKernel(net, x1, x2, options);
+  if (!plan.ok()) return plan.status();
+  KernelResult result;
+  result.meta = plan->meta;
+  for (const ArraySpec& a : plan->arrays) result.arrays.emplace_back(a.name, Array(a.shape));
+  const bool full_spatial = !plan->diagonal_spatial;
+  absl::Status st = ComputeKernelTiles(net, x1, x2, *plan, options, [&](TileBlock&& b) {
+    for (auto& [name, full] : result.arrays) {
+      if (name != b.name) continue;
+      if (b.tiled_axes == 0) {
+        full = std::move(b.block);
+      } else {
+        PlaceBlock(b.block, b.tiled_axes, b.row, b.col, false, full_spatial, &full);
+        if (b.mirror) PlaceBlock(b.block, b.tiled_axes, b.row, b.col, true, full_spatial, &full);
+      }
+    }
+    return absl::OkStatus();
+  });
+  if (!st.ok()) return st;
+  return result;
+}
+
+}  // namespace nt

@@ -1,0 +1,100 @@
+// kernel_fn(x1, x2=None, get=..., diagonal_batch=..., diagonal_spatial=...) on raw inputs: requirement
+// resolution, planning, and tiled parallel evaluation.
+#ifndef NT_CORE_KERNEL_FN_H_
+#define NT_CORE_KERNEL_FN_H_
+
+#include <atomic>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/kernel.h"
+#include "core/layer.h"
+
+namespace nt {
+
+struct KernelOptions {
+  // Subset of nngp, ntk, cov1, cov2 (case-insensitive). Empty: all of them.
+  std::vector<std::string> get;
+  std::optional<bool> diagonal_batch;
+  std::optional<bool> diagonal_spatial;
+  std::optional<double> mask_constant;
+  // Rows/columns per tile; 0 picks a size from the layout.
+  int64_t tile_size = 0;
+  // Set to true from another thread to stop promptly (tiles not yet started are skipped).
+  const std::atomic<bool>* cancelled = nullptr;
+};
+
+struct ArraySpec {
+  std::string name;
+  Shape shape;
+  int tiled_axes = 2;  // Leading axes cut into tiles: 2 (rows, cols), 1 (rows) or 0 (rank-0 ntk).
+};
+
+// Everything decided before any heavy work: layouts, shapes, tiles, cost.
+struct KernelPlan {
+  std::vector<std::string> get;  // Canonical, in request order.
+  bool compute_ntk = true;
+  bool x2_given = false;
+  bool x1_is_x2 = false;
+  bool diagonal_batch = true;
+  bool diagonal_spatial = false;
+  bool flatten_input = false;
+  int batch_axis = 0;
+  int channel_axis = -1;
+  std::vector<ArraySpec> arrays;  // Requested arrays with their full (natural-order) shapes.
+  Kernel meta;                    // Output metadata (arrays hold a 1 x 1 sample).
+  int64_t n1 = 0, n2 = 0;
+  int64_t tile_size = 0;
+  int64_t num_tiles = 0;          // Tile computations (mirrored tiles once).
+  int64_t num_tile_messages = 0;  // Blocks emitted in total.
+  double estimated_flops = 0;
+  int64_t output_bytes = 0;       // The assembled requested arrays.
+  int64_t working_bytes = 0;      // Peak per-tile working set times concurrency, plus inputs.
+  std::string layout;
+};
+
+// One block of one output array, in natural spatial order.
+struct TileBlock {
+  std::string name;
+  int64_t row = 0, col = 0;
+  int tiled_axes = 2;
+  bool mirror = false;  // Also fills the mirrored block (x2 is x1).
+  Array block;
+};
+
+// Called concurrently from worker threads; a non-OK status stops the computation.
+using TileSink = std::function<absl::Status(TileBlock&&)>;
+
+// Validates inputs and network and plans the computation (runs the network on a 1 x 1 sample).
+absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const Array* x2,
+                                      const KernelOptions& options, int concurrency = 1);
+// Plans from shapes only (no data): used to describe a request before inputs arrive.
+absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1_shape,
+                                               const Shape* x2_shape, const KernelOptions& options,
+                                               int concurrency = 1);
+
+// Computes every tile of the plan in parallel (TBB) and hands blocks to `sink`.
+absl::Status ComputeKernelTiles(const Layer& net, const Array& x1, const Array* x2,
+                                const KernelPlan& plan, const KernelOptions& options,
+                                const TileSink& sink);
+
+// The assembled result: requested arrays plus metadata.
+struct KernelResult {
+  std::vector<std::pair<std::string, Array>> arrays;  // In request order.
+  Kernel meta;
+  const Array* Find(const std::string& name) const;
+};
+
+// kernel_fn in one call: plan, tiles, assembly.
+absl::StatusOr<KernelResult> ComputeKernel(const Layer& net, const Array& x1, const Array* x2,
+                                           const KernelOptions& options);
+
+// The Kernel path: applies the network to an existing Kernel.
+absl::Status ApplyToKernel(const Layer& net, Kernel* k, bool compute_ntk);
+
+}  // namespace nt
+
+#endif  // NT_CORE_KERNEL_FN_H_

@@ -1,0 +1,90 @@
+#include "core/layer.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace nt {
+
+absl::Status LayerError(const std::string& layer, const std::string& field, const std::string& msg) {
+  if (field.empty()) return absl::InvalidArgumentError(absl::StrCat(layer, ": ", msg));
+  return absl::InvalidArgumentError(absl::StrCat(layer, ".", field, ": ", msg));
+}
+
+absl::Status LayerUnimplemented(const std::string& layer, const std::string& msg) {
+  return absl::UnimplementedError(absl::StrCat(layer, ": ", msg));
+}
+
+absl::Status ExpectSingle(const std::string& layer, bool is_list, size_t n) {
+  if (is_list || n != 1) {
+    return LayerError(layer, "", absl::StrCat("expects a single input but got a list of ", n,
+                                              " (use a FanIn layer or parallel first)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> CanonicalAxis(const std::string& layer, const std::string& field, int axis,
+                                  int rank) {
+  if (axis < -rank || axis >= rank) {
+    return LayerError(layer, field,
+                      absl::StrCat("axis ", axis, " is out of range for inputs of rank ", rank));
+  }
+  return axis < 0 ? axis + rank : axis;
+}
+
+absl::StatusOr<Params> Layer::Init(const RngKey& /*key*/, const ShapeFlow& in) const {
+  auto out = OutputShape(in);
+  if (!out.ok()) return out.status();
+  return Params{};
+}
+
+absl::Status Layer::ApplyKernel(KernelFlow* k, const KernelContext& ctx) const {
+  if (is_combinator()) return TransformKernel(k, ctx);
+  const Requirements req = requirements();
+  if (!k->is_list && k->items.size() == 1) {
+    const Kernel& in = k->single();
+    if (req.diagonal_batch.has_value() && !*req.diagonal_batch && in.diagonal_batch) {
+      return LayerError(name(), "diagonal_batch",
+                        "the input kernel has diagonal_batch=True but this layer needs the full batch "
+                        "covariance; recompute with diagonal_batch=False");
+    }
+    if (req.diagonal_spatial.has_value() && req.diagonal_spatial->input == Bool::kNo &&
+        in.diagonal_spatial) {
+      return LayerError(name(), "diagonal_spatial",
+                        "the input kernel has diagonal_spatial=True but this layer needs the full "
+                        "spatial covariance; recompute with diagonal_spatial=False");
+    }
+    const int rank = static_cast<int>(in.shape1.size());
+    if (req.batch_axis && (*req.batch_axis % rank + rank) % rank != in.batch_axis) {
+      return LayerError(name(), "batch_axis",
+                        absl::StrCat("declares batch_axis ", *req.batch_axis,
+                                     " but the kernel's batch axis is ", in.batch_axis,
+                                     ", which makes the infinite limit ill-defined"));
+    }
+    if (req.channel_axis && (*req.channel_axis % rank + rank) % rank != in.channel_axis) {
+      return LayerError(name(), "channel_axis",
+                        absl::StrCat("declares channel_axis ", *req.channel_axis,
+                                     " but the kernel's channel axis is ", in.channel_axis,
+                                     ", which makes the infinite limit ill-defined"));
+    }
+  }
+  ShapeFlow s1, s2;
+  s1.is_list = s2.is_list = k->is_list;
+  for (const Kernel& kk : k->items) {
+    s1.items.push_back(kk.shape1);
+    s2.items.push_back(kk.shape2);
+  }
+  auto out1 = OutputShape(s1);
+  if (!out1.ok()) return out1.status();
+  auto out2 = OutputShape(s2);
+  if (!out2.ok()) return out2.status();
+  if (absl::Status st = TransformKernel(k, ctx); !st.ok()) return st;
+  if (k->items.size() != out1->items.size()) {
+    return absl::InternalError(absl::StrCat(name(), ": kernel and shape propagation disagree"));
+  }
+  for (size_t i = 0; i < k->items.size(); ++i) {
+    k->items[i].shape1 = out1->items[i];
+    k->items[i].shape2 = out2->items[i];
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace nt

@@ -1,0 +1,100 @@
+// The layer abstraction: every layer provides init_fn, apply_fn and kernel_fn (as upstream's stax),
+// plus shape propagation and its requirements.
+#ifndef NT_CORE_LAYER_H_
+#define NT_CORE_LAYER_H_
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/array.h"
+#include "core/kernel.h"
+#include "core/requirements.h"
+#include "core/rng.h"
+
+namespace nt {
+
+// What flows between layers: one item, or a list of items (after FanOut, into parallel / fan-in).
+template <typename T>
+struct Flow {
+  std::vector<T> items;
+  bool is_list = false;
+
+  static Flow Single(T t) {
+    Flow f;
+    f.items.push_back(std::move(t));
+    return f;
+  }
+  static Flow List(std::vector<T> ts) {
+    Flow f;
+    f.items = std::move(ts);
+    f.is_list = true;
+    return f;
+  }
+  T& single() { return items.front(); }
+  const T& single() const { return items.front(); }
+};
+
+using KernelFlow = Flow<Kernel>;
+using ShapeFlow = Flow<Shape>;
+using ArrayFlow = Flow<Array>;
+
+// Parameters of a finite network: a layer's own arrays, and one child per sub-layer of a combinator.
+struct Params {
+  std::vector<Array> arrays;
+  std::vector<Params> children;
+};
+
+// Per-call options of kernel_fn threaded through every layer.
+struct KernelContext {
+  bool compute_ntk = true;
+};
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+
+  // Upstream's layer name, e.g. "Dense".
+  virtual std::string name() const = 0;
+  virtual Requirements requirements() const { return {}; }
+  // Number of non-combinator layers (for cost estimates).
+  virtual int64_t NumLayers() const { return 1; }
+
+  // Output shape(s) of the finite network for input shape(s); errors name the layer and field.
+  virtual absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const = 0;
+
+  // init_fn: draws parameters for `in` from `key`.
+  virtual absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const;
+  // apply_fn: the finite network's forward pass.
+  virtual absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const = 0;
+
+  // kernel_fn on the Kernel path: checks this layer's requirements against the incoming kernel, runs
+  // the transform, then recomputes shape1/shape2 from OutputShape.
+  absl::Status ApplyKernel(KernelFlow* k, const KernelContext& ctx) const;
+
+ protected:
+  // The kernel transform proper.
+  virtual absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const = 0;
+  // Combinators check requirements and shapes inside their sub-layers instead.
+  virtual bool is_combinator() const { return false; }
+};
+
+using LayerPtr = std::shared_ptr<const Layer>;
+
+// Error helpers: messages always name the layer (and the field when there is one).
+absl::Status LayerError(const std::string& layer, const std::string& field, const std::string& msg);
+absl::Status LayerUnimplemented(const std::string& layer, const std::string& msg);
+
+// Requires exactly one input for a single-input layer.
+absl::Status ExpectSingle(const std::string& layer, bool is_list, size_t n);
+
+// Normalises an axis against a rank (Python-style negative axes).
+absl::StatusOr<int> CanonicalAxis(const std::string& layer, const std::string& field, int axis,
+                                  int rank);
+
+}  // namespace nt
+
+#endif  // NT_CORE_LAYER_H_

@@ -1,0 +1,120 @@
+#include "core/stax.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "core/abrelu.h"
+#include "core/branching.h"
+#include "core/combinators.h"
+#include "core/dense.h"
+#include "core/erf.h"
+
+namespace nt::stax {
+
+namespace {
+
+class InvalidLayer : public Layer {
+ public:
+  InvalidLayer(absl::Status status, std::string name) : status_(std::move(status)), name_(std::move(name)) {}
+  std::string name() const override { return name_; }
+  absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow&) const override { return status_; }
+  absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow&) const override { return status_; }
+
+ protected:
+  absl::Status TransformKernel(KernelFlow*, const KernelContext&) const override { return status_; }
+
+ private:
+  absl::Status status_;
+  std::string name_;
+};
+
+std::vector<LayerPtr> Layers(const std::vector<Net>& nets) {
+  std::vector<LayerPtr> out;
+  for (const Net& n : nets) out.push_back(n.layer());
+  return out;
+}
+
+absl::Status CheckFinite(const std::string& layer, const std::string& field, double v) {
+  if (!std::isfinite(v)) return LayerError(layer, field, absl::StrCat("must be finite, got ", v));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::pair<Shape, Params>> Net::init_fn(const RngKey& key, const Shape& input_shape) const {
+  auto out = layer_->OutputShape(ShapeFlow::Single(input_shape));
+  if (!out.ok()) return out.status();
+  if (out->is_list) return absl::UnimplementedError("networks with several outputs: use the Layer API");
+  auto params = layer_->Init(key, ShapeFlow::Single(input_shape));
+  if (!params.ok()) return params.status();
+  return std::make_pair(out->single(), *std::move(params));
+}
+
+absl::StatusOr<Array> Net::apply_fn(const Params& params, const Array& x) const {
+  auto y = layer_->Apply(params, ArrayFlow::Single(x));
+  if (!y.ok()) return y.status();
+  if (y->is_list) return absl::UnimplementedError("networks with several outputs: use the Layer API");
+  return std::move(y->single());
+}
+
+absl::StatusOr<KernelResult> Net::kernel_fn(const Array& x1, const Array* x2, std::vector<std::string> get,
+                                            KernelOptions options) const {
+  if (!get.empty()) options.get = std::move(get);
+  return ComputeKernel(*layer_, x1, x2, options);
+}
+
+absl::StatusOr<Kernel> Net::kernel_fn(Kernel k, bool compute_ntk) const {
+  if (absl::Status st = ApplyToKernel(*layer_, &k, compute_ntk); !st.ok()) return st;
+  return k;
+}
+
+Net serial(std::vector<Net> layers) { return Net(std::make_shared<SerialLayer>(Layers(layers))); }
+Net parallel(std::vector<Net> layers) { return Net(std::make_shared<ParallelLayer>(Layers(layers))); }
+Net repeat(Net layer, int n) {
+  if (n < 0) return Invalid(LayerError("repeat", "n", absl::StrCat("must be >= 0, got ", n)), "repeat");
+  return Net(std::make_shared<RepeatLayer>(layer.layer(), n));
+}
+
+Net Identity() { return Net(std::make_shared<IdentityLayer>()); }
+Net FanOut(int num) {
+  if (num < 1) return Invalid(LayerError("FanOut", "num", absl::StrCat("must be >= 1, got ", num)), "FanOut");
+  return Net(std::make_shared<FanOutLayer>(num));
+}
+Net FanInSum() { return Net(std::make_shared<FanInSumLayer>()); }
+
+Net Dense(int64_t out_dim, double W_std, std::optional<double> b_std, int batch_axis, int channel_axis,
+          const std::string& parameterization, std::array<double, 2> s) {
+  auto p = ParseParameterization("Dense", parameterization);
+  if (!p.ok()) return Invalid(p.status(), "Dense");
+  DenseOptions o{out_dim, W_std, b_std, batch_axis, channel_axis, *p, s};
+  if (absl::Status st = DenseLayer::Validate(o); !st.ok()) return Invalid(st, "Dense");
+  return Net(std::make_shared<DenseLayer>(o));
+}
+
+Net ABRelu(double a, double b, bool do_stabilize) {
+  for (auto [f, v] : {std::pair<const char*, double>{"a", a}, {"b", b}}) {
+    if (absl::Status st = CheckFinite("ABRelu", f, v); !st.ok()) return Invalid(st, "ABRelu");
+  }
+  return Net(std::make_shared<ABReluLayer>(a, b, do_stabilize));
+}
+Net Relu(bool do_stabilize) { return Net(std::make_shared<ABReluLayer>(0.0, 1.0, do_stabilize, "Relu")); }
+Net LeakyRelu(double alpha, bool do_stabilize) {
+  if (absl::Status st = CheckFinite("LeakyRelu", "alpha", alpha); !st.ok()) return Invalid(st, "LeakyRelu");
+  return Net(std::make_shared<ABReluLayer>(alpha, 1.0, do_stabilize, "LeakyRelu"));
+}
+Net Abs(bool do_stabilize) { return Net(std::make_shared<ABReluLayer>(-1.0, 1.0, do_stabilize, "Abs")); }
+Net Erf(double a, double b, double c) {
+  for (auto [f, v] : {std::pair<const char*, double>{"a", a}, {"b", b}, {"c", c}}) {
+    if (absl::Status st = CheckFinite("Erf", f, v); !st.ok()) return Invalid(st, "Erf");
+  }
+  return Net(std::make_shared<ErfLayer>(a, b, c));
+}
+Net Sigmoid_like() {
+  return Net(std::make_shared<ErfLayer>(0.5, 1.0 / 2.4020563531719796, 0.5, "Sigmoid_like"));
+}
+
+Net Invalid(absl::Status status, const std::string& name) {
+  return Net(std::make_shared<InvalidLayer>(status, name), status);
+}
+
+}  // namespace nt::stax

@@ -1,0 +1,76 @@
+// The public C++ API, mirroring neural_tangents.stax:
+//
+//   auto net = nt::stax::serial(nt::stax::Dense(512), nt::stax::Relu(), nt::stax::Dense(1));
+//   auto k = net.kernel_fn(x1, &x2, {"nngp", "ntk"});
+//
+// Every factory returns a Net carrying init_fn, apply_fn and kernel_fn. Invalid arguments do not throw:
+// the Net reports the error (naming the layer and argument) from each of its functions.
+#ifndef NT_CORE_STAX_H_
+#define NT_CORE_STAX_H_
+
+#include <array>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/kernel_fn.h"
+#include "core/layer.h"
+
+namespace nt::stax {
+
+class Net {
+ public:
+  explicit Net(LayerPtr layer, absl::Status status = absl::OkStatus())
+      : layer_(std::move(layer)), status_(std::move(status)) {}
+  const LayerPtr& layer() const { return layer_; }
+  // Not OK when the factory's arguments were invalid (every function then returns this error).
+  const absl::Status& status() const { return status_; }
+
+  // init_fn(key, input_shape) -> (output_shape, params).
+  absl::StatusOr<std::pair<Shape, Params>> init_fn(const RngKey& key, const Shape& input_shape) const;
+  // apply_fn(params, x).
+  absl::StatusOr<Array> apply_fn(const Params& params, const Array& x) const;
+  // kernel_fn(x1, x2=None, get=...); `options.get` is replaced by `get` when that is not empty.
+  absl::StatusOr<KernelResult> kernel_fn(const Array& x1, const Array* x2 = nullptr,
+                                         std::vector<std::string> get = {},
+                                         KernelOptions options = {}) const;
+  // kernel_fn on the Kernel path.
+  absl::StatusOr<Kernel> kernel_fn(Kernel k, bool compute_ntk = true) const;
+
+ private:
+  LayerPtr layer_;
+  absl::Status status_;
+};
+
+Net serial(std::vector<Net> layers);
+Net parallel(std::vector<Net> layers);
+template <typename... L>
+Net serial(Net first, L... rest) {
+  return serial(std::vector<Net>{std::move(first), std::move(rest)...});
+}
+template <typename... L>
+Net parallel(Net first, L... rest) {
+  return parallel(std::vector<Net>{std::move(first), std::move(rest)...});
+}
+Net repeat(Net layer, int n);
+
+Net Identity();
+Net FanOut(int num);
+Net FanInSum();
+Net Dense(int64_t out_dim, double W_std = 1.0, std::optional<double> b_std = std::nullopt,
+          int batch_axis = 0, int channel_axis = -1, const std::string& parameterization = "ntk",
+          std::array<double, 2> s = {1.0, 1.0});
+Net ABRelu(double a, double b, bool do_stabilize = false);
+Net Relu(bool do_stabilize = false);
+Net LeakyRelu(double alpha, bool do_stabilize = false);
+Net Abs(bool do_stabilize = false);
+Net Erf(double a = 1.0, double b = 1.0, double c = 0.0);
+Net Sigmoid_like();
+
+// A layer that only reports `status` (used for arguments that failed validation).
+Net Invalid(absl::Status status, const std::string& name);
+
+}  // namespace nt::stax
+
+#endif  // NT_CORE_STAX_H_

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The one list of Debian packages nt-server needs (README, .ci/run and the Dockerfile all call this).
+# Usage: scripts/install_deps.sh [--runtime]   (--runtime: only what the server binary needs to run)
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+RUNTIME_PKGS=(libgrpc++1.51 libprotobuf32 libtbb12 libopenblas0-pthread ca-certificates)
+BUILD_PKGS=(g++ cmake ninja-build pkg-config ccache
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
+  libeigen3-dev libtbb-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libopenblas-dev nlohmann-json3-dev zlib1g-dev
+  python3-grpcio python3-protobuf python3-numpy)
+if [ "${1:-}" = "--runtime" ]; then PKGS=("${RUNTIME_PKGS[@]}"); else PKGS=("${BUILD_PKGS[@]}"); fi
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq
+  $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}"
+fi

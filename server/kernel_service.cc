@@ -1,0 +1,288 @@
+#include "server/kernel_service.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "core/kernel_fn.h"
+#include "server/layer_builder.h"
+#include "server/logging.h"
+#include "server/status_util.h"
+#include "server/tensor_codec.h"
+
+namespace nt::server {
+
+namespace {
+
+// Tiles handed from engine threads to the RPC thread; bounded so a slow client slows the engine
+// instead of growing memory.
+class TileQueue {
+ public:
+  explicit TileQueue(size_t capacity) : capacity_(capacity) {}
+
+  // Blocks while full; false once closed.
+  bool Push(nt::v1::KernelResponse&& r) {
+    std::unique_lock<std::mutex> lock(mu_);
+    not_full_.wait(lock, [&] { return closed_ || q_.size() < capacity_; });
+    if (closed_) return false;
+    q_.push_back(std::move(r));
+    not_empty_.notify_one();
+    return true;
+  }
+  // Waits up to `timeout`; nullopt on timeout or when finished and drained.
+  std::optional<nt::v1::KernelResponse> Pop(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    not_empty_.wait_for(lock, timeout, [&] { return closed_ || done_ || !q_.empty(); });
+    if (q_.empty()) return std::nullopt;
+    nt::v1::KernelResponse r = std::move(q_.front());
+    q_.pop_front();
+    not_full_.notify_one();
+    return r;
+  }
+  // Producer finished: consumers drain what is left.
+  void Finish() {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+    not_empty_.notify_all();
+  }
+  // Consumer gave up: producers stop.
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    not_full_.notify_all();
+    not_empty_.notify_all();
+  }
+  bool finished_and_empty() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_ && q_.empty();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable not_full_, not_empty_;
+  std::deque<nt::v1::KernelResponse> q_;
+  size_t capacity_;
+  bool closed_ = false, done_ = false;
+};
+
+KernelOptions OptionsFrom(const google::protobuf::RepeatedPtrField<std::string>& get, bool has_db, bool db,
+                          bool has_ds, bool ds, int64_t tile_size) {
+  KernelOptions o;
+  o.get.assign(get.begin(), get.end());
+  if (has_db) o.diagonal_batch = db;
+  if (has_ds) o.diagonal_spatial = ds;
+  o.tile_size = tile_size;
+  return o;
+}
+
+void FillArrays(const KernelPlan& plan, google::protobuf::RepeatedPtrField<nt::v1::ArrayInfo>* out) {
+  for (const ArraySpec& a : plan.arrays) {
+    nt::v1::ArrayInfo* info = out->Add();
+    info->set_name(a.name);
+    for (int64_t d : a.shape) info->add_shape(d);
+    info->set_tiled_axes(a.tiled_axes);
+  }
+}
+
+int Concurrency(const ServerOptions& o) {
+  return o.worker_threads > 0 ? o.worker_threads : static_cast<int>(std::thread::hardware_concurrency());
+}
+
+absl::Status CheckBudget(const KernelPlan& plan, int64_t queue_bytes, int64_t budget) {
+  const int64_t need = plan.working_bytes + queue_bytes;
+  if (need > budget) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the request needs about ", need >> 20, " MiB of server memory (tiles of ", plan.tile_size,
+        " rows), more than the budget of ", budget >> 20,
+        " MiB; send fewer or smaller inputs, or a smaller tile_size"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool KernelServiceImpl::Reserve(int64_t bytes) {
+  int64_t cur = reserved_.load();
+  while (true) {
+    if (cur + bytes > options_.memory_budget_bytes) return false;
+    if (reserved_.compare_exchange_weak(cur, cur + bytes)) return true;
+  }
+}
+
+grpc::Status KernelServiceImpl::Describe(grpc::ServerContext*, const nt::v1::DescribeRequest* req,
+                                         nt::v1::DescribeResponse* resp) {
+  if (!req->has_architecture()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "architecture: is required");
+  auto net = BuildLayer(req->architecture());
+  if (!net.ok()) return ToGrpcStatus(net.status());
+  if (req->x1_shape().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "x1_shape: is required");
+  }
+  Shape s1(req->x1_shape().begin(), req->x1_shape().end());
+  Shape s2(req->x2_shape().begin(), req->x2_shape().end());
+  const KernelOptions o = OptionsFrom(req->get(), req->has_diagonal_batch(), req->diagonal_batch(),
+                                      req->has_diagonal_spatial(), req->diagonal_spatial(), req->tile_size());
+  auto plan = PlanKernelForShapes(**net, s1, s2.empty() ? nullptr : &s2, o, Concurrency(options_));
+  if (!plan.ok()) return ToGrpcStatus(plan.status());
+  for (int64_t d : plan->meta.shape1) resp->add_output_shape1(d);
+  for (int64_t d : plan->meta.shape2) resp->add_output_shape2(d);
+  // shape1/shape2 of the 1-row plan carry batch 1: report the real batch sizes.
+  if (!plan->meta.shape1.empty()) {
+    resp->set_output_shape1(plan->meta.batch_axis, plan->n1);
+    resp->set_output_shape2(plan->meta.batch_axis, plan->n2);
+  }
+  FillArrays(*plan, resp->mutable_arrays());
+  resp->set_diagonal_batch(plan->diagonal_batch);
+  resp->set_diagonal_spatial(plan->diagonal_spatial);
+  resp->set_layout(plan->layout);
+  resp->set_tile_size(plan->tile_size);
+  resp->set_num_tiles(plan->num_tiles);
+  resp->set_estimated_flops(plan->estimated_flops);
+  resp->set_estimated_memory_bytes(plan->working_bytes);
+  return grpc::Status::OK;
+}
+
+grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, const nt::v1::KernelRequest* req,
+                                              grpc::ServerWriter<nt::v1::KernelResponse>* writer) {
+  const auto start = std::chrono::steady_clock::now();
+  if (!req->has_architecture()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "architecture: is required");
+  if (!req->has_x1()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "x1: is required");
+  if (req->output_dtype() != nt::v1::DTYPE_UNSPECIFIED && req->output_dtype() != nt::v1::FLOAT64 &&
+      req->output_dtype() != nt::v1::FLOAT32) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "output_dtype: must be FLOAT64 or FLOAT32");
+  }
+  if (req->tile_size() < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tile_size: must be >= 0");
+  }
+  if (req->has_pattern1() || req->has_pattern2()) {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                        "pattern1/pattern2: Aggregate patterns are not supported by this server yet");
+  }
+  auto net = BuildLayer(req->architecture());
+  if (!net.ok()) return ToGrpcStatus(net.status());
+  auto x1 = DecodeTensor(req->x1(), "x1");
+  if (!x1.ok()) return ToGrpcStatus(x1.status());
+  std::optional<Array> x2;
+  if (req->has_x2()) {
+    auto a = DecodeTensor(req->x2(), "x2");
+    if (!a.ok()) return ToGrpcStatus(a.status());
+    x2 = *std::move(a);
+  }
+  KernelOptions o = OptionsFrom(req->get(), req->has_diagonal_batch(), req->diagonal_batch(),
+                                req->has_diagonal_spatial(), req->diagonal_spatial(), req->tile_size());
+  if (req->has_mask_constant()) o.mask_constant = req->mask_constant();
+  auto plan = PlanKernel(**net, *x1, x2 ? &*x2 : nullptr, o, Concurrency(options_));
+  if (!plan.ok()) return ToGrpcStatus(plan.status());
+
+  // Every message must fit the configured maximum.
+  const nt::v1::DType dtype = req->output_dtype() == nt::v1::FLOAT32 ? nt::v1::FLOAT32 : nt::v1::FLOAT64;
+  const int64_t width = dtype == nt::v1::FLOAT32 ? 4 : 8;
+  int64_t largest_block = 0;
+  for (const ArraySpec& a : plan->arrays) {
+    int64_t trailing = 1;
+    for (size_t i = a.tiled_axes; i < a.shape.size(); ++i) trailing *= a.shape[i];
+    largest_block = std::max(largest_block, trailing * (a.tiled_axes == 2 ? plan->tile_size * plan->tile_size
+                                                        : a.tiled_axes == 1 ? plan->tile_size : 1) * width);
+  }
+  if (largest_block + 1024 > options_.max_message_bytes) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("tile_size: a tile of ", plan->tile_size, " rows is ", largest_block,
+                                     " bytes, more than the maximum message size of ",
+                                     options_.max_message_bytes, "; request a smaller tile_size"));
+  }
+  const int64_t queue_bytes = options_.tile_queue_depth * largest_block * 2;
+  if (absl::Status st = CheckBudget(*plan, queue_bytes, options_.memory_budget_bytes); !st.ok()) {
+    return ToGrpcStatus(st);
+  }
+  const int64_t reservation = plan->working_bytes + queue_bytes;
+  if (!Reserve(reservation)) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("the server's memory budget is taken by other requests (", reservation >> 20,
+                                     " MiB needed); retry later"));
+  }
+  struct Release {
+    KernelServiceImpl* s;
+    int64_t b;
+    ~Release() { s->Release(b); }
+  } release{this, reservation};
+
+  nt::v1::KernelResponse header;
+  FillArrays(*plan, header.mutable_header()->mutable_arrays());
+  header.mutable_header()->set_dtype(dtype);
+  header.mutable_header()->set_num_tiles(plan->num_tile_messages);
+  header.mutable_header()->set_diagonal_spatial(plan->diagonal_spatial);
+  if (!writer->Write(header)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+
+  std::atomic<bool> cancelled{false};
+  o.cancelled = &cancelled;
+  TileQueue queue(static_cast<size_t>(std::max<int64_t>(1, options_.tile_queue_depth)));
+  int64_t tiles_sent = 0;
+  absl::Status engine_status;
+  std::thread engine([&] {
+    engine_status = ComputeKernelTiles(**net, *x1, x2 ? &*x2 : nullptr, *plan, o, [&](TileBlock&& b) {
+      nt::v1::KernelResponse r;
+      nt::v1::KernelTile* t = r.mutable_tile();
+      t->set_name(b.name);
+      t->set_row_offset(b.row);
+      t->set_col_offset(b.col);
+      t->set_mirror(b.mirror);
+      EncodeTensor(b.block, dtype, t->mutable_block());
+      if (!queue.Push(std::move(r))) return absl::CancelledError("the client stopped reading");
+      return absl::OkStatus();
+    });
+    queue.Finish();
+  });
+  bool client_gone = false;
+  while (!queue.finished_and_empty()) {
+    if (context->IsCancelled()) {
+      client_gone = true;
+      break;
+    }
+    auto r = queue.Pop(std::chrono::milliseconds(50));
+    if (!r) continue;
+    if (!writer->Write(*r)) {
+      client_gone = true;
+      break;
+    }
+    ++tiles_sent;
+  }
+  if (client_gone) {
+    cancelled = true;
+    queue.Close();
+  }
+  engine.join();
+  if (client_gone) {
+    LogInfo(absl::StrCat("ComputeKernel cancelled by the client after ", tiles_sent, " tiles"));
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request or its deadline expired");
+  }
+  if (!engine_status.ok()) return ToGrpcStatus(engine_status);
+
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  nt::v1::KernelResponse summary;
+  nt::v1::KernelSummary* s = summary.mutable_summary();
+  FillArrays(*plan, s->mutable_arrays());
+  const Kernel& m = plan->meta;
+  s->set_x1_is_x2(plan->x1_is_x2);
+  s->set_is_gaussian(m.is_gaussian);
+  s->set_is_reversed(false);
+  s->set_diagonal_batch(plan->diagonal_batch);
+  s->set_diagonal_spatial(m.diagonal_spatial);
+  for (int64_t d : m.shape1) s->add_shape1(d);
+  for (int64_t d : m.shape2) s->add_shape2(d);
+  if (!m.shape1.empty()) {
+    s->set_shape1(m.batch_axis, plan->n1);
+    s->set_shape2(m.batch_axis, plan->n2);
+  }
+  s->set_batch_axis(m.batch_axis);
+  s->set_channel_axis(m.channel_axis);
+  s->set_num_tiles(tiles_sent);
+  s->set_compute_seconds(seconds);
+  writer->Write(summary);
+  LogInfo(absl::StrCat("ComputeKernel ", plan->layout, ": ", tiles_sent, " tiles in ", seconds, " s"));
+  return grpc::Status::OK;
+}
+
+}  // namespace nt::server

@@ -1,0 +1,43 @@
+// KernelService: a thin gRPC adapter over the core engine (validation, budgets, streaming).
+#ifndef NT_SERVER_KERNEL_SERVICE_H_
+#define NT_SERVER_KERNEL_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "nt/v1/service.grpc.pb.h"
+
+namespace nt::server {
+
+struct ServerOptions {
+  std::string address = "0.0.0.0:50051";
+  int worker_threads = 0;                        // 0: all cores.
+  int64_t max_message_bytes = 256LL << 20;       // Largest request or response message.
+  int64_t memory_budget_bytes = 8LL << 30;       // Engine memory across concurrent requests.
+  int64_t tile_queue_depth = 8;                  // Computed tiles waiting to be written, per request.
+};
+
+class KernelServiceImpl final : public nt::v1::KernelService::Service {
+ public:
+  explicit KernelServiceImpl(const ServerOptions& options) : options_(options) {}
+
+  grpc::Status Describe(grpc::ServerContext* context, const nt::v1::DescribeRequest* request,
+                        nt::v1::DescribeResponse* response) override;
+  grpc::Status ComputeKernel(grpc::ServerContext* context, const nt::v1::KernelRequest* request,
+                             grpc::ServerWriter<nt::v1::KernelResponse>* writer) override;
+
+  int64_t reserved_bytes() const { return reserved_.load(); }
+
+ private:
+  // Reserves `bytes` of the memory budget; false if it would be exceeded.
+  bool Reserve(int64_t bytes);
+  void Release(int64_t bytes) { reserved_ -= bytes; }
+
+  ServerOptions options_;
+  std::atomic<int64_t> reserved_{0};
+};
+
+}  // namespace nt::server
+
+#endif  // NT_SERVER_KERNEL_SERVICE_H_

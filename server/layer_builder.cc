@@ -1,0 +1,136 @@
+#include "server/layer_builder.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/stax.h"
+
+namespace nt::server {
+
+namespace {
+
+using stax::Net;
+
+// Error messages carry the path of the layer inside the architecture, e.g. "serial.layers[2] (Dense)".
+std::string Where(const std::string& path, const std::string& name) {
+  return absl::StrCat(path, " (", name, ")");
+}
+
+absl::Status Prefix(const absl::Status& st, const std::string& path) {
+  return absl::Status(st.code(), absl::StrCat(path, ": ", st.message()));
+}
+
+absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, int depth);
+
+absl::StatusOr<std::vector<Net>> BuildChildren(const google::protobuf::RepeatedPtrField<nt::v1::Layer>& ls,
+                                               const std::string& path, int depth) {
+  std::vector<Net> out;
+  for (int i = 0; i < ls.size(); ++i) {
+    auto c = Build(ls[i], absl::StrCat(path, ".layers[", i, "]"), depth + 1);
+    if (!c.ok()) return c.status();
+    out.emplace_back(*c);
+  }
+  return out;
+}
+
+absl::Status Invalid(const std::string& path, const std::string& layer, const std::string& field,
+                     const std::string& msg) {
+  return absl::InvalidArgumentError(absl::StrCat(Where(path, layer), ".", field, ": ", msg));
+}
+
+// Factories validate their arguments; surface a failure now, before any work starts.
+absl::StatusOr<LayerPtr> Finish(const Net& net, const std::string& path) {
+  if (!net.status().ok()) return Prefix(net.status(), path);
+  return net.layer();
+}
+
+absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, int depth) {
+  if (depth > 256) return absl::InvalidArgumentError(absl::StrCat(path, ": architecture nested deeper than 256"));
+  using K = nt::v1::Layer::KindCase;
+  switch (l.kind_case()) {
+    case K::KIND_NOT_SET:
+      return absl::InvalidArgumentError(absl::StrCat(path, ": layer has no kind set"));
+    case K::kSerial: {
+      auto ch = BuildChildren(l.serial().layers(), path, depth);
+      if (!ch.ok()) return ch.status();
+      return stax::serial(*std::move(ch)).layer();
+    }
+    case K::kParallel: {
+      auto ch = BuildChildren(l.parallel().layers(), path, depth);
+      if (!ch.ok()) return ch.status();
+      if (ch->empty()) return Invalid(path, "parallel", "layers", "needs at least one branch");
+      return stax::parallel(*std::move(ch)).layer();
+    }
+    case K::kRepeat: {
+      const auto& r = l.repeat();
+      if (!r.has_n()) return Invalid(path, "repeat", "n", "is required");
+      if (r.n() < 0 || r.n() > 100000) return Invalid(path, "repeat", "n", absl::StrCat("must be in [0, 100000], got ", r.n()));
+      if (!r.has_layer()) return Invalid(path, "repeat", "layer", "is required");
+      auto c = Build(r.layer(), absl::StrCat(path, ".layer"), depth + 1);
+      if (!c.ok()) return c.status();
+      return stax::repeat(Net(*c), static_cast<int>(r.n())).layer();
+    }
+    case K::kIdentity:
+      return stax::Identity().layer();
+    case K::kFanOut: {
+      if (!l.fan_out().has_num()) return Invalid(path, "FanOut", "num", "is required");
+      const int64_t num = l.fan_out().num();
+      if (num < 1 || num > 4096) return Invalid(path, "FanOut", "num", absl::StrCat("must be in [1, 4096], got ", num));
+      return stax::FanOut(static_cast<int>(num)).layer();
+    }
+    case K::kFanInSum:
+      return stax::FanInSum().layer();
+    case K::kDense: {
+      const auto& d = l.dense();
+      if (!d.has_out_dim()) return Invalid(path, "Dense", "out_dim", "is required");
+      if (d.out_dim() <= 0) return Invalid(path, "Dense", "out_dim", absl::StrCat("must be positive, got ", d.out_dim()));
+      std::array<double, 2> s = {1.0, 1.0};
+      if (d.s_size() != 0 && d.s_size() != 2) return Invalid(path, "Dense", "s", "must have two entries (s0, s1)");
+      if (d.s_size() == 2) s = {double(d.s(0)), double(d.s(1))};
+      std::optional<double> b_std;
+      if (d.has_b_std()) b_std = d.b_std();
+      return Finish(stax::Dense(d.out_dim(), d.has_w_std() ? d.w_std() : 1.0, b_std,
+                                d.has_batch_axis() ? int(d.batch_axis()) : 0,
+                                d.has_channel_axis() ? int(d.channel_axis()) : -1,
+                                d.has_parameterization() ? d.parameterization() : "ntk", s),
+                    Where(path, "Dense"));
+    }
+    case K::kRelu:
+      return stax::Relu(l.relu().do_stabilize()).layer();
+    case K::kAbRelu: {
+      const auto& a = l.ab_relu();
+      if (!a.has_a()) return Invalid(path, "ABRelu", "a", "is required");
+      if (!a.has_b()) return Invalid(path, "ABRelu", "b", "is required");
+      return Finish(stax::ABRelu(a.a(), a.b(), a.do_stabilize()), Where(path, "ABRelu"));
+    }
+    case K::kLeakyRelu: {
+      const auto& a = l.leaky_relu();
+      if (!a.has_alpha()) return Invalid(path, "LeakyRelu", "alpha", "is required");
+      return Finish(stax::LeakyRelu(a.alpha(), a.do_stabilize()), Where(path, "LeakyRelu"));
+    }
+    case K::kAbs:
+      return stax::Abs(l.abs().do_stabilize()).layer();
+    case K::kErf: {
+      const auto& e = l.erf();
+      return Finish(stax::Erf(e.has_a() ? e.a() : 1.0, e.has_b() ? e.b() : 1.0, e.has_c() ? e.c() : 0.0),
+                    Where(path, "Erf"));
+    }
+    case K::kSigmoidLike:
+      return stax::Sigmoid_like().layer();
+    default:
+      break;
+  }
+  // Every other layer of the protocol: known, not implemented by this server yet.
+  const auto* field = l.GetDescriptor()->FindFieldByNumber(static_cast<int>(l.kind_case()));
+  const std::string name = field ? field->message_type()->name() : "unknown";
+  return absl::UnimplementedError(
+      absl::StrCat(path, ": layer ", name, " is not implemented by this server yet"));
+}
+
+}  // namespace
+
+absl::StatusOr<LayerPtr> BuildLayer(const nt::v1::Layer& layer) { return Build(layer, "architecture", 0); }
+
+}  // namespace nt::server

@@ -1,0 +1,74 @@
+#include "server/tensor_codec.h"
+
+#include <cstring>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+
+namespace nt::server {
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the wire format is little-endian");
+
+absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& field) {
+  Shape shape(t.shape().begin(), t.shape().end());
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".shape: negative dimension in ", ShapeToString(shape)));
+    }
+    if (d != 0 && n > std::numeric_limits<int64_t>::max() / 8 / d) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".shape: ", ShapeToString(shape), " is too large"));
+    }
+    n *= d;
+  }
+  size_t width;
+  switch (t.dtype()) {
+    case nt::v1::DTYPE_UNSPECIFIED:
+    case nt::v1::FLOAT64:
+      width = 8;
+      break;
+    case nt::v1::FLOAT32:
+      width = 4;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(field, ".dtype: must be FLOAT64 or FLOAT32, got ",
+                                                     nt::v1::DType_Name(t.dtype())));
+  }
+  if (t.data().size() != static_cast<size_t>(n) * width) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ".data: has ", t.data().size(), " bytes but shape ",
+                                                   ShapeToString(shape), " of ", nt::v1::DType_Name(t.dtype() ? t.dtype() : nt::v1::FLOAT64),
+                                                   " needs ", n * width));
+  }
+  Array a(shape);
+  if (width == 8) {
+    std::memcpy(a.data(), t.data().data(), n * 8);
+  } else {
+    const char* src = t.data().data();
+    for (int64_t i = 0; i < n; ++i) {
+      float f;
+      std::memcpy(&f, src + 4 * i, 4);
+      a[i] = f;
+    }
+  }
+  return a;
+}
+
+void EncodeTensor(const Array& a, nt::v1::DType dtype, nt::v1::Tensor* out) {
+  out->clear_shape();
+  for (int64_t d : a.shape()) out->add_shape(d);
+  std::string* data = out->mutable_data();
+  if (dtype == nt::v1::FLOAT32) {
+    out->set_dtype(nt::v1::FLOAT32);
+    data->resize(a.size() * 4);
+    for (int64_t i = 0; i < a.size(); ++i) {
+      const float f = static_cast<float>(a[i]);
+      std::memcpy(data->data() + 4 * i, &f, 4);
+    }
+  } else {
+    out->set_dtype(nt::v1::FLOAT64);
+    data->resize(a.size() * 8);
+    std::memcpy(data->data(), a.data(), a.size() * 8);
+  }
+}
+
+}  // namespace nt::server

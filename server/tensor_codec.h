@@ -1,0 +1,20 @@
+// nt.v1.Tensor (shape + dtype + raw little-endian row-major bytes) <-> core Array.
+#ifndef NT_SERVER_TENSOR_CODEC_H_
+#define NT_SERVER_TENSOR_CODEC_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "core/array.h"
+#include "nt/v1/tensor.pb.h"
+
+namespace nt::server {
+
+// Decodes a float64/float32 tensor; `field` names the request field in error messages.
+absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& field);
+// Encodes as FLOAT64 or FLOAT32 (anything else: FLOAT64).
+void EncodeTensor(const Array& a, nt::v1::DType dtype, nt::v1::Tensor* out);
+
+}  // namespace nt::server
+
+#endif  // NT_SERVER_TENSOR_CODEC_H_
