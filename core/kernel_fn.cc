@@ -18,10 +18,8 @@ namespace nt {
 
 namespace {
 
-void SingleThreadedBlas() {
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
-}
+// Cheap; done per call because a caller may have raised it for its own GEMMs in between.
+void SingleThreadedBlas() { openblas_set_num_threads(1); }
 
 constexpr int64_t kTileBytes = 4 << 20;  // Target size of one tile's nngp block.
 
@@ -72,6 +70,19 @@ struct TileJob {
   int64_t r0, r1, c0, c1;
 };
 
+// A block of a batch against itself: GEMM rounding can leave nngp slightly asymmetric and its diagonal
+// slightly off the variances, which maps like Relu's amplify near correlation 1 (sqrt of rounding
+// noise). Make the block exactly symmetric with the variances on its diagonal, as the maths says.
+void MakeSelfConsistent(bool diagonal_spatial, const Array& cov, Array* nngp) {
+  const Array mirrored = Transpose(*nngp, MirrorPermutation(nngp->rank(), !diagonal_spatial));
+  for (int64_t i = 0; i < nngp->size(); ++i) (*nngp)[i] = 0.5 * ((*nngp)[i] + mirrored[i]);
+  const int64_t n = nngp->dim(0);
+  const int64_t inner = cov.size() / n;
+  for (int64_t i = 0; i < n; ++i) {
+    std::copy(cov.data() + i * inner, cov.data() + (i + 1) * inner, nngp->data() + (i * n + i) * inner);
+  }
+}
+
 Kernel InputKernel(const KernelPlan& plan, const Pass& pass, int64_t r0, int64_t r1, int64_t c0,
                    int64_t c1) {
   const bool same_block = pass.symmetric && r0 == c0;
@@ -82,6 +93,7 @@ Kernel InputKernel(const KernelPlan& plan, const Pass& pass, int64_t r0, int64_t
   if (!same_block) k.cov2 = InputCovDiag(*pass.b, c0, c1, plan.diagonal_spatial);
   // Upstream's x1_is_x2 marks entries (i, i) of the same batch: only blocks on the diagonal qualify.
   k.x1_is_x2 = pass.symmetric ? same_block : (plan.x1_is_x2 && r0 == c0 && r1 == c1);
+  if (k.x1_is_x2) MakeSelfConsistent(plan.diagonal_spatial, k.cov1, &k.nngp);
   k.diagonal_batch = true;
   k.diagonal_spatial = plan.diagonal_spatial;
   k.shape1 = pass.a->shape;
@@ -187,6 +199,13 @@ absl::Status EmitTile(const KernelPlan& plan, const Pass& pass, const TileJob& j
   return absl::OkStatus();
 }
 
+// The planning sample has one row per batch: report the real batch sizes in the output shapes.
+void SetBatchSizes(int64_t n1, int64_t n2, Kernel* meta) {
+  if (meta->shape1.empty()) return;
+  meta->shape1[meta->batch_axis] = n1;
+  meta->shape2[meta->batch_axis] = n2;
+}
+
 absl::StatusOr<KernelPlan> Plan(const Layer& net, const Array& x1, const Array* x2,
                                 const KernelOptions& options, int concurrency) {
   KernelPlan plan;
@@ -255,6 +274,7 @@ absl::StatusOr<KernelPlan> Plan(const Layer& net, const Array& x1, const Array* 
   plan.meta = *std::move(meta);
   plan.meta.x1_is_x2 = plan.x1_is_x2;
   plan.meta.diagonal_batch = plan.diagonal_batch;
+  SetBatchSizes(plan.n1, plan.n2, &plan.meta);
   const Shape out_trailing = Trailing(plan.meta.nngp, 2);
   const Shape cov_trailing = Trailing(plan.meta.cov1, 1);
   auto with = [](Shape lead, const Shape& trailing) {
@@ -362,6 +382,7 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
   const int64_t t = out.tile_size;
   out.n1 = n1;
   out.n2 = n2;
+  SetBatchSizes(n1, n2, &out.meta);
   out.output_bytes = 0;
   for (ArraySpec& a : out.arrays) {
     if (a.tiled_axes >= 1) a.shape[0] = (a.name == "cov2") ? n2 : n1;

@@ -45,7 +45,7 @@ struct KernelPlan {
   int batch_axis = 0;
   int channel_axis = -1;
   std::vector<ArraySpec> arrays;  // Requested arrays with their full (natural-order) shapes.
-  Kernel meta;                    // Output metadata (arrays hold a 1 x 1 sample).
+  Kernel meta;  // Output metadata with the real batch sizes in shape1/2 (arrays: a 1 x 1 sample).
   int64_t n1 = 0, n2 = 0;
   int64_t tile_size = 0;
   int64_t num_tiles = 0;          // Tile computations (mirrored tiles once).

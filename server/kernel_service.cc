@@ -129,11 +129,6 @@ grpc::Status KernelServiceImpl::Describe(grpc::ServerContext*, const nt::v1::Des
   if (!plan.ok()) return ToGrpcStatus(plan.status());
   for (int64_t d : plan->meta.shape1) resp->add_output_shape1(d);
   for (int64_t d : plan->meta.shape2) resp->add_output_shape2(d);
-  // shape1/shape2 of the 1-row plan carry batch 1: report the real batch sizes.
-  if (!plan->meta.shape1.empty()) {
-    resp->set_output_shape1(plan->meta.batch_axis, plan->n1);
-    resp->set_output_shape2(plan->meta.batch_axis, plan->n2);
-  }
   FillArrays(*plan, resp->mutable_arrays());
   resp->set_diagonal_batch(plan->diagonal_batch);
   resp->set_diagonal_spatial(plan->diagonal_spatial);
@@ -272,10 +267,6 @@ grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, cons
   s->set_diagonal_spatial(m.diagonal_spatial);
   for (int64_t d : m.shape1) s->add_shape1(d);
   for (int64_t d : m.shape2) s->add_shape2(d);
-  if (!m.shape1.empty()) {
-    s->set_shape1(m.batch_axis, plan->n1);
-    s->set_shape2(m.batch_axis, plan->n2);
-  }
   s->set_batch_axis(m.batch_axis);
   s->set_channel_axis(m.channel_axis);
   s->set_num_tiles(tiles_sent);

@@ -24,6 +24,7 @@ using google::protobuf::FieldDescriptor;
 using google::protobuf::Message;
 using google::protobuf::Reflection;
 using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;
 
 // Position of a value in the tree, for error messages.
 struct Where {
@@ -75,7 +76,8 @@ absl::StatusOr<double> ToDouble(const json& v, const Where& w) {
   return w.Error(absl::StrCat("expected a number, got ", Short(v)));
 }
 
-json FromDouble(double d) {
+template <typename J>
+J FromDouble(double d) {
   if (std::isnan(d)) return "nan";
   if (std::isinf(d)) return d > 0 ? "inf" : "-inf";
   return d;
@@ -422,36 +424,42 @@ absl::Status ParseLayer(const json& j, const std::string& path, nt::v1::Layer* o
 }
 
 // ---- Layer -> JSON ----
+// Written as ordered_json: "layer" before "args", arguments in upstream (field) order.
 
-absl::StatusOr<json> MessageToJson(const Message& msg);
+absl::StatusOr<ojson> LayerToOrdered(const nt::v1::Layer& layer);
 
-absl::StatusOr<json> ScalarToJson(const Message& msg, const FieldDescriptor* f, int i) {
+
+absl::StatusOr<ojson> MessageToJson(const Message& msg);
+
+absl::StatusOr<ojson> ScalarToJson(const Message& msg, const FieldDescriptor* f, int i) {
   const Reflection* r = msg.GetReflection();
   const bool rep = f->is_repeated();
   switch (f->cpp_type()) {
     case FieldDescriptor::CPPTYPE_INT64:
-      return json(rep ? r->GetRepeatedInt64(msg, f, i) : r->GetInt64(msg, f));
+      return ojson(rep ? r->GetRepeatedInt64(msg, f, i) : r->GetInt64(msg, f));
     case FieldDescriptor::CPPTYPE_INT32:
-      return json(rep ? r->GetRepeatedInt32(msg, f, i) : r->GetInt32(msg, f));
+      return ojson(rep ? r->GetRepeatedInt32(msg, f, i) : r->GetInt32(msg, f));
     case FieldDescriptor::CPPTYPE_DOUBLE:
-      return FromDouble(rep ? r->GetRepeatedDouble(msg, f, i) : r->GetDouble(msg, f));
+      return FromDouble<ojson>(rep ? r->GetRepeatedDouble(msg, f, i) : r->GetDouble(msg, f));
     case FieldDescriptor::CPPTYPE_FLOAT:
-      return FromDouble(rep ? r->GetRepeatedFloat(msg, f, i) : r->GetFloat(msg, f));
+      return FromDouble<ojson>(rep ? r->GetRepeatedFloat(msg, f, i) : r->GetFloat(msg, f));
     case FieldDescriptor::CPPTYPE_BOOL:
-      return json(rep ? r->GetRepeatedBool(msg, f, i) : r->GetBool(msg, f));
+      return ojson(rep ? r->GetRepeatedBool(msg, f, i) : r->GetBool(msg, f));
     case FieldDescriptor::CPPTYPE_STRING:
-      return json(rep ? r->GetRepeatedString(msg, f, i) : r->GetString(msg, f));
+      return ojson(rep ? r->GetRepeatedString(msg, f, i) : r->GetString(msg, f));
     case FieldDescriptor::CPPTYPE_ENUM:
-      return json((rep ? r->GetRepeatedEnum(msg, f, i) : r->GetEnum(msg, f))->name());
+      return ojson((rep ? r->GetRepeatedEnum(msg, f, i) : r->GetEnum(msg, f))->name());
     case FieldDescriptor::CPPTYPE_MESSAGE:
       return MessageToJson(rep ? r->GetRepeatedMessage(msg, f, i) : r->GetMessage(msg, f));
+    default:
+      break;
   }
   return absl::InternalError(absl::StrCat("unsupported field type of ", f->full_name()));
 }
 
-absl::StatusOr<json> TensorToJson(const nt::v1::Tensor& t) {
+absl::StatusOr<ojson> TensorToJson(const nt::v1::Tensor& t) {
   int64_t n = 1;
-  json shape = json::array();
+  ojson shape = ojson::array();
   for (int64_t d : t.shape()) {
     shape.push_back(d);
     n *= d;
@@ -476,7 +484,7 @@ absl::StatusOr<json> TensorToJson(const nt::v1::Tensor& t) {
     return absl::InvalidArgumentError(absl::StrCat("tensor has ", t.data().size(),
                                                    " data bytes for ", n, " elements"));
   }
-  json data = json::array();
+  ojson data = ojson::array();
   const char* p = t.data().data();
   for (int64_t i = 0; i < n; ++i) {
     double d;
@@ -493,37 +501,37 @@ absl::StatusOr<json> TensorToJson(const nt::v1::Tensor& t) {
     } else {
       std::memcpy(&d, p + 8 * i, 8);
     }
-    data.push_back(FromDouble(d));
+    data.push_back(FromDouble<ojson>(d));
   }
-  return json{{"shape", shape}, {"data", data}};
+  return ojson{{"shape", shape}, {"data", data}};
 }
 
-json IntsToJson(const google::protobuf::RepeatedField<int64_t>& v) {
-  return json(std::vector<int64_t>(v.begin(), v.end()));
+ojson IntsToJson(const google::protobuf::RepeatedField<int64_t>& v) {
+  return ojson(std::vector<int64_t>(v.begin(), v.end()));
 }
 
-json OptionalInt(bool has, int64_t v) { return has ? json(v) : json(); }
+ojson OptionalInt(bool has, int64_t v) { return has ? ojson(v) : ojson(); }
 
-absl::StatusOr<json> MessageToJson(const Message& msg) {
+absl::StatusOr<ojson> MessageToJson(const Message& msg) {
   const std::string& type = msg.GetDescriptor()->full_name();
   if (type == "nt.v1.Tensor") return TensorToJson(static_cast<const nt::v1::Tensor&>(msg));
   if (type == "nt.v1.Slice") {
     const auto& s = static_cast<const nt::v1::Slice&>(msg);
-    return json::array({OptionalInt(s.has_start(), s.start()), OptionalInt(s.has_stop(), s.stop()),
+    return ojson::array({OptionalInt(s.has_start(), s.start()), OptionalInt(s.has_stop(), s.stop()),
                         OptionalInt(s.has_step(), s.step())});
   }
   if (type == "nt.v1.IndexItem") {
     const auto& item = static_cast<const nt::v1::IndexItem&>(msg);
     switch (item.item_case()) {
       case nt::v1::IndexItem::kSlice: {
-        absl::StatusOr<json> s = MessageToJson(item.slice());
+        absl::StatusOr<ojson> s = MessageToJson(item.slice());
         if (!s.ok()) return s;
-        return json{{"slice", *s}};
+        return ojson{{"slice", *s}};
       }
       case nt::v1::IndexItem::kIndex:
-        return json(item.index());
+        return ojson(item.index());
       case nt::v1::IndexItem::kEllipsis:
-        if (item.ellipsis()) return json("...");
+        if (item.ellipsis()) return ojson("...");
         break;
       default:
         break;
@@ -533,17 +541,17 @@ absl::StatusOr<json> MessageToJson(const Message& msg) {
   if (type == "nt.v1.Axes") return IntsToJson(static_cast<const nt::v1::Axes&>(msg).axes());
   if (type == "nt.v1.DotDimensionNumbers") {
     const auto& d = static_cast<const nt::v1::DotDimensionNumbers&>(msg);
-    return json::array({json::array({IntsToJson(d.lhs_contracting()), IntsToJson(d.rhs_contracting())}),
-                        json::array({IntsToJson(d.lhs_batch()), IntsToJson(d.rhs_batch())})});
+    return ojson::array({ojson::array({IntsToJson(d.lhs_contracting()), IntsToJson(d.rhs_contracting())}),
+                        ojson::array({IntsToJson(d.lhs_batch()), IntsToJson(d.rhs_batch())})});
   }
   if (type == "nt.v1.ConvDimensionNumbers") {
     const auto& d = static_cast<const nt::v1::ConvDimensionNumbers&>(msg);
-    return json::array({d.lhs_spec(), d.rhs_spec(), d.out_spec()});
+    return ojson::array({d.lhs_spec(), d.rhs_spec(), d.out_spec()});
   }
-  if (type == "nt.v1.Layer") return LayerToJsonValue(static_cast<const nt::v1::Layer&>(msg));
+  if (type == "nt.v1.Layer") return LayerToOrdered(static_cast<const nt::v1::Layer&>(msg));
 
   // Generic: every field that is set, keyed by its (upstream) name.
-  json out = json::object();
+  ojson out = ojson::object();
   const Descriptor* d = msg.GetDescriptor();
   const Reflection* r = msg.GetReflection();
   for (int i = 0; i < d->field_count(); ++i) {
@@ -551,9 +559,9 @@ absl::StatusOr<json> MessageToJson(const Message& msg) {
     if (f->is_repeated()) {
       const int n = r->FieldSize(msg, f);
       if (n == 0) continue;
-      json list = json::array();
+      ojson list = ojson::array();
       for (int k = 0; k < n; ++k) {
-        absl::StatusOr<json> v = ScalarToJson(msg, f, k);
+        absl::StatusOr<ojson> v = ScalarToJson(msg, f, k);
         if (!v.ok()) return v;
         list.push_back(std::move(*v));
       }
@@ -563,11 +571,43 @@ absl::StatusOr<json> MessageToJson(const Message& msg) {
     // HasField is presence for optional scalars and messages, "non-default" for plain proto3
     // scalars and enums (an UNSPECIFIED enum means the upstream default).
     if (!r->HasField(msg, f)) continue;
-    absl::StatusOr<json> v = ScalarToJson(msg, f, 0);
+    absl::StatusOr<ojson> v = ScalarToJson(msg, f, 0);
     if (!v.ok()) return v;
     out[f->name()] = std::move(*v);
   }
   return out;
+}
+
+absl::StatusOr<ojson> LayerToOrdered(const nt::v1::Layer& layer) {
+  const google::protobuf::OneofDescriptor* kind = nt::v1::Layer::descriptor()->FindOneofByName("kind");
+  const FieldDescriptor* field = layer.GetReflection()->GetOneofFieldDescriptor(layer, kind);
+  if (field == nullptr) return absl::InvalidArgumentError("Layer with no kind set");
+  switch (layer.kind_case()) {
+    case nt::v1::Layer::kSerial:
+    case nt::v1::Layer::kParallel: {
+      const auto& layers = layer.has_serial() ? layer.serial().layers() : layer.parallel().layers();
+      ojson list = ojson::array();
+      for (const nt::v1::Layer& l : layers) {
+        absl::StatusOr<ojson> v = LayerToOrdered(l);
+        if (!v.ok()) return v;
+        list.push_back(std::move(*v));
+      }
+      return ojson{{"layer", layer.has_serial() ? "serial" : "parallel"}, {"layers", list}};
+    }
+    case nt::v1::Layer::kRepeat: {
+      absl::StatusOr<ojson> inner = LayerToOrdered(layer.repeat().layer());
+      if (!inner.ok()) return inner;
+      return ojson{{"layer", "repeat"},
+                  {"args", {{"n", layer.repeat().n()}}},
+                  {"layers", ojson::array({*inner})}};
+    }
+    default:
+      break;
+  }
+  const Message& msg = layer.GetReflection()->GetMessage(layer, field);
+  absl::StatusOr<ojson> args = MessageToJson(msg);
+  if (!args.ok()) return args;
+  return ojson{{"layer", field->message_type()->name()}, {"args", *args}};
 }
 
 }  // namespace
@@ -601,39 +641,13 @@ absl::StatusOr<nt::v1::Layer> LayerFromJsonFile(const std::string& path) {
 }
 
 absl::StatusOr<nlohmann::json> LayerToJsonValue(const nt::v1::Layer& layer) {
-  const google::protobuf::OneofDescriptor* kind = nt::v1::Layer::descriptor()->FindOneofByName("kind");
-  const FieldDescriptor* field = layer.GetReflection()->GetOneofFieldDescriptor(layer, kind);
-  if (field == nullptr) return absl::InvalidArgumentError("Layer with no kind set");
-  switch (layer.kind_case()) {
-    case nt::v1::Layer::kSerial:
-    case nt::v1::Layer::kParallel: {
-      const auto& layers = layer.has_serial() ? layer.serial().layers() : layer.parallel().layers();
-      json list = json::array();
-      for (const nt::v1::Layer& l : layers) {
-        absl::StatusOr<json> v = LayerToJsonValue(l);
-        if (!v.ok()) return v;
-        list.push_back(std::move(*v));
-      }
-      return json{{"layer", layer.has_serial() ? "serial" : "parallel"}, {"layers", list}};
-    }
-    case nt::v1::Layer::kRepeat: {
-      absl::StatusOr<json> inner = LayerToJsonValue(layer.repeat().layer());
-      if (!inner.ok()) return inner;
-      return json{{"layer", "repeat"},
-                  {"args", {{"n", layer.repeat().n()}}},
-                  {"layers", json::array({*inner})}};
-    }
-    default:
-      break;
-  }
-  const Message& msg = layer.GetReflection()->GetMessage(layer, field);
-  absl::StatusOr<json> args = MessageToJson(msg);
-  if (!args.ok()) return args;
-  return json{{"layer", field->message_type()->name()}, {"args", *args}};
+  absl::StatusOr<ojson> j = LayerToOrdered(layer);
+  if (!j.ok()) return j.status();
+  return nlohmann::json(*j);
 }
 
 absl::StatusOr<std::string> LayerToJson(const nt::v1::Layer& layer, int indent) {
-  absl::StatusOr<json> j = LayerToJsonValue(layer);
+  absl::StatusOr<ojson> j = LayerToOrdered(layer);
   if (!j.ok()) return j.status();
   return j->dump(indent);
 }

@@ -1,0 +1,162 @@
+// kernel_fn semantics: get, errors, tiling, layouts, the Kernel path and the rank-0 NTK.
+#include "core/kernel_fn.h"
+
+#include <cmath>
+
+#include "core/stax.h"
+#include "gtest/gtest.h"
+
+namespace nt {
+namespace {
+
+using stax::Dense;
+using stax::Erf;
+using stax::Relu;
+using stax::serial;
+
+Array Normal(Shape s, uint64_t seed) { return RngKey(seed).Normal(s); }
+
+double MaxAbsDiff(const Array& a, const Array& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  double m = 0;
+  for (int64_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
+  return m;
+}
+
+TEST(KernelFnTest, DenseMatchesClosedForm) {
+  const Array x1 = Normal({5, 7}, 1), x2 = Normal({3, 7}, 2);
+  auto k = Dense(4, 1.5, 0.3).kernel_fn(x1, &x2);
+  ASSERT_TRUE(k.ok()) << k.status();
+  const Array& nngp = *k->Find("nngp");
+  for (int i = 0; i < 5; ++i) {
+    for (int j = 0; j < 3; ++j) {
+      double dot = 0;
+      for (int c = 0; c < 7; ++c) dot += x1[i * 7 + c] * x2[j * 7 + c];
+      EXPECT_NEAR(nngp[i * 3 + j], 2.25 * dot / 7 + 0.09, 1e-14);
+      EXPECT_NEAR((*k->Find("ntk"))[i * 3 + j], nngp[i * 3 + j], 1e-14);
+    }
+  }
+  EXPECT_EQ(k->Find("cov1")->shape(), (Shape{5}));
+  EXPECT_EQ(k->Find("cov2")->shape(), (Shape{3}));
+}
+
+TEST(KernelFnTest, TileSizesAgreeAndMirrorTilesAreSymmetric) {
+  const Array x = Normal({37, 9}, 3);
+  auto net = serial(Dense(8, 1.3, 0.2), Relu(), Dense(8, 1.1), Erf(), Dense(1));
+  KernelOptions o;
+  o.tile_size = 64;
+  auto ref = ComputeKernel(*net.layer(), x, nullptr, o);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  for (int64_t t : {1, 5, 16, 36}) {
+    o.tile_size = t;
+    auto k = ComputeKernel(*net.layer(), x, nullptr, o);
+    ASSERT_TRUE(k.ok());
+    for (const char* name : {"nngp", "ntk", "cov1"}) {
+      EXPECT_LT(MaxAbsDiff(*k->Find(name), *ref->Find(name)), 1e-13) << name << " tile " << t;
+    }
+  }
+  const Array& nngp = *ref->Find("nngp");
+  for (int i = 0; i < 37; ++i)
+    for (int j = 0; j < 37; ++j) EXPECT_EQ(nngp[i * 37 + j], nngp[j * 37 + i]);
+}
+
+TEST(KernelFnTest, FullBatchCovarianceIsTheSelfKernel) {
+  const Array x1 = Normal({6, 4}, 4), x2 = Normal({5, 4}, 5);
+  auto net = serial(Dense(8, 1.2, 0.1), Relu(), Dense(3));
+  KernelOptions o;
+  o.diagonal_batch = false;
+  o.tile_size = 2;
+  auto k = ComputeKernel(*net.layer(), x1, &x2, o);
+  ASSERT_TRUE(k.ok()) << k.status();
+  auto k11 = net.kernel_fn(x1, nullptr, {"nngp"});
+  auto k22 = net.kernel_fn(x2, nullptr, {"nngp"});
+  ASSERT_TRUE(k11.ok() && k22.ok());
+  EXPECT_EQ(k->Find("cov1")->shape(), (Shape{6, 6}));
+  EXPECT_LT(MaxAbsDiff(*k->Find("cov1"), *k11->Find("nngp")), 1e-14);
+  EXPECT_LT(MaxAbsDiff(*k->Find("cov2"), *k22->Find("nngp")), 1e-14);
+}
+
+TEST(KernelFnTest, KernelPathEqualsArrayPath) {
+  const Array x1 = Normal({4, 3}, 6), x2 = Normal({2, 3}, 7);
+  auto first = serial(Dense(5, 1.4, 0.3), Relu());
+  auto second = serial(Dense(5, 0.9, 0.1), Erf(), Dense(2));
+  auto whole = serial(first, second);
+  auto direct = whole.kernel_fn(x1, &x2);
+  auto mid = first.kernel_fn(x1, &x2);
+  ASSERT_TRUE(direct.ok() && mid.ok());
+  Kernel k = mid->meta;
+  k.nngp = *mid->Find("nngp");
+  k.ntk = *mid->Find("ntk");
+  k.cov1 = *mid->Find("cov1");
+  k.cov2 = *mid->Find("cov2");
+  auto out = second.kernel_fn(k);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_LT(MaxAbsDiff(out->nngp, *direct->Find("nngp")), 1e-14);
+  EXPECT_LT(MaxAbsDiff(*out->ntk, *direct->Find("ntk")), 1e-14);
+  EXPECT_EQ(out->shape1, (Shape{4, 2}));
+}
+
+TEST(KernelFnTest, NetworkWithoutParametersHasRankZeroNtk) {
+  const Array x = Normal({3, 4}, 8);
+  auto k = stax::Identity().kernel_fn(x);
+  ASSERT_TRUE(k.ok());
+  EXPECT_EQ(k->Find("ntk")->shape(), Shape{});
+  EXPECT_EQ((*k->Find("ntk"))[0], 0.0);
+}
+
+TEST(KernelFnTest, GetSelectsArraysInRequestOrder) {
+  const Array x = Normal({3, 4}, 9);
+  auto k = Dense(2).kernel_fn(x, nullptr, {"NTK", "cov1"});
+  ASSERT_TRUE(k.ok());
+  ASSERT_EQ(k->arrays.size(), 2u);
+  EXPECT_EQ(k->arrays[0].first, "ntk");
+  EXPECT_EQ(k->arrays[1].first, "cov1");
+}
+
+TEST(KernelFnTest, ErrorsNameTheFieldOrLayer) {
+  const Array x = Normal({3, 4}, 10);
+  auto expect = [](const absl::Status& st, absl::StatusCode code, const std::string& needle) {
+    EXPECT_EQ(st.code(), code) << st;
+    EXPECT_NE(std::string(st.message()).find(needle), std::string::npos) << st;
+  };
+  expect(Dense(2).kernel_fn(x, nullptr, {"nngp", "nngp"}).status(), absl::StatusCode::kInvalidArgument, "get");
+  expect(Dense(2).kernel_fn(x, nullptr, {"bogus"}).status(), absl::StatusCode::kInvalidArgument, "bogus");
+  expect(Relu().kernel_fn(x).status(), absl::StatusCode::kInvalidArgument, "Gaussian");
+  expect(serial(Relu(), Relu()).kernel_fn(x).status(), absl::StatusCode::kInvalidArgument, "Relu");
+  expect(Dense(0).kernel_fn(x).status(), absl::StatusCode::kInvalidArgument, "out_dim");
+  expect(Dense(2, 1, std::nullopt, 0, -1, "wide").kernel_fn(x).status(), absl::StatusCode::kInvalidArgument,
+         "parameterization");
+  const Array x2 = Normal({3, 5}, 11);
+  expect(Dense(2).kernel_fn(x, &x2).status(), absl::StatusCode::kInvalidArgument, "x2");
+  Array bad = x;
+  bad[5] = NAN;
+  expect(Dense(2).kernel_fn(bad).status(), absl::StatusCode::kInvalidArgument, "x1");
+  expect(Dense(2).kernel_fn(Normal({4}, 12)).status(), absl::StatusCode::kInvalidArgument, "x1");
+  expect(stax::FanInSum().kernel_fn(x).status(), absl::StatusCode::kInvalidArgument, "FanInSum");
+  KernelOptions o;
+  o.mask_constant = 0.0;
+  expect(Dense(2).kernel_fn(x, nullptr, {}, o).status(), absl::StatusCode::kUnimplemented, "mask_constant");
+}
+
+TEST(KernelFnTest, X1IsX2DetectsEqualInputs) {
+  const Array x = Normal({3, 4}, 13);
+  const Array y = x;
+  auto k = Dense(2).kernel_fn(x, &y);
+  ASSERT_TRUE(k.ok());
+  EXPECT_TRUE(k->meta.x1_is_x2);
+  const Array z = Normal({3, 4}, 14);
+  EXPECT_FALSE(Dense(2).kernel_fn(x, &z)->meta.x1_is_x2);
+}
+
+TEST(KernelFnTest, CancellationStopsWork) {
+  const Array x = Normal({300, 4}, 15);
+  std::atomic<bool> cancelled{true};
+  KernelOptions o;
+  o.cancelled = &cancelled;
+  o.tile_size = 10;
+  auto k = ComputeKernel(*serial(Dense(4), Relu()).layer(), x, nullptr, o);
+  EXPECT_EQ(k.status().code(), absl::StatusCode::kCancelled);
+}
+
+}  // namespace
+}  // namespace nt

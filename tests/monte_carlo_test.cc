@@ -1,0 +1,92 @@
+// The analytic NNGP agrees with Monte Carlo estimates from our own finite networks (init_fn/apply_fn).
+#include <cmath>
+
+#include "core/stax.h"
+#include "gtest/gtest.h"
+
+namespace nt {
+namespace {
+
+using namespace nt::stax;  // NOLINT: reads like upstream's examples.
+
+struct McCase {
+  std::string name;
+  Net net;
+};
+
+class MonteCarloTest : public ::testing::TestWithParam<int> {};
+
+std::vector<McCase> Cases() {
+  const int w = 1024;
+  return {
+      {"Relu", serial(Dense(w, 1.5, 0.2), Relu(), Dense(w, 1.2, 0.1))},
+      {"ABRelu", serial(Dense(w, 1.3), ABRelu(-0.4, 1.2), Dense(w))},
+      {"LeakyRelu", serial(Dense(w, 1.0, 0.3), LeakyRelu(0.1), Dense(w))},
+      {"Abs", serial(Dense(w, 1.1), Abs(), Dense(w, 0.9, 0.5))},
+      {"Erf", serial(Dense(w, 2.0, 0.5), Erf(1.2, 0.8, 0.3), Dense(w))},
+      {"Sigmoid_like", serial(Dense(w, 1.5), Sigmoid_like(), Dense(w, 1.0, 0.1))},
+      {"Residual", serial(Dense(w), FanOut(2), parallel(serial(Relu(), Dense(w, 1.3)), Identity()),
+                          FanInSum(), Relu(), Dense(w))},
+      {"Standard", serial(Dense(w, 1.3, 0.2, 0, -1, "standard"), Relu(), Dense(w, 1.0, 0.1, 0, -1, "standard"))},
+  };
+}
+
+TEST_P(MonteCarloTest, AnalyticNngpMatchesFiniteNetworks) {
+  const McCase c = Cases()[GetParam()];
+  const Array x1 = RngKey(1).Normal({3, 5}), x2 = RngKey(2).Normal({2, 5});
+  auto analytic = c.net.kernel_fn(x1, &x2, {"nngp"});
+  ASSERT_TRUE(analytic.ok()) << analytic.status();
+  const Array& k = *analytic->Find("nngp");
+  // Empirical NNGP: mean over output channels of f(x1) f(x2), averaged over samples.
+  const int samples = 32;
+  Array mean(k.shape()), sq(k.shape());
+  const RngKey key(7);
+  std::vector<RngKey> keys = key.Split(samples);
+  for (int s = 0; s < samples; ++s) {
+    auto init = c.net.init_fn(keys[s], {3, 5});
+    ASSERT_TRUE(init.ok()) << init.status();
+    auto f1 = c.net.apply_fn(init->second, x1);
+    auto f2 = c.net.apply_fn(init->second, x2);
+    ASSERT_TRUE(f1.ok() && f2.ok());
+    const int64_t w = f1->dim(1);
+    for (int i = 0; i < 3; ++i) {
+      for (int j = 0; j < 2; ++j) {
+        double dot = 0;
+        for (int64_t ch = 0; ch < w; ++ch) dot += (*f1)[i * w + ch] * (*f2)[j * w + ch];
+        mean[i * 2 + j] += dot / w / samples;
+        sq[i * 2 + j] += (dot / w) * (dot / w) / samples;
+      }
+    }
+  }
+  for (int64_t e = 0; e < k.size(); ++e) {
+    const double se = std::sqrt(std::max(sq[e] - mean[e] * mean[e], 0.0) / (samples - 1));
+    // Five standard errors plus the O(1/width) finite-width bias.
+    EXPECT_NEAR(mean[e], k[e], 5 * se + 0.03 * std::abs(k[e]) + 1e-3) << c.name << " entry " << e;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Layers, MonteCarloTest, ::testing::Range(0, 8),
+                         [](const ::testing::TestParamInfo<int>& i) { return Cases()[i.param].name; });
+
+TEST(RngTest, SameKeySameParametersOnEveryCall) {
+  Net net = serial(Dense(16, 1.0, 0.1), Relu(), Dense(3));
+  auto a = net.init_fn(RngKey(5), {2, 4});
+  auto b = net.init_fn(RngKey(5), {2, 4});
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->first, (Shape{2, 3}));
+  EXPECT_EQ(a->second.children[0].arrays[0].vec(), b->second.children[0].arrays[0].vec());
+  auto c = net.init_fn(RngKey(6), {2, 4});
+  EXPECT_NE(a->second.children[0].arrays[0].vec(), c->second.children[0].arrays[0].vec());
+}
+
+TEST(RngTest, NormalSamplesHaveUnitMoments) {
+  Array z = RngKey(9).Normal({200000});
+  double m = 0, v = 0;
+  for (double x : z.vec()) m += x / z.size();
+  for (double x : z.vec()) v += (x - m) * (x - m) / z.size();
+  EXPECT_NEAR(m, 0, 0.01);
+  EXPECT_NEAR(v, 1, 0.01);
+}
+
+}  // namespace
+}  // namespace nt

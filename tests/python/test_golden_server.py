@@ -1,0 +1,132 @@
+"""Every golden case through ntclient against a live nt-server, checked by shared/golden/check.py.
+
+Kernel cases are computed with stax.from_json(architecture)[2](x1, x2, get=..., diagonal_batch=...,
+diagonal_spatial=...) and written to $NT_RESULTS_DIR (default: a temporary directory) in check.py's format.
+Cases the server refuses with UNIMPLEMENTED, and predict cases (nt.predict is not implemented), are skipped
+with the reason and not written. check.py then runs on a directory holding only the computed cases.
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import grpc
+import numpy as np
+
+import server_fixture
+from ntclient import stax
+
+# The fully-connected cases the implemented layers cover: these must be computed (not skipped) and pass.
+REQUIRED_CASES = (
+    'fc_abrelu fc_abs fc_deep_relu fc_erf fc_identity fc_leaky_relu fc_relu fc_repeat '
+    'fc_residual_fanin_sum fc_sigmoid_like fc_standard_param mc_fc_relu_erf').split()
+MIN_COMPUTED = 12
+CHECK_PY = os.path.join(os.path.dirname(server_fixture.GOLDEN_DIR.rstrip(os.sep)), 'check.py')
+
+
+def _array(obj):
+  if obj is None:
+    return None
+  return np.asarray(obj['data'], dtype=np.float64).reshape(obj['shape'])
+
+
+def _to_json_array(a):
+  a = np.asarray(a, dtype=np.float64)
+  return {'shape': list(a.shape), 'data': [float(v) for v in a.ravel()]}
+
+
+class GoldenServerTest(server_fixture.ServerTestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls._results_tmp = None
+    results = os.environ.get('NT_RESULTS_DIR')
+    if not results:
+      cls._results_tmp = tempfile.TemporaryDirectory(prefix='nt-golden-results-')
+      results = cls._results_tmp.name
+    os.makedirs(results, exist_ok=True)
+    cls.results_dir = results
+
+  @classmethod
+  def tearDownClass(cls):
+    if cls._results_tmp is not None:
+      cls._results_tmp.cleanup()
+    super().tearDownClass()
+
+  def _compute(self, case):
+    """The result dict of a kernel case; raises grpc.RpcError when the server refuses it."""
+    _, _, kernel_fn = stax.from_json(case['architecture'])
+    inputs, options = case['inputs'], case['options']
+    x1, x2 = _array(inputs['x1']), _array(inputs.get('x2'))
+    kwargs = {}
+    if inputs.get('pattern1') is not None:
+      p1 = _array(inputs['pattern1'])
+      p2 = _array(inputs['pattern2']) if inputs.get('pattern2') is not None else p1
+      kwargs['pattern'] = (p1, p2)
+    get = tuple(options['get'])
+    k = kernel_fn(x1, x2, get=get, diagonal_batch=options.get('diagonal_batch'),
+                  diagonal_spatial=options.get('diagonal_spatial'), connection=self.conn, timeout=120,
+                  **kwargs)
+    return {name: _to_json_array(getattr(k, name)) for name in get if getattr(k, name) is not None}
+
+  def test_golden_cases(self):
+    paths = sorted(glob.glob(os.path.join(server_fixture.GOLDEN_DIR, '*.json')))
+    self.assertTrue(paths, f'no golden cases in {server_fixture.GOLDEN_DIR}')
+    computed, skipped = [], {}
+    start = time.monotonic()
+    for path in paths:
+      name = os.path.basename(path)[:-len('.json')]
+      with open(path, encoding='utf-8') as f:
+        case = json.load(f)
+      with self.subTest(case=name):
+        if case['kind'] == 'predict':
+          skipped[name] = 'predict case: needs nt.predict (gradient_descent_mse_ensemble), not implemented'
+          self.skipTest(f'{name}: {skipped[name]}')
+        self.assertEqual(case['kind'], 'kernel')
+        try:
+          result = self._compute(case)
+        except grpc.RpcError as e:
+          if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+            raise AssertionError(f'{name}: server error {e.code().name}: {e.details()}') from None
+          skipped[name] = f'UNIMPLEMENTED: {e.details()}'
+          self.skipTest(f'{name}: {skipped[name]}')
+        with open(os.path.join(self.results_dir, name + '.json'), 'w', encoding='utf-8') as f:
+          json.dump(result, f)
+        computed.append(name)
+    elapsed = time.monotonic() - start
+
+    print(f'\n[golden] {len(computed)} computed, {len(skipped)} skipped in {elapsed:.2f} s '
+          f'(results in {self.results_dir})', file=sys.stderr)
+    for name, why in sorted(skipped.items()):
+      print(f'[golden] skipped {name}: {why}', file=sys.stderr)
+
+    for name in REQUIRED_CASES:
+      self.assertIn(name, computed, f'{name} must be computed; it was skipped: {skipped.get(name)}')
+    self.assertGreaterEqual(len(computed), MIN_COMPUTED)
+    # Unimplemented skips must name what is missing (a layer, masking, patterns).
+    for name, why in skipped.items():
+      if why.startswith('UNIMPLEMENTED'):
+        self.assertRegex(why, r'layer \w+|mask|pattern|diagonal_batch|outputs',
+                         f'{name}: skip reason does not name the missing piece')
+
+    # check.py over a directory holding only the computed cases.
+    with tempfile.TemporaryDirectory(prefix='nt-golden-computed-') as cases_dir:
+      for name in computed:
+        shutil.copy(os.path.join(server_fixture.GOLDEN_DIR, name + '.json'), cases_dir)
+      proc = subprocess.run([sys.executable, CHECK_PY, cases_dir, self.results_dir],
+                            capture_output=True, text=True, timeout=120, check=False)
+    report = proc.stdout + proc.stderr
+    print(report, file=sys.stderr)
+    self.assertEqual(proc.returncode, 0, f'check.py failed:\n{report}')
+    self.assertIn(f'{len(computed)} passed, 0 failed', report)
+
+
+if __name__ == '__main__':
+  unittest.main()
