@@ -199,6 +199,15 @@ absl::Status EmitTile(const KernelPlan& plan, const Pass& pass, const TileJob& j
   return absl::OkStatus();
 }
 
+std::string LayoutString(const KernelPlan& plan, const Shape& out_trailing) {
+  Shape nngp{plan.n1, plan.n2};
+  nngp.insert(nngp.end(), out_trailing.begin(), out_trailing.end());
+  return absl::StrCat(plan.diagonal_batch ? "diagonal_batch" : "full_batch", ", ",
+                      out_trailing.empty() ? "no spatial axes"
+                      : plan.diagonal_spatial ? "diagonal_spatial" : "full_spatial",
+                      "; nngp ", ShapeToString(nngp));
+}
+
 // The planning sample has one row per batch: report the real batch sizes in the output shapes.
 void SetBatchSizes(int64_t n1, int64_t n2, Kernel* meta) {
   if (meta->shape1.empty()) return;
@@ -318,10 +327,7 @@ absl::StatusOr<KernelPlan> Plan(const Layer& net, const Array& x1, const Array* 
   const int64_t tile_entries = t * t * std::max(trailing, in_trailing);
   plan.working_bytes = int64_t(concurrency) * tile_entries * 8 * 8 +
                        (x1.size() + (x2 ? x2->size() : 0)) * 8 * 2;
-  plan.layout = absl::StrCat(plan.diagonal_batch ? "diagonal_batch" : "full_batch", ", ",
-                             out_trailing.empty() ? "no spatial axes"
-                             : plan.diagonal_spatial ? "diagonal_spatial" : "full_spatial",
-                             "; nngp ", ShapeToString(with({plan.n1, plan.n2}, out_trailing)));
+  plan.layout = LayoutString(plan, out_trailing);
   return plan;
 }
 
@@ -383,6 +389,7 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
   out.n1 = n1;
   out.n2 = n2;
   SetBatchSizes(n1, n2, &out.meta);
+  out.layout = LayoutString(out, Trailing(out.meta.nngp, 2));
   out.output_bytes = 0;
   for (ArraySpec& a : out.arrays) {
     if (a.tiled_axes >= 1) a.shape[0] = (a.name == "cov2") ? n2 : n1;

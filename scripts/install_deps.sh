@@ -4,7 +4,7 @@
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
-RUNTIME_PKGS=(libgrpc++1.51 libprotobuf32 libtbb12 libopenblas0-pthread ca-certificates)
+RUNTIME_PKGS=(libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libtbb12 libopenblas0-pthread libre2-9 libc-ares2 zlib1g ca-certificates)
 BUILD_PKGS=(g++ cmake ninja-build pkg-config ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libeigen3-dev libtbb-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
