@@ -57,9 +57,10 @@ bool Wants(const KernelPlan& plan, const std::string& name) {
 Shape Trailing(const Array& a, int lead) { return Shape(a.shape().begin() + lead, a.shape().end()); }
 
 // One pair of inputs evaluated tile by tile.
+// Which batches a pass pairs: 0 = x1, 1 = x2.
 struct Pass {
-  const CanonicalInput* a;
-  const CanonicalInput* b;
+  int a;
+  int b;
   bool symmetric;          // b is a: only tiles with I <= J.
   std::string nngp_name;   // Name to emit the nngp under ("nngp" or the full-batch "cov1"/"cov2").
   bool main;               // The x1/x2 pass: also emits ntk and diagonal-batch covariances.
@@ -83,120 +84,154 @@ void MakeSelfConsistent(bool diagonal_spatial, const Array& cov, Array* nngp) {
   }
 }
 
-Kernel InputKernel(const KernelPlan& plan, const Pass& pass, int64_t r0, int64_t r1, int64_t c0,
-                   int64_t c1) {
+struct Inputs {
+  CanonicalInput c[2];
+  bool x2_given = false;
+  const CanonicalInput& operator[](int i) const { return c[i]; }
+};
+
+Kernel InputKernel(const KernelPlan& plan, const Inputs& in, const Pass& pass, int64_t r0, int64_t r1,
+                   int64_t c0, int64_t c1) {
   const bool same_block = pass.symmetric && r0 == c0;
+  const CanonicalInput& a = in[pass.a];
+  const CanonicalInput& b = in[pass.b];
   Kernel k;
-  k.nngp = InputNngp(*pass.a, r0, r1, *pass.b, c0, c1, plan.diagonal_spatial);
+  k.nngp = InputNngp(a, r0, r1, b, c0, c1, plan.diagonal_spatial);
   if (plan.compute_ntk && pass.main) k.ntk = Array::Scalar(0.0);
-  k.cov1 = InputCovDiag(*pass.a, r0, r1, plan.diagonal_spatial);
-  if (!same_block) k.cov2 = InputCovDiag(*pass.b, c0, c1, plan.diagonal_spatial);
+  k.cov1 = InputCovDiag(a, r0, r1, plan.diagonal_spatial);
+  if (!same_block) k.cov2 = InputCovDiag(b, c0, c1, plan.diagonal_spatial);
   // Upstream's x1_is_x2 marks entries (i, i) of the same batch: only blocks on the diagonal qualify.
   k.x1_is_x2 = pass.symmetric ? same_block : (plan.x1_is_x2 && r0 == c0 && r1 == c1);
   if (k.x1_is_x2) MakeSelfConsistent(plan.diagonal_spatial, k.cov1, &k.nngp);
   k.diagonal_batch = true;
   k.diagonal_spatial = plan.diagonal_spatial;
-  k.shape1 = pass.a->shape;
-  k.shape1[pass.a->batch_axis] = r1 - r0;
-  k.shape2 = pass.b->shape;
-  k.shape2[pass.b->batch_axis] = c1 - c0;
-  k.batch_axis = pass.a->batch_axis;
-  k.channel_axis = pass.a->channel_axis;
+  k.shape1 = a.shape;
+  k.shape1[a.batch_axis] = r1 - r0;
+  k.shape2 = b.shape;
+  k.shape2[b.batch_axis] = c1 - c0;
+  k.batch_axis = a.batch_axis;
+  k.channel_axis = a.channel_axis;
   return k;
 }
 
-absl::StatusOr<Kernel> RunTile(const Layer& net, const KernelPlan& plan, const Pass& pass, int64_t r0,
-                               int64_t r1, int64_t c0, int64_t c1) {
-  Kernel k = InputKernel(plan, pass, r0, r1, c0, c1);
+absl::StatusOr<Kernel> RunTile(const Layer& net, const KernelPlan& plan, const Inputs& in,
+                               const Pass& pass, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+  Kernel k = InputKernel(plan, in, pass, r0, r1, c0, c1);
   if (absl::Status st = ApplyToKernel(net, &k, plan.compute_ntk && pass.main); !st.ok()) return st;
   if (k.is_reversed) k.Reverse();  // Spatial axes always go out in natural order.
   return k;
 }
 
-struct Inputs {
-  CanonicalInput c1, c2;
-  bool x2_given = false;
-};
-
 absl::StatusOr<Inputs> PrepareInputs(const Array& x1, const Array* x2, const KernelPlan& plan) {
   Inputs in;
   auto c1 = Canonicalize(x1, plan.batch_axis, plan.channel_axis, plan.flatten_input, "x1");
   if (!c1.ok()) return c1.status();
-  in.c1 = *std::move(c1);
+  in.c[0] = *std::move(c1);
   if (x2) {
     auto c2 = Canonicalize(*x2, plan.batch_axis, plan.channel_axis, plan.flatten_input, "x2");
     if (!c2.ok()) return c2.status();
-    in.c2 = *std::move(c2);
+    in.c[1] = *std::move(c2);
     in.x2_given = true;
   }
   return in;
 }
 
-std::vector<Pass> MakePasses(const KernelPlan& plan, const Inputs& in) {
+std::vector<Pass> MakePasses(const KernelPlan& plan) {
   std::vector<Pass> passes;
-  const CanonicalInput* b = in.x2_given ? &in.c2 : &in.c1;
-  passes.push_back(Pass{&in.c1, b, !in.x2_given, "nngp", true});
+  passes.push_back(Pass{0, plan.x2_given ? 1 : 0, !plan.x2_given, "nngp", true});
   if (!plan.diagonal_batch) {
     // Full-batch covariances are the nngp of each batch with itself.
-    if (Wants(plan, "cov1") && in.x2_given) passes.push_back(Pass{&in.c1, &in.c1, true, "cov1", false});
-    if (Wants(plan, "cov2")) passes.push_back(Pass{&in.c2, &in.c2, true, "cov2", false});
+    if (Wants(plan, "cov1") && plan.x2_given) passes.push_back(Pass{0, 0, true, "cov1", false});
+    if (Wants(plan, "cov2")) passes.push_back(Pass{1, 1, true, "cov2", false});
   }
   return passes;
 }
 
-std::vector<TileJob> MakeJobs(const std::vector<Pass>& passes, int64_t t) {
+std::vector<TileJob> MakeJobs(const KernelPlan& plan, const std::vector<Pass>& passes) {
+  const int64_t t = plan.tile_size;
+  const int64_t sizes[2] = {plan.n1, plan.n2};
   std::vector<TileJob> jobs;
   for (int p = 0; p < static_cast<int>(passes.size()); ++p) {
-    const int64_t n1 = passes[p].a->n(), n2 = passes[p].b->n();
-    for (int64_t r0 = 0; r0 < n1; r0 += t) {
-      for (int64_t c0 = passes[p].symmetric ? r0 : 0; c0 < n2; c0 += t) {
-        jobs.push_back(TileJob{p, r0, std::min(r0 + t, n1), c0, std::min(c0 + t, n2)});
+    const int64_t na = sizes[passes[p].a], nb = sizes[passes[p].b];
+    for (int64_t r0 = 0; r0 < na; r0 += t) {
+      for (int64_t c0 = passes[p].symmetric ? r0 : 0; c0 < nb; c0 += t) {
+        jobs.push_back(TileJob{p, r0, std::min(r0 + t, na), c0, std::min(c0 + t, nb)});
       }
     }
   }
   return jobs;
 }
 
-// Emits the blocks of one computed tile.
-absl::Status EmitTile(const KernelPlan& plan, const Pass& pass, const TileJob& job, Kernel&& k,
-                      const TileSink& sink) {
+enum class Source { kNngp, kNtk, kCov1, kCov2 };
+
+// One block a tile sends: which array of the tile's kernel, under which name, where.
+struct BlockSpec {
+  Source source;
+  std::string name;
+  int tiled_axes;
+  int64_t row, col;
+  bool mirror;
+};
+
+// The blocks a tile contributes (the single definition used to count and to emit them).
+std::vector<BlockSpec> BlocksOf(const KernelPlan& plan, const Pass& pass, const TileJob& job) {
+  std::vector<BlockSpec> out;
   const bool mirror = pass.symmetric && job.r0 != job.c0;
-  auto emit = [&](const std::string& name, Array&& a, int tiled, int64_t row, int64_t col,
-                  bool mir) -> absl::Status {
-    return sink(TileBlock{name, row, col, tiled, mir, std::move(a)});
-  };
-  const bool want_nngp = pass.main ? Wants(plan, "nngp") : true;
+  if (!pass.main) {
+    out.push_back({Source::kNngp, pass.nngp_name, 2, job.r0, job.c0, mirror});
+    return out;
+  }
   // With x2 = None and full batch, cov1 is the main pass's nngp.
-  const bool cov1_from_nngp = pass.main && !plan.diagonal_batch && !plan.x2_given && Wants(plan, "cov1");
-  if (cov1_from_nngp) {
-    Array copy = k.nngp;
-    if (absl::Status st = emit("cov1", std::move(copy), 2, job.r0, job.c0, mirror); !st.ok()) return st;
+  if (!plan.diagonal_batch && !plan.x2_given && Wants(plan, "cov1")) {
+    out.push_back({Source::kNngp, "cov1", 2, job.r0, job.c0, mirror});
   }
-  if (want_nngp) {
-    if (absl::Status st = emit(pass.nngp_name, std::move(k.nngp), 2, job.r0, job.c0, mirror); !st.ok()) {
-      return st;
-    }
-  }
-  if (!pass.main) return absl::OkStatus();
-  if (Wants(plan, "ntk") && k.ntk) {
-    if (k.ntk->rank() == 0) {
-      if (job.r0 == 0 && job.c0 == 0) {
-        if (absl::Status st = emit("ntk", std::move(*k.ntk), 0, 0, 0, false); !st.ok()) return st;
-      }
-    } else if (absl::Status st = emit("ntk", std::move(*k.ntk), 2, job.r0, job.c0, mirror); !st.ok()) {
-      return st;
+  if (Wants(plan, "nngp")) out.push_back({Source::kNngp, "nngp", 2, job.r0, job.c0, mirror});
+  if (Wants(plan, "ntk")) {
+    const bool scalar = plan.meta.ntk && plan.meta.ntk->rank() == 0;
+    if (!scalar) {
+      out.push_back({Source::kNtk, "ntk", 2, job.r0, job.c0, mirror});
+    } else if (job.r0 == 0 && job.c0 == 0) {
+      out.push_back({Source::kNtk, "ntk", 0, 0, 0, false});
     }
   }
   if (plan.diagonal_batch) {
     const bool cov1_here = plan.x2_given ? job.c0 == 0 : job.r0 == job.c0;
-    if (Wants(plan, "cov1") && cov1_here) {
-      if (absl::Status st = emit("cov1", std::move(k.cov1), 1, job.r0, 0, false); !st.ok()) return st;
+    if (Wants(plan, "cov1") && cov1_here) out.push_back({Source::kCov1, "cov1", 1, job.r0, 0, false});
+    if (Wants(plan, "cov2") && plan.x2_given && job.r0 == 0) {
+      out.push_back({Source::kCov2, "cov2", 1, job.c0, 0, false});
     }
-    if (Wants(plan, "cov2") && plan.x2_given && job.r0 == 0 && k.cov2) {
-      if (absl::Status st = emit("cov2", std::move(*k.cov2), 1, job.c0, 0, false); !st.ok()) return st;
+  }
+  return out;
+}
+
+absl::Status EmitTile(const KernelPlan& plan, const Pass& pass, const TileJob& job, Kernel&& k,
+                      const TileSink& sink) {
+  const std::vector<BlockSpec> blocks = BlocksOf(plan, pass, job);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const BlockSpec& b = blocks[i];
+    // The nngp may be sent twice (as cov1 and nngp): copy all but its last use.
+    bool later_use = false;
+    for (size_t j = i + 1; j < blocks.size(); ++j) later_use = later_use || blocks[j].source == b.source;
+    Array* src = b.source == Source::kNngp  ? &k.nngp
+                 : b.source == Source::kNtk ? &*k.ntk
+                 : b.source == Source::kCov1 ? &k.cov1
+                                              : &*k.cov2;
+    Array block = later_use ? *src : std::move(*src);
+    if (absl::Status st = sink(TileBlock{b.name, b.row, b.col, b.tiled_axes, b.mirror, std::move(block)});
+        !st.ok()) {
+      return st;
     }
   }
   return absl::OkStatus();
+}
+
+// Tile and message counts of a plan whose sizes and tile size are set.
+void CountTiles(KernelPlan* plan) {
+  const std::vector<Pass> passes = MakePasses(*plan);
+  const std::vector<TileJob> jobs = MakeJobs(*plan, passes);
+  plan->num_tiles = static_cast<int64_t>(jobs.size());
+  plan->num_tile_messages = 0;
+  for (const TileJob& j : jobs) plan->num_tile_messages += BlocksOf(*plan, passes[j.pass], j).size();
 }
 
 std::string LayoutString(const KernelPlan& plan, const Shape& out_trailing) {
@@ -272,13 +307,13 @@ absl::StatusOr<KernelPlan> Plan(const Layer& net, const Array& x1, const Array* 
   }
   auto inputs = PrepareInputs(x1, x2, plan);
   if (!inputs.ok()) return inputs.status();
-  plan.n1 = inputs->c1.n();
-  plan.n2 = x2 ? inputs->c2.n() : plan.n1;
+  plan.n1 = (*inputs)[0].n();
+  plan.n2 = x2 ? (*inputs)[1].n() : plan.n1;
   plan.x1_is_x2 = x2 ? SameInputs(x1, *x2) : true;
 
   // Run the network on a 1 x 1 sample: validates it against the inputs and yields output layouts.
-  std::vector<Pass> passes = MakePasses(plan, *inputs);
-  auto meta = RunTile(net, plan, passes[0], 0, 1, 0, 1);
+  const std::vector<Pass> passes = MakePasses(plan);
+  auto meta = RunTile(net, plan, *inputs, passes[0], 0, 1, 0, 1);
   if (!meta.ok()) return meta.status();
   plan.meta = *std::move(meta);
   plan.meta.x1_is_x2 = plan.x1_is_x2;
@@ -307,7 +342,7 @@ absl::StatusOr<KernelPlan> Plan(const Layer& net, const Array& x1, const Array* 
   }
   // Tiles: about kTileBytes of nngp per tile, at most 256 x 256.
   const int64_t trailing = std::max<int64_t>(1, NumElements(out_trailing));
-  const int64_t p_in = inputs->c1.p();
+  const int64_t p_in = (*inputs)[0].p();
   const int64_t in_trailing = plan.diagonal_spatial ? p_in : p_in * p_in;
   int64_t t = options.tile_size;
   if (t <= 0) {
@@ -315,11 +350,9 @@ absl::StatusOr<KernelPlan> Plan(const Layer& net, const Array& x1, const Array* 
     t = std::clamp<int64_t>(static_cast<int64_t>(std::sqrt(double(kTileBytes) / per)), 1, 256);
   }
   plan.tile_size = t;
-  std::vector<TileJob> jobs = MakeJobs(passes, t);
-  plan.num_tiles = static_cast<int64_t>(jobs.size());
-  plan.num_tile_messages = plan.num_tiles * static_cast<int64_t>(plan.get.size());
-  const double c = static_cast<double>(inputs->c1.c());
-  const double p = static_cast<double>(inputs->c1.p());
+  CountTiles(&plan);
+  const double c = static_cast<double>((*inputs)[0].c());
+  const double p = static_cast<double>(p_in);
   const double entries = double(plan.n1) * double(plan.n2);
   plan.estimated_flops = 2 * entries * c * (plan.diagonal_spatial ? p : p * p) +
                          60.0 * entries * double(std::max(trailing, in_trailing)) * net.NumLayers();
@@ -385,7 +418,6 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
   const int64_t n1 = x1_shape[ba];
   const int64_t n2 = x2_shape ? (*x2_shape)[ba] : n1;
   KernelPlan out = *std::move(plan);
-  const int64_t t = out.tile_size;
   out.n1 = n1;
   out.n2 = n2;
   SetBatchSizes(n1, n2, &out.meta);
@@ -396,12 +428,7 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
     if (a.tiled_axes == 2) a.shape[1] = (a.name == "cov1") ? n1 : n2;
     out.output_bytes += NumElements(a.shape) * 8;
   }
-  const int64_t nb1 = (n1 + t - 1) / t, nb2 = (n2 + t - 1) / t;
-  out.num_tiles = x2_shape ? nb1 * nb2 : nb1 * (nb1 + 1) / 2;
-  if (!out.diagonal_batch) {
-    if (x2_shape) out.num_tiles += nb1 * (nb1 + 1) / 2 + nb2 * (nb2 + 1) / 2;
-  }
-  out.num_tile_messages = out.num_tiles * static_cast<int64_t>(out.get.size());
+  CountTiles(&out);
   const double scale = double(n1) * double(n2);
   out.estimated_flops *= scale;
   out.working_bytes += (NumElements(x1_shape) + (x2_shape ? NumElements(*x2_shape) : 0)) * 16;
@@ -414,8 +441,8 @@ absl::Status ComputeKernelTiles(const Layer& net, const Array& x1, const Array* 
   SingleThreadedBlas();
   auto inputs = PrepareInputs(x1, x2, plan);
   if (!inputs.ok()) return inputs.status();
-  const std::vector<Pass> passes = MakePasses(plan, *inputs);
-  const std::vector<TileJob> jobs = MakeJobs(passes, plan.tile_size);
+  const std::vector<Pass> passes = MakePasses(plan);
+  const std::vector<TileJob> jobs = MakeJobs(plan, passes);
   std::atomic<bool> failed{false};
   std::mutex mu;
   absl::Status first_error;
@@ -430,7 +457,7 @@ absl::Status ComputeKernelTiles(const Layer& net, const Array& x1, const Array* 
       const TileJob& job = jobs[i];
       const Pass& pass = passes[job.pass];
       absl::Status st;
-      auto k = RunTile(net, plan, pass, job.r0, job.r1, job.c0, job.c1);
+      auto k = RunTile(net, plan, *inputs, pass, job.r0, job.r1, job.c0, job.c1);
       st = k.ok() ? EmitTile(plan, pass, job, *std::move(k), sink) : k.status();
       if (!st.ok()) {
         std::lock_guard<std::mutex> lock(mu);
