@@ -71,8 +71,10 @@ absl::StatusOr<ArrayFlow> SerialLayer::Apply(const Params& params, const ArrayFl
 }
 
 absl::Status SerialLayer::TransformKernel(KernelFlow* k, const KernelContext& ctx) const {
-  for (const LayerPtr& l : layers_) {
-    if (absl::Status st = l->ApplyKernel(k, ctx); !st.ok()) return st;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (absl::Status st = layers_[i]->ApplyKernel(k, ctx); !st.ok()) {
+      return AtChild(st, absl::StrCat("layers[", i, "]"));
+    }
   }
   return absl::OkStatus();
 }
@@ -144,7 +146,9 @@ absl::Status ParallelLayer::TransformKernel(KernelFlow* k, const KernelContext& 
   if (absl::Status st = CheckArity(k->items.size(), k->is_list); !st.ok()) return st;
   for (size_t i = 0; i < layers_.size(); ++i) {
     KernelFlow branch = KernelFlow::Single(std::move(k->items[i]));
-    if (absl::Status st = layers_[i]->ApplyKernel(&branch, ctx); !st.ok()) return st;
+    if (absl::Status st = layers_[i]->ApplyKernel(&branch, ctx); !st.ok()) {
+      return AtChild(st, absl::StrCat("layers[", i, "]"));
+    }
     if (branch.is_list) {
       return LayerUnimplemented(name(), absl::StrCat("branch ", i,
                                                      " returns a list; nested lists are not supported"));
@@ -204,7 +208,7 @@ absl::Status RepeatLayer::TransformKernel(KernelFlow* k, const KernelContext& ct
   if (n_ < 0) return LayerError(name(), "n", absl::StrCat("must be >= 0, got ", n_));
   for (int i = 0; i < n_; ++i) {
     const bool reversed = k->items.front().is_reversed;
-    if (absl::Status st = layer_->ApplyKernel(k, ctx); !st.ok()) return st;
+    if (absl::Status st = layer_->ApplyKernel(k, ctx); !st.ok()) return AtChild(st, "layer");
     if (k->items.front().is_reversed != reversed) {
       return LayerError(name(), "layer",
                         "the repeated layer changes the kernel's metadata (is_reversed); repeat an "

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <mutex>
 #include <set>
 
@@ -22,6 +23,7 @@ namespace {
 void SingleThreadedBlas() { openblas_set_num_threads(1); }
 
 constexpr int64_t kTileBytes = 4 << 20;  // Target size of one tile's nngp block.
+constexpr int64_t kMaxPlannedRowElements = int64_t{1} << 27;  // 1 GiB of float64 per input.
 
 absl::StatusOr<std::vector<std::string>> CanonicalGet(const std::vector<std::string>& get,
                                                       bool x2_given) {
@@ -234,6 +236,10 @@ void CountTiles(KernelPlan* plan) {
   for (const TileJob& j : jobs) plan->num_tile_messages += BlocksOf(*plan, passes[j.pass], j).size();
 }
 
+int64_t SaturatingBytes(double bytes) {
+  return bytes >= 9.0e18 ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(bytes);
+}
+
 std::string LayoutString(const KernelPlan& plan, const Shape& out_trailing) {
   Shape nngp{plan.n1, plan.n2};
   nngp.insert(nngp.end(), out_trailing.begin(), out_trailing.end());
@@ -248,6 +254,45 @@ void SetBatchSizes(int64_t n1, int64_t n2, Kernel* meta) {
   if (meta->shape1.empty()) return;
   meta->shape1[meta->batch_axis] = n1;
   meta->shape2[meta->batch_axis] = n2;
+}
+
+// Array shapes, tiles and costs for the plan's batch sizes (also after they are scaled up).
+void SizePlan(const KernelOptions& options, int concurrency, KernelPlan* plan) {
+  const Shape out_trailing = Trailing(plan->meta.nngp, 2);
+  const Shape cov_trailing = Trailing(plan->meta.cov1, 1);
+  auto with = [](Shape lead, const Shape& trailing) {
+    lead.insert(lead.end(), trailing.begin(), trailing.end());
+    return lead;
+  };
+  plan->arrays.clear();
+  plan->output_bytes = 0;
+  for (const std::string& g : plan->get) {
+    ArraySpec a{g, with({plan->n1, plan->n2}, out_trailing), 2};
+    if (g == "ntk" && plan->meta.ntk && plan->meta.ntk->rank() == 0) a = ArraySpec{g, Shape{}, 0};
+    if (g == "cov1" || g == "cov2") {
+      const int64_t n = g == "cov1" ? plan->n1 : plan->n2;
+      a = plan->diagonal_batch ? ArraySpec{g, with({n}, cov_trailing), 1}
+                               : ArraySpec{g, with({n, n}, out_trailing), 2};
+    }
+    plan->output_bytes = SaturatingBytes(double(plan->output_bytes) + double(NumElements(a.shape)) * 8);
+    plan->arrays.push_back(std::move(a));
+  }
+  // Tiles: about kTileBytes of nngp per tile, at most 256 x 256, never more than the batches (which
+  // also bounds every size derived from the tile size).
+  int64_t t = options.tile_size;
+  if (t <= 0) {
+    t = static_cast<int64_t>(std::clamp(std::sqrt(double(kTileBytes) / (8.0 * double(plan->cells_per_entry))), 1.0, 256.0));
+  }
+  plan->tile_size = std::min(t, std::max(plan->n1, plan->n2));
+  CountTiles(plan);
+  const double entries = double(plan->n1) * double(plan->n2);
+  plan->estimated_flops = entries * (plan->gram_flops_per_entry +
+                                     60.0 * double(plan->cells_per_entry) * double(plan->num_layers));
+  const double tile_cells = double(plan->tile_size) * double(plan->tile_size) * double(plan->cells_per_entry);
+  // About eight tile-sized arrays live per worker (kernel fields, maps' temporaries, the block sent).
+  plan->working_bytes = SaturatingBytes(double(concurrency) * tile_cells * 8 * 8 +
+                                        double(plan->input_elements) * 8 * 2);
+  plan->layout = LayoutString(*plan, out_trailing);
 }
 
 absl::StatusOr<KernelPlan> Plan(const Layer& net, const Array& x1, const Array* x2,
@@ -319,48 +364,13 @@ absl::StatusOr<KernelPlan> Plan(const Layer& net, const Array& x1, const Array* 
   plan.meta.x1_is_x2 = plan.x1_is_x2;
   plan.meta.diagonal_batch = plan.diagonal_batch;
   SetBatchSizes(plan.n1, plan.n2, &plan.meta);
-  const Shape out_trailing = Trailing(plan.meta.nngp, 2);
-  const Shape cov_trailing = Trailing(plan.meta.cov1, 1);
-  auto with = [](Shape lead, const Shape& trailing) {
-    lead.insert(lead.end(), trailing.begin(), trailing.end());
-    return lead;
-  };
-  for (const std::string& g : plan.get) {
-    if (g == "nngp") plan.arrays.push_back({g, with({plan.n1, plan.n2}, out_trailing), 2});
-    if (g == "ntk") {
-      if (plan.meta.ntk && plan.meta.ntk->rank() == 0) {
-        plan.arrays.push_back({g, Shape{}, 0});
-      } else {
-        plan.arrays.push_back({g, with({plan.n1, plan.n2}, out_trailing), 2});
-      }
-    }
-    const int64_t n = g == "cov1" ? plan.n1 : plan.n2;
-    if (g == "cov1" || g == "cov2") {
-      plan.arrays.push_back(plan.diagonal_batch ? ArraySpec{g, with({n}, cov_trailing), 1}
-                                                : ArraySpec{g, with({n, n}, out_trailing), 2});
-    }
-  }
-  // Tiles: about kTileBytes of nngp per tile, at most 256 x 256.
-  const int64_t trailing = std::max<int64_t>(1, NumElements(out_trailing));
   const int64_t p_in = (*inputs)[0].p();
-  const int64_t in_trailing = plan.diagonal_spatial ? p_in : p_in * p_in;
-  int64_t t = options.tile_size;
-  if (t <= 0) {
-    const int64_t per = std::max(trailing, in_trailing) * 8;
-    t = std::clamp<int64_t>(static_cast<int64_t>(std::sqrt(double(kTileBytes) / per)), 1, 256);
-  }
-  plan.tile_size = t;
-  CountTiles(&plan);
-  const double c = static_cast<double>((*inputs)[0].c());
-  const double p = static_cast<double>(p_in);
-  const double entries = double(plan.n1) * double(plan.n2);
-  plan.estimated_flops = 2 * entries * c * (plan.diagonal_spatial ? p : p * p) +
-                         60.0 * entries * double(std::max(trailing, in_trailing)) * net.NumLayers();
-  for (const ArraySpec& a : plan.arrays) plan.output_bytes += NumElements(a.shape) * 8;
-  const int64_t tile_entries = t * t * std::max(trailing, in_trailing);
-  plan.working_bytes = int64_t(concurrency) * tile_entries * 8 * 8 +
-                       (x1.size() + (x2 ? x2->size() : 0)) * 8 * 2;
-  plan.layout = LayoutString(plan, out_trailing);
+  plan.cells_per_entry = std::max<int64_t>({1, NumElements(Trailing(plan.meta.nngp, 2)),
+                                            plan.diagonal_spatial ? p_in : p_in * p_in});
+  plan.gram_flops_per_entry = 2.0 * double((*inputs)[0].c()) * double(plan.diagonal_spatial ? p_in : p_in * p_in);
+  plan.num_layers = net.NumLayers();
+  plan.input_elements = x1.size() + (x2 ? x2->size() : 0);
+  SizePlan(options, concurrency, &plan);
   return plan;
 }
 
@@ -372,7 +382,7 @@ absl::Status ApplyToKernel(const Layer& net, Kernel* k, bool compute_ntk) {
   if (!compute_ntk) k->ntk.reset();
   KernelFlow flow = KernelFlow::Single(std::move(*k));
   absl::Status st = net.ApplyKernel(&flow, ctx);
-  if (!st.ok()) return st;
+  if (!st.ok()) return AtChild(st, "architecture");
   if (flow.is_list || flow.items.size() != 1) {
     return absl::UnimplementedError(absl::StrCat(
         "the network returns a list of ", flow.items.size(),
@@ -398,6 +408,17 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
       if (d <= 0) return absl::InvalidArgumentError(absl::StrCat("x2_shape: dimensions must be positive, got ", ShapeToString(*x2_shape)));
     }
   }
+  // One row of each input is allocated to plan: refuse rows no request could carry anyway.
+  for (const Shape* s : {&x1_shape, x2_shape}) {
+    if (!s) continue;
+    double row = 1;
+    for (size_t i = 1; i < s->size(); ++i) row *= double((*s)[i]);
+    if (row > double(kMaxPlannedRowElements)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          s == &x1_shape ? "x1_shape" : "x2_shape", ": one input of shape ", ShapeToString(*s),
+          " has ", row, " elements, more than the ", kMaxPlannedRowElements, " this server accepts per input"));
+    }
+  }
   // Plan on one-row stand-ins of the inputs (values do not change layouts), then scale up.
   auto one_row = [](Shape s, int batch_axis) {
     const int r = static_cast<int>(s.size());
@@ -421,17 +442,8 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
   out.n1 = n1;
   out.n2 = n2;
   SetBatchSizes(n1, n2, &out.meta);
-  out.layout = LayoutString(out, Trailing(out.meta.nngp, 2));
-  out.output_bytes = 0;
-  for (ArraySpec& a : out.arrays) {
-    if (a.tiled_axes >= 1) a.shape[0] = (a.name == "cov2") ? n2 : n1;
-    if (a.tiled_axes == 2) a.shape[1] = (a.name == "cov1") ? n1 : n2;
-    out.output_bytes += NumElements(a.shape) * 8;
-  }
-  CountTiles(&out);
-  const double scale = double(n1) * double(n2);
-  out.estimated_flops *= scale;
-  out.working_bytes += (NumElements(x1_shape) + (x2_shape ? NumElements(*x2_shape) : 0)) * 16;
+  out.input_elements = NumElements(x1_shape) + (x2_shape ? NumElements(*x2_shape) : 0);
+  SizePlan(options, concurrency, &out);
   return out;
 }
 

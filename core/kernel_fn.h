@@ -54,6 +54,11 @@ struct KernelPlan {
   int64_t output_bytes = 0;       // The assembled requested arrays.
   int64_t working_bytes = 0;      // Peak per-tile working set times concurrency, plus inputs.
   std::string layout;
+  // Cost model inputs.
+  int64_t cells_per_entry = 1;        // Doubles per (i, j) batch entry in the largest layer array.
+  double gram_flops_per_entry = 0;    // Input Gram flops per (i, j).
+  int64_t num_layers = 1;
+  int64_t input_elements = 0;
 };
 
 // One block of one output array, in natural spatial order.

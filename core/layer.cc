@@ -1,5 +1,6 @@
 #include "core/layer.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace nt {
@@ -11,6 +12,14 @@ absl::Status LayerError(const std::string& layer, const std::string& field, cons
 
 absl::Status LayerUnimplemented(const std::string& layer, const std::string& msg) {
   return absl::UnimplementedError(absl::StrCat(layer, ": ", msg));
+}
+
+absl::Status AtChild(const absl::Status& status, const std::string& where) {
+  if (status.ok()) return status;
+  const absl::string_view m = status.message();
+  const bool nested = absl::StartsWith(m, "layers[") || absl::StartsWith(m, "layer:") ||
+                      absl::StartsWith(m, "layer.");
+  return absl::Status(status.code(), absl::StrCat(where, nested ? "." : ": ", m));
 }
 
 absl::Status ExpectSingle(const std::string& layer, bool is_list, size_t n) {

@@ -88,6 +88,10 @@ using LayerPtr = std::shared_ptr<const Layer>;
 absl::Status LayerError(const std::string& layer, const std::string& field, const std::string& msg);
 absl::Status LayerUnimplemented(const std::string& layer, const std::string& msg);
 
+// Prefixes an error from sub-layer `where` (e.g. "layers[2]") so messages carry the layer's path,
+// e.g. "layers[1].layers[0]: Relu: ...".
+absl::Status AtChild(const absl::Status& status, const std::string& where);
+
 // Requires exactly one input for a single-input layer.
 absl::Status ExpectSingle(const std::string& layer, bool is_list, size_t n);
 

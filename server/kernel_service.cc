@@ -103,6 +103,16 @@ absl::Status CheckBudget(const KernelPlan& plan, int64_t queue_bytes, int64_t bu
   return absl::OkStatus();
 }
 
+// Counts a call as active for its lifetime.
+class ActiveCall {
+ public:
+  explicit ActiveCall(std::atomic<int>* n) : n_(n) { ++*n_; }
+  ~ActiveCall() { --*n_; }
+
+ private:
+  std::atomic<int>* n_;
+};
+
 }  // namespace
 
 bool KernelServiceImpl::Reserve(int64_t bytes) {
@@ -115,6 +125,7 @@ bool KernelServiceImpl::Reserve(int64_t bytes) {
 
 grpc::Status KernelServiceImpl::Describe(grpc::ServerContext*, const nt::v1::DescribeRequest* req,
                                          nt::v1::DescribeResponse* resp) {
+  ActiveCall active(&active_);
   if (!req->has_architecture()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "architecture: is required");
   auto net = BuildLayer(req->architecture());
   if (!net.ok()) return ToGrpcStatus(net.status());
@@ -142,6 +153,7 @@ grpc::Status KernelServiceImpl::Describe(grpc::ServerContext*, const nt::v1::Des
 
 grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, const nt::v1::KernelRequest* req,
                                               grpc::ServerWriter<nt::v1::KernelResponse>* writer) {
+  ActiveCall active(&active_);
   const auto start = std::chrono::steady_clock::now();
   if (!req->has_architecture()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "architecture: is required");
   if (!req->has_x1()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "x1: is required");
@@ -175,20 +187,22 @@ grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, cons
   // Every message must fit the configured maximum.
   const nt::v1::DType dtype = req->output_dtype() == nt::v1::FLOAT32 ? nt::v1::FLOAT32 : nt::v1::FLOAT64;
   const int64_t width = dtype == nt::v1::FLOAT32 ? 4 : 8;
-  int64_t largest_block = 0;
+  // Sizes in double: tile sizes come from the client, so products may not fit in 64 bits.
+  double largest_block = 0;
   for (const ArraySpec& a : plan->arrays) {
-    int64_t trailing = 1;
-    for (size_t i = a.tiled_axes; i < a.shape.size(); ++i) trailing *= a.shape[i];
-    largest_block = std::max(largest_block, trailing * (a.tiled_axes == 2 ? plan->tile_size * plan->tile_size
-                                                        : a.tiled_axes == 1 ? plan->tile_size : 1) * width);
+    double cells = 1;
+    for (size_t i = a.tiled_axes; i < a.shape.size(); ++i) cells *= double(a.shape[i]);
+    for (int i = 0; i < a.tiled_axes; ++i) cells *= double(std::min(plan->tile_size, a.shape[i]));
+    largest_block = std::max(largest_block, cells * double(width));
   }
-  if (largest_block + 1024 > options_.max_message_bytes) {
+  if (largest_block + 1024 > double(options_.max_message_bytes)) {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         absl::StrCat("tile_size: a tile of ", plan->tile_size, " rows is ", largest_block,
                                      " bytes, more than the maximum message size of ",
                                      options_.max_message_bytes, "; request a smaller tile_size"));
   }
-  const int64_t queue_bytes = options_.tile_queue_depth * largest_block * 2;
+  // Blocks waiting in the queue, each also held once serialised.
+  const int64_t queue_bytes = static_cast<int64_t>(double(options_.tile_queue_depth) * largest_block * 2);
   if (absl::Status st = CheckBudget(*plan, queue_bytes, options_.memory_budget_bytes); !st.ok()) {
     return ToGrpcStatus(st);
   }

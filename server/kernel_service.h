@@ -28,6 +28,8 @@ class KernelServiceImpl final : public nt::v1::KernelService::Service {
                              grpc::ServerWriter<nt::v1::KernelResponse>* writer) override;
 
   int64_t reserved_bytes() const { return reserved_.load(); }
+  // Calls being handled right now (for a graceful shutdown that does not wait on idle connections).
+  int active_calls() const { return active_.load(); }
 
  private:
   // Reserves `bytes` of the memory budget; false if it would be exceeded.
@@ -36,6 +38,7 @@ class KernelServiceImpl final : public nt::v1::KernelService::Service {
 
   ServerOptions options_;
   std::atomic<int64_t> reserved_{0};
+  std::atomic<int> active_{0};
 };
 
 }  // namespace nt::server

@@ -13,6 +13,8 @@ namespace {
 
 using stax::Net;
 
+constexpr int kMaxDepth = 48;
+
 // Error messages carry the path of the layer inside the architecture, e.g. "serial.layers[2] (Dense)".
 std::string Where(const std::string& path, const std::string& name) {
   return absl::StrCat(path, " (", name, ")");
@@ -47,7 +49,10 @@ absl::StatusOr<LayerPtr> Finish(const Net& net, const std::string& path) {
 }
 
 absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, int depth) {
-  if (depth > 256) return absl::InvalidArgumentError(absl::StrCat(path, ": architecture nested deeper than 256"));
+  // gRPC's protobuf parser already stops at 100 message levels (two per combinator level).
+  if (depth > kMaxDepth) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": architecture nested deeper than ", kMaxDepth, " levels"));
+  }
   using K = nt::v1::Layer::KindCase;
   switch (l.kind_case()) {
     case K::KIND_NOT_SET:

@@ -75,7 +75,13 @@ int main(int argc, char** argv) {
   while (g_signal == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   nt::server::LogInfo(absl::StrCat("signal ", g_signal.load(), ": draining (up to 10 s), then stopping"));
   server->GetHealthCheckService()->SetServingStatus(false);
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  // Wait for the calls in flight ourselves: gRPC's Shutdown deadline would also wait on idle client
+  // connections.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (service.active_calls() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
   server->Wait();
   nt::server::LogInfo("nt-server stopped");
   return 0;
