@@ -68,6 +68,7 @@ class FakeKernelService final : public nt::v1::KernelService::Service {
     cov1->set_tiled_axes(1);
     header.mutable_header()->set_dtype(f32 ? nt::v1::FLOAT32 : nt::v1::FLOAT64);
     header.mutable_header()->set_num_tiles(blocks * (blocks + 1) / 2 + blocks);
+    header.mutable_header()->set_diagonal_spatial(diag);
     writer->Write(header);
 
     auto block_tensor = [&](std::vector<int64_t> shape, const std::vector<double>& v) {
@@ -96,7 +97,7 @@ class FakeKernelService final : public nt::v1::KernelService::Service {
         tile.mutable_tile()->set_name("nngp");
         tile.mutable_tile()->set_row_offset(r0);
         tile.mutable_tile()->set_col_offset(c0);
-        // Diagonal blocks are mirrored onto themselves: exercises the overlapping copy.
+        // Diagonal blocks are mirrored onto themselves: the mirror must not read what it wrote.
         tile.mutable_tile()->set_mirror(true);
         std::vector<int64_t> shape = {br, bc, s};
         if (!diag) shape.push_back(s);
@@ -332,7 +333,7 @@ TEST(KernelAssemblerTest, DetectsMissingAndBadTiles) {
 }
 
 TEST(KernelAssemblerTest, MirrorsTrailingAxisPairs) {
-  // ntk (2, 2, 2, 3, 3): pairs (2, 2) and (3, 3); only tile [0, 1] is sent, mirrored to [1, 0].
+  // ntk (2, 2, 2, 2, 3, 3): pairs (2, 2) and (3, 3); only tile [0, 1] is sent, mirrored to [1, 0].
   nt::v1::KernelHeader h;
   nt::v1::ArrayInfo* info = h.add_arrays();
   info->set_name("ntk");
@@ -350,7 +351,9 @@ TEST(KernelAssemblerTest, MirrorsTrailingAxisPairs) {
   ASSERT_TRUE(a.AddTile(Tile(0, 0, {1, 1, 2, 2, 3, 3}, block(0, 0))).ok());
   ASSERT_TRUE(a.AddTile(Tile(1, 1, {1, 1, 2, 2, 3, 3}, block(1, 1))).ok());
   ASSERT_TRUE(a.AddTile(Tile(0, 1, {1, 1, 2, 2, 3, 3}, block(0, 1), true)).ok());
+  // The header decided the layout; a summary that says otherwise comes too late to matter.
   nt::v1::KernelSummary summary;
+  summary.set_diagonal_spatial(true);
   absl::StatusOr<KernelResult> r = a.Finish(summary);
   ASSERT_TRUE(r.ok()) << r.status();
   const std::vector<double> k = Doubles(r->arrays.at("ntk"));
@@ -364,6 +367,63 @@ TEST(KernelAssemblerTest, MirrorsTrailingAxisPairs) {
           EXPECT_EQ(k[(1 * 2 + 0) * inner + dst], block(0, 1)[src]);
           EXPECT_EQ(k[(0 * 2 + 1) * inner + src], block(0, 1)[src]);
         }
+}
+
+TEST(KernelAssemblerTest, HeaderDiagonalSpatialDecidesAmbiguousShape) {
+  // (2, 2, 3, 3) is 1-D full spatial (swap the pair) or 2-D diagonal spatial (no swap).
+  for (bool diagonal_spatial : {false, true}) {
+    SCOPED_TRACE(diagonal_spatial);
+    nt::v1::KernelHeader h;
+    nt::v1::ArrayInfo* info = h.add_arrays();
+    info->set_name("ntk");
+    for (int64_t d : {2, 2, 3, 3}) info->add_shape(d);
+    info->set_tiled_axes(2);
+    h.set_num_tiles(3);
+    h.set_diagonal_spatial(diagonal_spatial);
+    std::vector<double> v(9);
+    for (int t = 0; t < 9; ++t) v[t] = t;
+    KernelAssembler a;
+    ASSERT_TRUE(a.Start(h).ok());
+    ASSERT_TRUE(a.AddTile(Tile(0, 0, {1, 1, 3, 3}, v)).ok());
+    ASSERT_TRUE(a.AddTile(Tile(1, 1, {1, 1, 3, 3}, v)).ok());
+    ASSERT_TRUE(a.AddTile(Tile(0, 1, {1, 1, 3, 3}, v, /*mirror=*/true)).ok());
+    nt::v1::KernelSummary summary;
+    summary.set_diagonal_spatial(!diagonal_spatial);
+    absl::StatusOr<KernelResult> r = a.Finish(summary);
+    ASSERT_TRUE(r.ok()) << r.status();
+    const std::vector<double> k = Doubles(r->arrays.at("ntk"));
+    for (int64_t p = 0; p < 3; ++p)
+      for (int64_t q = 0; q < 3; ++q) {
+        const int64_t src = diagonal_spatial ? p * 3 + q : q * 3 + p;
+        EXPECT_EQ(k[(1 * 2 + 0) * 9 + p * 3 + q], v[src]) << p << " " << q;
+      }
+  }
+}
+
+TEST(KernelAssemblerTest, RejectsUnmirrorableTiles) {
+  // Full-spatial layout needs (s, s') pairs: (2, 2, 3, 2) has none.
+  nt::v1::KernelHeader h;
+  nt::v1::ArrayInfo* info = h.add_arrays();
+  info->set_name("ntk");
+  for (int64_t d : {2, 2, 3, 2}) info->add_shape(d);
+  info->set_tiled_axes(2);
+  nt::v1::ArrayInfo* cov = h.add_arrays();
+  cov->set_name("cov1");
+  cov->add_shape(2);
+  cov->set_tiled_axes(1);
+  KernelAssembler a;
+  ASSERT_TRUE(a.Start(h).ok());
+  absl::Status s = a.AddTile(Tile(0, 1, {1, 1, 3, 2}, std::vector<double>(6), /*mirror=*/true));
+  EXPECT_NE(s.message().find("no (s, s') axis pairs"), absl::string_view::npos) << s;
+  nt::v1::KernelTile c = Tile(0, 0, {2}, {1, 2}, /*mirror=*/true);
+  c.set_name("cov1");
+  s = a.AddTile(c);
+  EXPECT_NE(s.message().find("mirrored block does not fit"), absl::string_view::npos) << s;
+
+  h.set_diagonal_spatial(true);  // The same shape is fine as 2-D diagonal spatial.
+  KernelAssembler d;
+  ASSERT_TRUE(d.Start(h).ok());
+  EXPECT_TRUE(d.AddTile(Tile(0, 1, {1, 1, 3, 2}, std::vector<double>(6), /*mirror=*/true)).ok());
 }
 
 }  // namespace

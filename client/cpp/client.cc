@@ -38,6 +38,37 @@ absl::Status StreamError(absl::string_view what) {
   return absl::DataLossError(absl::StrCat("malformed ComputeKernel stream: ", what));
 }
 
+// Where each trailing element of a batch cell goes when the cell is mirrored. In the full-spatial
+// layout (S1, S1, S2, S2, ...) the two axes of every pair swap; empty means the trailing axes stay
+// as they are (diagonal-spatial layout, or none).
+absl::StatusOr<std::vector<int64_t>> MirrorPermutation(const nt::v1::ArrayInfo& info,
+                                                       bool diagonal_spatial) {
+  const int trailing = info.shape_size() - 2;
+  if (diagonal_spatial || trailing == 0) return std::vector<int64_t>();
+  const std::vector<int64_t> dims(info.shape().begin() + 2, info.shape().end());
+  bool pairs = trailing % 2 == 0;
+  for (int k = 0; pairs && k < trailing; k += 2) pairs = dims[k] == dims[k + 1];
+  if (!pairs) {
+    return StreamError(absl::StrCat("mirrored array ", info.name(), " of shape ",
+                                    ShapeOf(info.shape()),
+                                    " has no (s, s') axis pairs (full-spatial layout)"));
+  }
+  int64_t inner = 1;
+  for (int64_t d : dims) inner *= d;
+  std::vector<int64_t> perm(static_cast<size_t>(inner));
+  std::vector<int64_t> index(trailing, 0);
+  for (int64_t t = 0; t < inner; ++t) {
+    int64_t dst = 0;
+    for (int k = 0; k < trailing; ++k) dst = dst * dims[k] + index[k ^ 1];  // k ^ 1: pair partner.
+    perm[t] = dst;
+    for (int k = trailing - 1; k >= 0; --k) {  // Next multi-index, row-major.
+      if (++index[k] < dims[k]) break;
+      index[k] = 0;
+    }
+  }
+  return perm;
+}
+
 }  // namespace
 
 std::string DefaultServerAddress() {
@@ -150,81 +181,45 @@ absl::Status KernelAssembler::AddTile(const nt::v1::KernelTile& tile) {
   if (block.data().size() != static_cast<size_t>(br) * row_bytes) {
     return StreamError(absl::StrCat(where, ": ", block.data().size(), " data bytes"));
   }
-  // Each block row is one contiguous run of the destination row.
-  for (int64_t i = 0; i < br; ++i) {
-    const size_t dst = static_cast<size_t>(((r0 + i) * slot.cols + c0) * slot.inner) * item;
-    std::memcpy(slot.array.bytes.data() + dst, block.data().data() + i * row_bytes, row_bytes);
-    for (int64_t j = 0; j < bc; ++j) slot.covered[(r0 + i) * slot.cols + c0 + j] = true;
-  }
+  std::vector<int64_t> perm;
   if (tile.mirror()) {
     if (tiled != 2 || c0 + bc > slot.rows || r0 + br > slot.cols) {
       return StreamError(absl::StrCat(where, ": mirror=true but the mirrored block does not fit"));
     }
-    mirrors_.push_back({tile.name(), r0, c0, br, bc});
+    absl::StatusOr<std::vector<int64_t>> p =
+        MirrorPermutation(slot.info, header_.diagonal_spatial());
+    if (!p.ok()) return p.status();
+    perm = *std::move(p);
+  }
+  char* data = slot.array.bytes.data();
+  const char* src = block.data().data();
+  // Each block row is one contiguous run of the destination row.
+  for (int64_t i = 0; i < br; ++i) {
+    const size_t dst = static_cast<size_t>(((r0 + i) * slot.cols + c0) * slot.inner) * item;
+    std::memcpy(data + dst, src + i * row_bytes, row_bytes);
+    for (int64_t j = 0; j < bc; ++j) slot.covered[(r0 + i) * slot.cols + c0 + j] = true;
+  }
+  if (tile.mirror()) {
+    // Cell (i, j) of the block goes to (c0 + j, r0 + i). It is read from the message, not from the
+    // array, so a diagonal tile mirrored onto itself needs no copy.
+    const size_t cell_bytes = static_cast<size_t>(slot.inner) * item;
+    for (int64_t i = 0; i < br; ++i) {
+      for (int64_t j = 0; j < bc; ++j) {
+        const int64_t dst_cell = (c0 + j) * slot.cols + (r0 + i);
+        const char* from = src + static_cast<size_t>(i * bc + j) * cell_bytes;
+        char* to = data + static_cast<size_t>(dst_cell) * cell_bytes;
+        if (perm.empty()) {
+          std::memcpy(to, from, cell_bytes);
+        } else {
+          for (int64_t t = 0; t < slot.inner; ++t) {
+            std::memcpy(to + perm[t] * item, from + t * item, item);
+          }
+        }
+        slot.covered[dst_cell] = true;
+      }
+    }
   }
   ++tiles_done_;
-  return absl::OkStatus();
-}
-
-absl::Status KernelAssembler::ApplyMirror(Slot& slot, const Mirror& m, bool diagonal_spatial) {
-  const int rank = slot.info.shape_size();
-  const int64_t inner = slot.inner;
-  const size_t item = NpyItemSize(dtype_);
-  // Destination position of each trailing element: in full-spatial layout (S1, S1, S2, S2, ...)
-  // mirroring swaps the two entries of every pair; diagonal-spatial layout has no pairs.
-  std::vector<int64_t> perm;
-  const int trailing = rank - 2;
-  if (!diagonal_spatial && trailing > 0) {
-    if (trailing % 2 != 0) {
-      return StreamError(absl::StrCat("mirrored array ", m.name, " of shape ",
-                                      ShapeOf(slot.info.shape()),
-                                      " has no spatial axis pairs (full-spatial layout)"));
-    }
-    std::vector<int64_t> dims(slot.info.shape().begin() + 2, slot.info.shape().end());
-    for (int k = 0; k < trailing; k += 2) {
-      if (dims[k] != dims[k + 1]) {
-        return StreamError(absl::StrCat("mirrored array ", m.name, " of shape ",
-                                        ShapeOf(slot.info.shape()), " has unequal axis pair"));
-      }
-    }
-    perm.resize(static_cast<size_t>(inner));
-    std::vector<int64_t> index(trailing, 0);
-    for (int64_t t = 0; t < inner; ++t) {
-      int64_t dst = 0;
-      for (int k = 0; k < trailing; ++k) {
-        const int swapped = k ^ 1;  // Partner axis within the pair.
-        dst = dst * dims[k] + index[swapped];
-      }
-      perm[t] = dst;
-      for (int k = trailing - 1; k >= 0; --k) {  // Next multi-index, row-major.
-        if (++index[k] < dims[k]) break;
-        index[k] = 0;
-      }
-    }
-  }
-  const size_t cell_bytes = static_cast<size_t>(inner) * item;
-  // The source is copied first because a diagonal tile's mirror overlaps the tile itself.
-  std::vector<char> source(static_cast<size_t>(m.block_rows * m.block_cols) * cell_bytes);
-  char* data = slot.array.bytes.data();
-  for (int64_t i = 0; i < m.block_rows; ++i) {
-    const size_t src =
-        static_cast<size_t>((m.row_offset + i) * slot.cols + m.col_offset) * cell_bytes;
-    std::memcpy(source.data() + i * m.block_cols * cell_bytes, data + src,
-                m.block_cols * cell_bytes);
-  }
-  for (int64_t i = 0; i < m.block_rows; ++i) {
-    for (int64_t j = 0; j < m.block_cols; ++j) {
-      const int64_t dst_cell = (m.col_offset + j) * slot.cols + (m.row_offset + i);
-      const char* from = source.data() + (i * m.block_cols + j) * cell_bytes;
-      char* to = data + static_cast<size_t>(dst_cell) * cell_bytes;
-      if (perm.empty()) {
-        std::memcpy(to, from, cell_bytes);
-      } else {
-        for (int64_t t = 0; t < inner; ++t) std::memcpy(to + perm[t] * item, from + t * item, item);
-      }
-      slot.covered[dst_cell] = true;
-    }
-  }
   return absl::OkStatus();
 }
 
@@ -234,11 +229,6 @@ absl::StatusOr<KernelResult> KernelAssembler::Finish(const nt::v1::KernelSummary
     return StreamError(absl::StrCat("received ", tiles_done_, " tiles, the header announced ",
                                     header_.num_tiles()));
   }
-  for (const Mirror& m : mirrors_) {
-    absl::Status s = ApplyMirror(slots_.at(m.name), m, summary.diagonal_spatial());
-    if (!s.ok()) return s;
-  }
-  mirrors_.clear();
   KernelResult result;
   for (auto& [name, slot] : slots_) {
     for (size_t cell = 0; cell < slot.covered.size(); ++cell) {

@@ -49,14 +49,14 @@ struct KernelResult {
 };
 
 // Puts a ComputeKernel stream back together: Start(header), AddTile() per tile, Finish(summary).
-// Mirrored tiles are applied in Finish, once the summary says whether spatial axes come in pairs
-// (the header does not), by copying the already-written source block; nothing is buffered.
+// A mirrored tile is also written at the transposed position as it arrives; the header's
+// diagonal_spatial says whether the trailing axes come in (s, s') pairs that the transpose swaps.
 class KernelAssembler {
  public:
   absl::Status Start(const nt::v1::KernelHeader& header);
   absl::Status AddTile(const nt::v1::KernelTile& tile);
-  // Applies the mirrored tiles, checks that every batch cell was written, and moves the arrays
-  // out. The assembler is spent afterwards.
+  // Checks the tile count and that every batch cell was written, and moves the arrays out. The
+  // assembler is spent afterwards.
   absl::StatusOr<KernelResult> Finish(const nt::v1::KernelSummary& summary);
 
   int64_t tiles_done() const { return tiles_done_; }
@@ -71,17 +71,11 @@ class KernelAssembler {
     int64_t inner = 1;         // Elements per batch cell (product of the trailing axes).
     std::vector<bool> covered; // rows * cols batch cells written so far.
   };
-  struct Mirror {
-    std::string name;
-    int64_t row_offset, col_offset, block_rows, block_cols;
-  };
-  absl::Status ApplyMirror(Slot& slot, const Mirror& m, bool diagonal_spatial);
 
   bool started_ = false;
   nt::v1::KernelHeader header_;
   std::string dtype_;
   std::map<std::string, Slot> slots_;
-  std::vector<Mirror> mirrors_;
   int64_t tiles_done_ = 0;
 };
 

@@ -44,7 +44,9 @@ class ServerProcess:
 
   def __init__(self, extra_args=()):
     if not os.access(SERVER_BIN, os.X_OK):
-      raise unittest.SkipTest(f'nt-server binary not found at {SERVER_BIN} (build it or set NT_SERVER_BIN)')
+      # The server is what these tests test: a missing binary is an error, not a skip.
+      raise RuntimeError(f'nt-server binary not found at {SERVER_BIN} (ninja -C build nt-server, or set '
+                         'NT_SERVER_BIN)')
     self._dir = tempfile.TemporaryDirectory(prefix='nt-server-test-')
     self.port_file = os.path.join(self._dir.name, 'port')
     self.log_path = os.path.join(self._dir.name, 'server.log')

@@ -171,9 +171,9 @@ class StaxTest(unittest.TestCase):
 
 
 class TileAssemblerTest(unittest.TestCase):
-  """Mirrored tiles of symmetric kernels (x2 = None) in the FC and full-spatial layouts."""
+  """Mirrored tiles of symmetric kernels (x2 = None) in the FC and spatial layouts, and malformed streams."""
 
-  def _stream(self, arrays, tile, diagonal_spatial):
+  def _stream(self, arrays, tile, diagonal_spatial, num_tiles=None):
     svc = _proto.service_pb2
     infos = [svc.ArrayInfo(name=n, shape=a.shape, tiled_axes=t) for n, (a, t) in arrays.items()]
     tiles = []
@@ -185,8 +185,9 @@ class TileAssemblerTest(unittest.TestCase):
         for c in range(r, a.shape[1], tile):  # Upper triangle only; the rest is mirrored.
           tiles.append(svc.KernelTile(name=name, row_offset=r, col_offset=c, mirror=c > r,
                                       block=tensors.to_tensor(a[r:r + tile, c:c + tile])))
-    yield svc.KernelResponse(header=svc.KernelHeader(arrays=infos, dtype=_proto.DType.FLOAT64,
-                                                     num_tiles=len(tiles)))
+    yield svc.KernelResponse(header=svc.KernelHeader(
+        arrays=infos, dtype=_proto.DType.FLOAT64, diagonal_spatial=diagonal_spatial,
+        num_tiles=len(tiles) if num_tiles is None else num_tiles))
     for t in tiles:
       yield svc.KernelResponse(tile=t)
     yield svc.KernelResponse(summary=svc.KernelSummary(arrays=infos, diagonal_spatial=diagonal_spatial))
@@ -198,12 +199,36 @@ class TileAssemblerTest(unittest.TestCase):
     fc = np.einsum('ahwc,bhwc->ab', f, f)
     one_d = np.einsum('ahwc,bgwc->abhg', f, f)    # (N, N, H, H): ambiguous with diagonal 2-D.
     diag = np.einsum('ahwc,bhwc->abhw', f[:, :, :3], f[:, :, :3])  # (N, N, 3, 3) diagonal.
+    diag_1d = np.einsum('ahwc,bhwc->abh', f, f)   # (N, N, H)
     for arrays, diagonal_spatial in [
         ({'nngp': (fc, 2), 'cov1': (np.diag(fc).copy(), 1)}, False),
-        ({'nngp': (full, 2)}, False), ({'nngp': (one_d, 2)}, False), ({'nngp': (diag, 2)}, True)]:
-      got = tensors.TileAssembler().consume(self._stream(arrays, 3, diagonal_spatial))
-      for name, (expected, _) in arrays.items():
-        np.testing.assert_array_equal(got[name], expected)
+        ({'nngp': (full, 2)}, False), ({'nngp': (one_d, 2)}, False), ({'nngp': (diag, 2)}, True),
+        ({'nngp': (diag_1d, 2)}, True)]:
+      with self.subTest(shape=arrays['nngp'][0].shape, diagonal_spatial=diagonal_spatial):
+        got = tensors.TileAssembler().consume(self._stream(arrays, 3, diagonal_spatial))
+        for name, (expected, _) in arrays.items():
+          np.testing.assert_array_equal(got[name], expected)
+
+  def test_malformed_streams(self):
+    fc = np.arange(16.0).reshape(4, 4)
+    fc = fc + fc.T
+    with self.assertRaisesRegex(RuntimeError, '3 tiles, the header announced 4'):
+      tensors.TileAssembler().consume(self._stream({'nngp': (fc, 2)}, 2, False, num_tiles=4))
+    stream = list(self._stream({'nngp': (fc, 2)}, 2, False))
+    stream[1].tile.name = 'ntk'
+    with self.assertRaisesRegex(RuntimeError, "unannounced array 'ntk'"):
+      tensors.TileAssembler().consume(stream)
+    stream = list(self._stream({'cov1': (np.diag(fc).copy(), 1)}, 2, False))
+    stream[1].tile.mirror = True
+    with self.assertRaisesRegex(RuntimeError, 'mirrored tile of .cov1., which has 1 tiled axes'):
+      tensors.TileAssembler().consume(stream)
+    # (N, N, 3, 2) has no (s, s') pairs, so it cannot be mirrored in the full-spatial layout.
+    odd = np.zeros((4, 4, 3, 2))
+    with self.assertRaisesRegex(RuntimeError, 'no .s, s.. axis pairs'):
+      tensors.TileAssembler().consume(self._stream({'nngp': (odd, 2)}, 2, False))
+    stream = list(self._stream({'nngp': (fc, 2)}, 2, False))
+    with self.assertRaisesRegex(RuntimeError, 'without a summary'):
+      tensors.TileAssembler().consume(stream[:-1])
 
 
 if __name__ == '__main__':

@@ -143,50 +143,6 @@ def to_json(layer):
 # Calls to the service.
 
 
-class HeaderTileAssembler(tensors.TileAssembler):
-  """TileAssembler that mirrors tiles as they arrive, using KernelHeader.diagonal_spatial.
-
-  The header says whether the trailing axes of full-batch arrays come in (s, s') pairs (false) or are
-  diagonal (true), so the mirror transform is known before the first tile; nothing waits for the summary.
-  """
-
-  def __init__(self):
-    super().__init__()
-    self._diagonal_spatial = None
-
-  def _on_header(self, header):
-    super()._on_header(header)
-    self._diagonal_spatial = bool(header.diagonal_spatial)
-
-  def _on_tile(self, tile):
-    if not tile.mirror:
-      super()._on_tile(tile)
-      return
-    if self.header is None:
-      raise RuntimeError('ComputeKernel sent a tile before the header')
-    out = self.arrays.get(tile.name)
-    if out is None:
-      raise RuntimeError(f'ComputeKernel sent a tile of unannounced array {tile.name!r}')
-    if self._infos[tile.name].tiled_axes != 2:
-      raise RuntimeError(f'ComputeKernel sent a mirrored tile of {tile.name!r}, which has '
-                         f'{self._infos[tile.name].tiled_axes} tiled axes')
-    self._num_tiles += 1
-    block = tensors.from_tensor(tile.block, copy=False)
-    r, c = tile.row_offset, tile.col_offset
-    out[r:r + block.shape[0], c:c + block.shape[1]] = block
-    perm = [1, 0]
-    trailing = out.ndim - 2
-    if self._diagonal_spatial or trailing == 0:
-      perm += list(range(2, out.ndim))
-    else:
-      if trailing % 2:
-        raise RuntimeError(f'{tile.name!r}: full-spatial layout needs (s, s\') axis pairs, got shape '
-                           f'{out.shape}')
-      for k in range(trailing // 2):
-        perm += [3 + 2 * k, 2 + 2 * k]
-    self._write_mirror(out, r, c, block, perm)
-
-
 @functools.lru_cache(maxsize=None)
 def _analytic_kernel_type(names):
   return collections.namedtuple('AnalyticKernel', names)
@@ -254,7 +210,7 @@ def compute_kernel(layer, x1, x2=None, get=None, *, diagonal_batch=None, diagona
                            diagonal_spatial=diagonal_spatial, mask_constant=mask_constant,
                            pattern=pattern, output_dtype=output_dtype, tile_size=tile_size)
   conn = connection or connection_lib.default_connection()
-  arrays = HeaderTileAssembler().consume(conn.compute_kernel(request, timeout=timeout))
+  arrays = tensors.TileAssembler().consume(conn.compute_kernel(request, timeout=timeout))
   if names is None:
     names = [n for n in GET_NAMES if n in arrays] + [n for n in arrays if n not in GET_NAMES]
   if single:

@@ -70,36 +70,35 @@ def from_tensor(tensor, copy=True):
   return a.copy() if copy else a
 
 
-def _mirror_perm(shape, diagonal_spatial):
+def _mirror_perm(name, shape, diagonal_spatial):
   """Axis permutation that turns a block at (rows, cols) into the block at (cols, rows).
 
   Batch axes 0 and 1 swap; in the full-spatial layout (s1, s1, s2, s2, ...) each spatial pair swaps too.
-  Returns None when the layout is ambiguous from the shape and `diagonal_spatial` is not known yet.
   """
-  trailing = len(shape) - 2
   perm = [1, 0]
-  if trailing == 0:
-    return perm
-  could_be_full = trailing % 2 == 0 and all(
-      shape[2 + 2 * k] == shape[3 + 2 * k] for k in range(trailing // 2))
-  if not could_be_full or diagonal_spatial is True:
+  trailing = shape[2:]
+  if diagonal_spatial:
     return perm + list(range(2, len(shape)))
-  if diagonal_spatial is None:
-    return None
-  for k in range(trailing // 2):
-    perm += [3 + 2 * k, 2 + 2 * k]
+  if len(trailing) % 2 or any(trailing[k] != trailing[k + 1] for k in range(0, len(trailing), 2)):
+    raise RuntimeError(f'mirrored array {name!r} of shape {shape} has no (s, s\') axis pairs '
+                       '(full-spatial layout)')
+  for k in range(2, len(shape), 2):
+    perm += [k + 1, k]
   return perm
 
 
 class TileAssembler:
-  """Builds the full arrays from a ComputeKernel response stream (header, tiles, summary)."""
+  """Builds the full arrays from a ComputeKernel response stream (header, tiles, summary).
+
+  A mirrored tile is also written at the transposed position as soon as it arrives: the header's
+  diagonal_spatial says whether the trailing axes come in (s, s') pairs that the transpose swaps.
+  """
 
   def __init__(self):
     self.header = None
     self.summary = None
     self.arrays = {}   # name -> np.ndarray, in header order.
     self._infos = {}
-    self._deferred = []  # Mirror writes whose spatial layout is only known from the summary.
     self._num_tiles = 0
 
   def consume(self, responses):
@@ -111,7 +110,7 @@ class TileAssembler:
       elif kind == 'tile':
         self._on_tile(response.tile)
       elif kind == 'summary':
-        self._on_summary(response.summary)
+        self.summary = response.summary
     if self.header is None:
       raise RuntimeError('ComputeKernel stream ended without a header')
     if self.summary is None:
@@ -136,9 +135,12 @@ class TileAssembler:
     out = self.arrays.get(tile.name)
     if out is None:
       raise RuntimeError(f'ComputeKernel sent a tile of unannounced array {tile.name!r}')
+    tiled = self._infos[tile.name].tiled_axes
+    if tile.mirror and tiled != 2:
+      raise RuntimeError(f'ComputeKernel sent a mirrored tile of {tile.name!r}, which has {tiled} '
+                         'tiled axes')
     self._num_tiles += 1
     block = from_tensor(tile.block, copy=False)
-    tiled = self._infos[tile.name].tiled_axes
     r, c = tile.row_offset, tile.col_offset
     if tiled == 0:
       out[...] = block
@@ -147,20 +149,5 @@ class TileAssembler:
     else:
       out[r:r + block.shape[0], c:c + block.shape[1]] = block
       if tile.mirror:
-        # The summary (sent last) is authoritative on diagonal_spatial; until then only unambiguous
-        # shapes are mirrored right away.
-        perm = _mirror_perm(out.shape, None)
-        if perm is None:
-          self._deferred.append((out, r, c, block))
-        else:
-          self._write_mirror(out, r, c, block, perm)
-
-  def _on_summary(self, summary):
-    self.summary = summary
-    for out, r, c, block in self._deferred:
-      self._write_mirror(out, r, c, block, _mirror_perm(out.shape, summary.diagonal_spatial))
-    self._deferred = []
-
-  @staticmethod
-  def _write_mirror(out, r, c, block, perm):
-    out[c:c + block.shape[1], r:r + block.shape[0]] = block.transpose(perm)
+        perm = _mirror_perm(tile.name, out.shape, self.header.diagonal_spatial)
+        out[c:c + block.shape[1], r:r + block.shape[0]] = block.transpose(perm)
