@@ -61,3 +61,15 @@ INSTANTIATE_TEST_SUITE_P(Golden, GoldenCoreTest, ::testing::ValuesIn(GoldenCaseN
 
 }  // namespace
 }  // namespace nt::testing
+
+namespace nt::testing {
+namespace {
+
+// Guards against a missing case directory turning the suite above into zero tests.
+TEST(GoldenCasesTest, AllCasesArePresent) {
+  EXPECT_GE(GoldenCaseNames().size(), 75u) << "golden cases not found in " << GoldenDir()
+                                           << " (set NT_GOLDEN_DIR)";
+}
+
+}  // namespace
+}  // namespace nt::testing
