@@ -18,8 +18,9 @@ RUN /tmp/install_deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install_d
 COPY --from=build /build/server/nt-server /build/client/nt /usr/local/bin/
 USER 10001
 EXPOSE 50051
-# grpc.health.v1 check through the bundled CLI.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["/usr/local/bin/nt", "health", "--server", "127.0.0.1:50051"]
+# grpc.health.v1 check through the bundled CLI; set NT_HEALTH_ADDRESS when --address differs.
+ENV NT_HEALTH_ADDRESS=127.0.0.1:50051
+HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
+  CMD /usr/local/bin/nt health --server "$NT_HEALTH_ADDRESS"
 ENTRYPOINT ["/usr/local/bin/nt-server"]
 CMD ["--address=0.0.0.0:50051"]
