@@ -48,8 +48,8 @@ void BM_GramGemm(benchmark::State& state) {
     g.noalias() = (1.0 / g_d) * (xm * xm.transpose());
     benchmark::DoNotOptimize(g.data());
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * g_n * g_n * g_d * state.iterations() / 1e9,
-                                                 benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * g_n * g_n * g_d * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 
 void BM_DeepReluKernel(benchmark::State& state) {

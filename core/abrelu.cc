@@ -5,8 +5,8 @@
 
 namespace nt {
 
-void ABReluLayer::PairMap(const double* q11, const double* q12, const double* q22, int64_t n,
-                          double* t, double* tdot) const {
+void ABReluLayer::PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
+                          double* tdot) const {
   // Arc-cosine kernel generalised to two slopes: T = K r + Tdot q12 with theta the angle between u, v.
   const double k = (a_ - b_) * (a_ - b_) / (2 * M_PI);
   const double m = (a_ * a_ + b_ * b_) / 2;

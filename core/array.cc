@@ -89,8 +89,8 @@ void PlaceBlock(const Array& block_in, int tiled_axes, int64_t row, int64_t col,
   const int64_t inner = NumElements(absl::MakeConstSpan(block->shape()).subspan(2));
   const int64_t full_cols = full->dim(1);
   for (int64_t i = 0; i < rows; ++i) {
-    std::memcpy(full->data() + ((row + i) * full_cols + col) * inner,
-                block->data() + i * cols * inner, sizeof(double) * cols * inner);
+    std::memcpy(full->data() + ((row + i) * full_cols + col) * inner, block->data() + i * cols * inner,
+                sizeof(double) * cols * inner);
   }
 }
 

@@ -50,8 +50,8 @@ Array Transpose(const Array& a, absl::Span<const int> perm);
 // Writes `block` (shape (r, c, rest...) when tiled_axes == 2, (r, rest...) when 1) into `full` at
 // [row, col]. With `mirror`, writes the mirrored block instead: batch axes swapped and every trailing
 // axis pair swapped when `full_spatial` (the symmetric counterpart of a full-layout kernel tile).
-void PlaceBlock(const Array& block, int tiled_axes, int64_t row, int64_t col, bool mirror,
-                bool full_spatial, Array* full);
+void PlaceBlock(const Array& block, int tiled_axes, int64_t row, int64_t col, bool mirror, bool full_spatial,
+                Array* full);
 
 // The permutation that mirrors a tile: swaps axes 0,1 and, when `pair_trailing`, each trailing pair.
 std::vector<int> MirrorPermutation(int rank, bool pair_trailing);

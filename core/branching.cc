@@ -50,9 +50,10 @@ absl::StatusOr<ShapeFlow> FanInSumLayer::OutputShape(const ShapeFlow& in) const 
   if (absl::Status st = ExpectList(name(), in.is_list, in.items.size()); !st.ok()) return st;
   for (size_t i = 1; i < in.items.size(); ++i) {
     if (in.items[i] != in.items[0]) {
-      return LayerError(name(), "", absl::StrCat("all inputs must have the same shape, but input 0 is ",
-                                                 ShapeToString(in.items[0]), " and input ", i, " is ",
-                                                 ShapeToString(in.items[i])));
+      return LayerError(
+          name(), "",
+          absl::StrCat("all inputs must have the same shape, but input 0 is ", ShapeToString(in.items[0]),
+                       " and input ", i, " is ", ShapeToString(in.items[i])));
     }
   }
   return ShapeFlow::Single(in.items[0]);
@@ -74,13 +75,13 @@ absl::Status FanInSumLayer::TransformKernel(KernelFlow* kf, const KernelContext&
     for (size_t i = 0; i < ks.size(); ++i) {
       if (!ks[i].is_gaussian) {
         return LayerUnimplemented(
-            name(), absl::StrCat("input ", i, " is not Gaussian; summing non-Gaussian branches would "
+            name(), absl::StrCat("input ", i,
+                                 " is not Gaussian; summing non-Gaussian branches would "
                                  "need their means, which are not tracked (put a Dense/Conv in it)"));
       }
     }
     for (size_t i = 1; i < ks.size(); ++i) {
-      if (ks[i].diagonal_batch != ks[0].diagonal_batch ||
-          ks[i].diagonal_spatial != ks[0].diagonal_spatial ||
+      if (ks[i].diagonal_batch != ks[0].diagonal_batch || ks[i].diagonal_spatial != ks[0].diagonal_spatial ||
           ks[i].batch_axis != ks[0].batch_axis || ks[i].channel_axis != ks[0].channel_axis) {
         return LayerUnimplemented(name(), "inputs have different layouts or axes");
       }

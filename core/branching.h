@@ -13,9 +13,7 @@ class IdentityLayer : public Layer {
   absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow& x) const override { return x; }
 
  protected:
-  absl::Status TransformKernel(KernelFlow*, const KernelContext&) const override {
-    return absl::OkStatus();
-  }
+  absl::Status TransformKernel(KernelFlow*, const KernelContext&) const override { return absl::OkStatus(); }
 };
 
 // num perfectly correlated copies of the input.

@@ -58,8 +58,8 @@ absl::StatusOr<Params> SerialLayer::Init(const RngKey& key, const ShapeFlow& in)
 
 absl::StatusOr<ArrayFlow> SerialLayer::Apply(const Params& params, const ArrayFlow& x) const {
   if (params.children.size() != layers_.size()) {
-    return LayerError(name(), "params", absl::StrCat("expected ", layers_.size(),
-                                                     " entries, got ", params.children.size()));
+    return LayerError(name(), "params",
+                      absl::StrCat("expected ", layers_.size(), " entries, got ", params.children.size()));
   }
   ArrayFlow y = x;
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -88,9 +88,10 @@ ParallelLayer::ParallelLayer(std::vector<LayerPtr> layers) : layers_(std::move(l
 
 absl::Status ParallelLayer::CheckArity(size_t n, bool is_list) const {
   if (!is_list || n != layers_.size()) {
-    return LayerError(name(), "", absl::StrCat("has ", layers_.size(), " branches but received ",
-                                               is_list ? absl::StrCat("a list of ", n) : "a single input",
-                                               " (use FanOut before parallel)"));
+    return LayerError(name(), "",
+                      absl::StrCat("has ", layers_.size(), " branches but received ",
+                                   is_list ? absl::StrCat("a list of ", n) : "a single input",
+                                   " (use FanOut before parallel)"));
   }
   return absl::OkStatus();
 }
@@ -108,8 +109,8 @@ absl::StatusOr<ShapeFlow> ParallelLayer::OutputShape(const ShapeFlow& in) const 
     auto s = layers_[i]->OutputShape(ShapeFlow::Single(in.items[i]));
     if (!s.ok()) return s.status();
     if (s->is_list) {
-      return LayerUnimplemented(name(), absl::StrCat("branch ", i,
-                                                     " returns a list; nested lists are not supported"));
+      return LayerUnimplemented(
+          name(), absl::StrCat("branch ", i, " returns a list; nested lists are not supported"));
     }
     out.push_back(s->single());
   }
@@ -150,8 +151,8 @@ absl::Status ParallelLayer::TransformKernel(KernelFlow* k, const KernelContext& 
       return AtChild(st, absl::StrCat("layers[", i, "]"));
     }
     if (branch.is_list) {
-      return LayerUnimplemented(name(), absl::StrCat("branch ", i,
-                                                     " returns a list; nested lists are not supported"));
+      return LayerUnimplemented(
+          name(), absl::StrCat("branch ", i, " returns a list; nested lists are not supported"));
     }
     k->items[i] = std::move(branch.single());
   }
@@ -169,11 +170,10 @@ absl::StatusOr<ShapeFlow> RepeatLayer::OutputShape(const ShapeFlow& in) const {
   auto out = layer_->OutputShape(in);
   if (!out.ok()) return out.status();
   if (out->items != in.items || out->is_list != in.is_list) {
-    return LayerError(name(), "layer",
-                      absl::StrCat("the repeated layer ", layer_->name(),
-                                   " must keep its input shape, but maps ",
-                                   ShapeToString(in.items.front()), " to ",
-                                   ShapeToString(out->items.front())));
+    return LayerError(
+        name(), "layer",
+        absl::StrCat("the repeated layer ", layer_->name(), " must keep its input shape, but maps ",
+                     ShapeToString(in.items.front()), " to ", ShapeToString(out->items.front())));
   }
   return out;
 }

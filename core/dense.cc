@@ -8,8 +8,7 @@
 
 namespace nt {
 
-absl::StatusOr<Parameterization> ParseParameterization(const std::string& layer,
-                                                       const std::string& value) {
+absl::StatusOr<Parameterization> ParseParameterization(const std::string& layer, const std::string& value) {
   const std::string v = absl::AsciiStrToLower(value);
   if (v.empty() || v == "ntk") return Parameterization::kNtk;
   if (v == "standard") return Parameterization::kStandard;
@@ -92,17 +91,20 @@ absl::StatusOr<ArrayFlow> DenseLayer::Apply(const Params& params, const ArrayFlo
   const int ch = *ch_or;
   const size_t want = o_.b_std ? 2 : 1;
   if (params.arrays.size() != want) {
-    return LayerError(name(), "params", absl::StrCat("expected ", want, " arrays, got ", params.arrays.size()));
+    return LayerError(name(), "params",
+                      absl::StrCat("expected ", want, " arrays, got ", params.arrays.size()));
   }
   const Array& w = params.arrays[0];
   const int64_t n_in = x.dim(ch), n_out = width();
   if (w.rank() != 2 || w.dim(0) != n_in || w.dim(1) != n_out) {
-    return LayerError(name(), "params", absl::StrCat("W has shape ", ShapeToString(w.shape()),
-                                                     ", expected ", ShapeToString({n_in, n_out})));
+    return LayerError(
+        name(), "params",
+        absl::StrCat("W has shape ", ShapeToString(w.shape()), ", expected ", ShapeToString({n_in, n_out})));
   }
   // Move the channel axis last, multiply, move it back.
   std::vector<int> perm, inv(rank);
-  for (int i = 0; i < rank; ++i) if (i != ch) perm.push_back(i);
+  for (int i = 0; i < rank; ++i)
+    if (i != ch) perm.push_back(i);
   perm.push_back(ch);
   for (int i = 0; i < rank; ++i) inv[perm[i]] = i;
   Array xt = ch == rank - 1 ? x : Transpose(x, perm);

@@ -21,8 +21,7 @@ struct DenseOptions {
 };
 
 // Parses "ntk" / "standard" (case-insensitive).
-absl::StatusOr<Parameterization> ParseParameterization(const std::string& layer,
-                                                       const std::string& value);
+absl::StatusOr<Parameterization> ParseParameterization(const std::string& layer, const std::string& value);
 
 class DenseLayer : public Layer {
  public:

@@ -45,9 +45,9 @@ void SpatialOffsets(const Shape& sizes, bool diagonal_spatial, std::vector<int64
 // Applies the pair map to an array with `batch_axes` leading axes whose entries pair d_left[row] with
 // d_right[col] (rows x cols batch grid; for one batch axis, row == col). `ntk` (same shape as `a`, may be
 // null) is multiplied by tdot in place.
-void MapArray(const ElementwiseLayer& layer, int batch_axes, const Array& d_left,
-              const Array& d_right, const std::vector<int64_t>& off_l,
-              const std::vector<int64_t>& off_r, int64_t p, Array* a, Array* ntk) {
+void MapArray(const ElementwiseLayer& layer, int batch_axes, const Array& d_left, const Array& d_right,
+              const std::vector<int64_t>& off_l, const std::vector<int64_t>& off_r, int64_t p, Array* a,
+              Array* ntk) {
   const int64_t rows = a->dim(0);
   const int64_t cols = batch_axes == 2 ? a->dim(1) : 1;
   const int64_t inner = static_cast<int64_t>(off_l.size());

@@ -34,8 +34,8 @@ Array ZipSpatial(const Array& a, const Shape& spatial) {
 
 }  // namespace
 
-absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int channel_axis,
-                                            bool flatten, const std::string& field) {
+absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int channel_axis, bool flatten,
+                                            const std::string& field) {
   const int rank = x.rank();
   if (rank < 2) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -49,8 +49,8 @@ absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int 
   }
   auto canon = [&](int axis, const char* name) -> absl::StatusOr<int> {
     if (axis < -rank || axis >= rank) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ": ", name, " ", axis,
-                                                     " is out of range for inputs of rank ", rank));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": ", name, " ", axis, " is out of range for inputs of rank ", rank));
     }
     return axis < 0 ? axis + rank : axis;
   };
@@ -61,7 +61,8 @@ absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int 
   if (n == 0) return absl::InvalidArgumentError(absl::StrCat(field, ": batch is empty"));
   if (flatten) {
     std::vector<int> perm{*b};
-    for (int i = 0; i < rank; ++i) if (i != *b) perm.push_back(i);
+    for (int i = 0; i < rank; ++i)
+      if (i != *b) perm.push_back(i);
     Array t = *b == 0 ? x : Transpose(x, perm);
     const int64_t c = t.size() / n;
     out.x = t.Reshaped({n, 1, c});

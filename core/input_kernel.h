@@ -10,9 +10,9 @@ namespace nt {
 
 // An input batch rearranged to (N, P, C): batch first, positions in input order, channels last.
 struct CanonicalInput {
-  Array x;          // (N, P, C)
-  Shape spatial;    // Spatial sizes in input order (empty for flat inputs).
-  Shape shape;      // The (post-flatten) activation shape, as shape1/shape2 report it.
+  Array x;        // (N, P, C)
+  Shape spatial;  // Spatial sizes in input order (empty for flat inputs).
+  Shape shape;    // The (post-flatten) activation shape, as shape1/shape2 report it.
   int batch_axis = 0;
   int channel_axis = 1;
   int64_t n() const { return x.dim(0); }
@@ -21,8 +21,8 @@ struct CanonicalInput {
 };
 
 // `flatten` reproduces channel_axis=None (a Flatten first layer): inputs become (N, prod(rest)).
-absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int channel_axis,
-                                            bool flatten, const std::string& field);
+absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int channel_axis, bool flatten,
+                                            const std::string& field);
 
 // nngp of rows [r0, r1) of a against rows [c0, c1) of b: (r, c) + Sp, divided by a's channel count.
 Array InputNngp(const CanonicalInput& a, int64_t r0, int64_t r1, const CanonicalInput& b, int64_t c0,

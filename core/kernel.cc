@@ -77,9 +77,9 @@ Array GetDiagonal(const Array& cov, int batch_axes, bool diagonal_spatial, int n
 
 const std::vector<std::string>& KernelFieldNames() {
   static const auto* names = new std::vector<std::string>{
-      "nngp",        "ntk",           "cov1",      "cov2",          "x1_is_x2",
-      "is_gaussian", "is_reversed",   "is_input",  "diagonal_batch", "diagonal_spatial",
-      "shape1",      "shape2",        "batch_axis", "channel_axis", "mask1",
+      "nngp",        "ntk",         "cov1",       "cov2",           "x1_is_x2",
+      "is_gaussian", "is_reversed", "is_input",   "diagonal_batch", "diagonal_spatial",
+      "shape1",      "shape2",      "batch_axis", "channel_axis",   "mask1",
       "mask2"};
   return *names;
 }

@@ -22,11 +22,10 @@ namespace {
 // Cheap; done per call because a caller may have raised it for its own GEMMs in between.
 void SingleThreadedBlas() { openblas_set_num_threads(1); }
 
-constexpr int64_t kTileBytes = 4 << 20;  // Target size of one tile's nngp block.
+constexpr int64_t kTileBytes = 4 << 20;                       // Target size of one tile's nngp block.
 constexpr int64_t kMaxPlannedRowElements = int64_t{1} << 27;  // 1 GiB of float64 per input.
 
-absl::StatusOr<std::vector<std::string>> CanonicalGet(const std::vector<std::string>& get,
-                                                      bool x2_given) {
+absl::StatusOr<std::vector<std::string>> CanonicalGet(const std::vector<std::string>& get, bool x2_given) {
   static const std::set<std::string> kValid = {"nngp", "ntk", "cov1", "cov2"};
   std::vector<std::string> out;
   if (get.empty()) {
@@ -63,9 +62,9 @@ Shape Trailing(const Array& a, int lead) { return Shape(a.shape().begin() + lead
 struct Pass {
   int a;
   int b;
-  bool symmetric;          // b is a: only tiles with I <= J.
-  std::string nngp_name;   // Name to emit the nngp under ("nngp" or the full-batch "cov1"/"cov2").
-  bool main;               // The x1/x2 pass: also emits ntk and diagonal-batch covariances.
+  bool symmetric;         // b is a: only tiles with I <= J.
+  std::string nngp_name;  // Name to emit the nngp under ("nngp" or the full-batch "cov1"/"cov2").
+  bool main;              // The x1/x2 pass: also emits ntk and diagonal-batch covariances.
 };
 
 struct TileJob {
@@ -116,8 +115,8 @@ Kernel InputKernel(const KernelPlan& plan, const Inputs& in, const Pass& pass, i
   return k;
 }
 
-absl::StatusOr<Kernel> RunTile(const Layer& net, const KernelPlan& plan, const Inputs& in,
-                               const Pass& pass, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+absl::StatusOr<Kernel> RunTile(const Layer& net, const KernelPlan& plan, const Inputs& in, const Pass& pass,
+                               int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
   Kernel k = InputKernel(plan, in, pass, r0, r1, c0, c1);
   if (absl::Status st = ApplyToKernel(net, &k, plan.compute_ntk && pass.main); !st.ok()) return st;
   if (k.is_reversed) k.Reverse();  // Spatial axes always go out in natural order.
@@ -214,10 +213,10 @@ absl::Status EmitTile(const KernelPlan& plan, const Pass& pass, const TileJob& j
     // The nngp may be sent twice (as cov1 and nngp): copy all but its last use.
     bool later_use = false;
     for (size_t j = i + 1; j < blocks.size(); ++j) later_use = later_use || blocks[j].source == b.source;
-    Array* src = b.source == Source::kNngp  ? &k.nngp
-                 : b.source == Source::kNtk ? &*k.ntk
+    Array* src = b.source == Source::kNngp   ? &k.nngp
+                 : b.source == Source::kNtk  ? &*k.ntk
                  : b.source == Source::kCov1 ? &k.cov1
-                                              : &*k.cov2;
+                                             : &*k.cov2;
     Array block = later_use ? *src : std::move(*src);
     if (absl::Status st = sink(TileBlock{b.name, b.row, b.col, b.tiled_axes, b.mirror, std::move(block)});
         !st.ok()) {
@@ -244,8 +243,9 @@ std::string LayoutString(const KernelPlan& plan, const Shape& out_trailing) {
   Shape nngp{plan.n1, plan.n2};
   nngp.insert(nngp.end(), out_trailing.begin(), out_trailing.end());
   return absl::StrCat(plan.diagonal_batch ? "diagonal_batch" : "full_batch", ", ",
-                      out_trailing.empty() ? "no spatial axes"
-                      : plan.diagonal_spatial ? "diagonal_spatial" : "full_spatial",
+                      out_trailing.empty()    ? "no spatial axes"
+                      : plan.diagonal_spatial ? "diagonal_spatial"
+                                              : "full_spatial",
                       "; nngp ", ShapeToString(nngp));
 }
 
@@ -281,7 +281,8 @@ void SizePlan(const KernelOptions& options, int concurrency, KernelPlan* plan) {
   // also bounds every size derived from the tile size).
   int64_t t = options.tile_size;
   if (t <= 0) {
-    t = static_cast<int64_t>(std::clamp(std::sqrt(double(kTileBytes) / (8.0 * double(plan->cells_per_entry))), 1.0, 256.0));
+    t = static_cast<int64_t>(
+        std::clamp(std::sqrt(double(kTileBytes) / (8.0 * double(plan->cells_per_entry))), 1.0, 256.0));
   }
   plan->tile_size = std::min(t, std::max(plan->n1, plan->n2));
   CountTiles(plan);
@@ -290,8 +291,8 @@ void SizePlan(const KernelOptions& options, int concurrency, KernelPlan* plan) {
                                      60.0 * double(plan->cells_per_entry) * double(plan->num_layers));
   const double tile_cells = double(plan->tile_size) * double(plan->tile_size) * double(plan->cells_per_entry);
   // About eight tile-sized arrays live per worker (kernel fields, maps' temporaries, the block sent).
-  plan->working_bytes = SaturatingBytes(double(concurrency) * tile_cells * 8 * 8 +
-                                        double(plan->input_elements) * 8 * 2);
+  plan->working_bytes =
+      SaturatingBytes(double(concurrency) * tile_cells * 8 * 8 + double(plan->input_elements) * 8 * 2);
   plan->layout = LayoutString(*plan, out_trailing);
 }
 
@@ -344,8 +345,8 @@ absl::StatusOr<KernelPlan> Plan(const Layer& net, const Array& x1, const Array* 
       for (int i = 0; i < x1.rank(); ++i) {
         if (i != b && x1.dim(i) != x2->dim(i)) {
           return absl::InvalidArgumentError(absl::StrCat(
-              "x2: shape ", ShapeToString(x2->shape()), " must match x1's shape ",
-              ShapeToString(x1.shape()), " in every axis but the batch axis (axis ", i, " differs)"));
+              "x2: shape ", ShapeToString(x2->shape()), " must match x1's shape ", ShapeToString(x1.shape()),
+              " in every axis but the batch axis (axis ", i, " differs)"));
         }
       }
     }
@@ -365,9 +366,10 @@ absl::StatusOr<KernelPlan> Plan(const Layer& net, const Array& x1, const Array* 
   plan.meta.diagonal_batch = plan.diagonal_batch;
   SetBatchSizes(plan.n1, plan.n2, &plan.meta);
   const int64_t p_in = (*inputs)[0].p();
-  plan.cells_per_entry = std::max<int64_t>({1, NumElements(Trailing(plan.meta.nngp, 2)),
-                                            plan.diagonal_spatial ? p_in : p_in * p_in});
-  plan.gram_flops_per_entry = 2.0 * double((*inputs)[0].c()) * double(plan.diagonal_spatial ? p_in : p_in * p_in);
+  plan.cells_per_entry = std::max<int64_t>(
+      {1, NumElements(Trailing(plan.meta.nngp, 2)), plan.diagonal_spatial ? p_in : p_in * p_in});
+  plan.gram_flops_per_entry =
+      2.0 * double((*inputs)[0].c()) * double(plan.diagonal_spatial ? p_in : p_in * p_in);
   plan.num_layers = net.NumLayers();
   plan.input_elements = x1.size() + (x2 ? x2->size() : 0);
   SizePlan(options, concurrency, &plan);
@@ -397,15 +399,18 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
   return Plan(net, x1, x2, options, concurrency);
 }
 
-absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1_shape,
-                                               const Shape* x2_shape, const KernelOptions& options,
-                                               int concurrency) {
+absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1_shape, const Shape* x2_shape,
+                                               const KernelOptions& options, int concurrency) {
   for (int64_t d : x1_shape) {
-    if (d <= 0) return absl::InvalidArgumentError(absl::StrCat("x1_shape: dimensions must be positive, got ", ShapeToString(x1_shape)));
+    if (d <= 0)
+      return absl::InvalidArgumentError(
+          absl::StrCat("x1_shape: dimensions must be positive, got ", ShapeToString(x1_shape)));
   }
   if (x2_shape) {
     for (int64_t d : *x2_shape) {
-      if (d <= 0) return absl::InvalidArgumentError(absl::StrCat("x2_shape: dimensions must be positive, got ", ShapeToString(*x2_shape)));
+      if (d <= 0)
+        return absl::InvalidArgumentError(
+            absl::StrCat("x2_shape: dimensions must be positive, got ", ShapeToString(*x2_shape)));
     }
   }
   // One row of each input is allocated to plan: refuse rows no request could carry anyway.
@@ -415,8 +420,8 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
     for (size_t i = 1; i < s->size(); ++i) row *= double((*s)[i]);
     if (row > double(kMaxPlannedRowElements)) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          s == &x1_shape ? "x1_shape" : "x2_shape", ": one input of shape ", ShapeToString(*s),
-          " has ", row, " elements, more than the ", kMaxPlannedRowElements, " this server accepts per input"));
+          s == &x1_shape ? "x1_shape" : "x2_shape", ": one input of shape ", ShapeToString(*s), " has ", row,
+          " elements, more than the ", kMaxPlannedRowElements, " this server accepts per input"));
     }
   }
   // Plan on one-row stand-ins of the inputs (values do not change layouts), then scale up.
@@ -447,9 +452,8 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
   return out;
 }
 
-absl::Status ComputeKernelTiles(const Layer& net, const Array& x1, const Array* x2,
-                                const KernelPlan& plan, const KernelOptions& options,
-                                const TileSink& sink) {
+absl::Status ComputeKernelTiles(const Layer& net, const Array& x1, const Array* x2, const KernelPlan& plan,
+                                const KernelOptions& options, const TileSink& sink) {
   SingleThreadedBlas();
   auto inputs = PrepareInputs(x1, x2, plan);
   if (!inputs.ok()) return inputs.status();
@@ -463,7 +467,8 @@ absl::Status ComputeKernelTiles(const Layer& net, const Array& x1, const Array* 
       if (failed.load(std::memory_order_relaxed)) return;
       if (options.cancelled && options.cancelled->load(std::memory_order_relaxed)) {
         std::lock_guard<std::mutex> lock(mu);
-        if (!failed.exchange(true)) first_error = absl::CancelledError("the kernel computation was cancelled");
+        if (!failed.exchange(true))
+          first_error = absl::CancelledError("the kernel computation was cancelled");
         return;
       }
       const TileJob& job = jobs[i];

@@ -51,12 +51,12 @@ struct KernelPlan {
   int64_t num_tiles = 0;          // Tile computations (mirrored tiles once).
   int64_t num_tile_messages = 0;  // Blocks emitted in total.
   double estimated_flops = 0;
-  int64_t output_bytes = 0;       // The assembled requested arrays.
-  int64_t working_bytes = 0;      // Peak per-tile working set times concurrency, plus inputs.
+  int64_t output_bytes = 0;   // The assembled requested arrays.
+  int64_t working_bytes = 0;  // Peak per-tile working set times concurrency, plus inputs.
   std::string layout;
   // Cost model inputs.
-  int64_t cells_per_entry = 1;        // Doubles per (i, j) batch entry in the largest layer array.
-  double gram_flops_per_entry = 0;    // Input Gram flops per (i, j).
+  int64_t cells_per_entry = 1;      // Doubles per (i, j) batch entry in the largest layer array.
+  double gram_flops_per_entry = 0;  // Input Gram flops per (i, j).
   int64_t num_layers = 1;
   int64_t input_elements = 0;
 };
@@ -77,14 +77,12 @@ using TileSink = std::function<absl::Status(TileBlock&&)>;
 absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const Array* x2,
                                       const KernelOptions& options, int concurrency = 1);
 // Plans from shapes only (no data): used to describe a request before inputs arrive.
-absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1_shape,
-                                               const Shape* x2_shape, const KernelOptions& options,
-                                               int concurrency = 1);
+absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1_shape, const Shape* x2_shape,
+                                               const KernelOptions& options, int concurrency = 1);
 
 // Computes every tile of the plan in parallel (TBB) and hands blocks to `sink`.
-absl::Status ComputeKernelTiles(const Layer& net, const Array& x1, const Array* x2,
-                                const KernelPlan& plan, const KernelOptions& options,
-                                const TileSink& sink);
+absl::Status ComputeKernelTiles(const Layer& net, const Array& x1, const Array* x2, const KernelPlan& plan,
+                                const KernelOptions& options, const TileSink& sink);
 
 // The assembled result: requested arrays plus metadata.
 struct KernelResult {

@@ -17,21 +17,21 @@ absl::Status LayerUnimplemented(const std::string& layer, const std::string& msg
 absl::Status AtChild(const absl::Status& status, const std::string& where) {
   if (status.ok()) return status;
   const absl::string_view m = status.message();
-  const bool nested = absl::StartsWith(m, "layers[") || absl::StartsWith(m, "layer:") ||
-                      absl::StartsWith(m, "layer.");
+  const bool nested =
+      absl::StartsWith(m, "layers[") || absl::StartsWith(m, "layer:") || absl::StartsWith(m, "layer.");
   return absl::Status(status.code(), absl::StrCat(where, nested ? "." : ": ", m));
 }
 
 absl::Status ExpectSingle(const std::string& layer, bool is_list, size_t n) {
   if (is_list || n != 1) {
-    return LayerError(layer, "", absl::StrCat("expects a single input but got a list of ", n,
-                                              " (use a FanIn layer or parallel first)"));
+    return LayerError(layer, "",
+                      absl::StrCat("expects a single input but got a list of ", n,
+                                   " (use a FanIn layer or parallel first)"));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<int> CanonicalAxis(const std::string& layer, const std::string& field, int axis,
-                                  int rank) {
+absl::StatusOr<int> CanonicalAxis(const std::string& layer, const std::string& field, int axis, int rank) {
   if (axis < -rank || axis >= rank) {
     return LayerError(layer, field,
                       absl::StrCat("axis ", axis, " is out of range for inputs of rank ", rank));
@@ -55,24 +55,23 @@ absl::Status Layer::ApplyKernel(KernelFlow* k, const KernelContext& ctx) const {
                         "the input kernel has diagonal_batch=True but this layer needs the full batch "
                         "covariance; recompute with diagonal_batch=False");
     }
-    if (req.diagonal_spatial.has_value() && req.diagonal_spatial->input == Bool::kNo &&
-        in.diagonal_spatial) {
+    if (req.diagonal_spatial.has_value() && req.diagonal_spatial->input == Bool::kNo && in.diagonal_spatial) {
       return LayerError(name(), "diagonal_spatial",
                         "the input kernel has diagonal_spatial=True but this layer needs the full "
                         "spatial covariance; recompute with diagonal_spatial=False");
     }
     const int rank = static_cast<int>(in.shape1.size());
     if (req.batch_axis && (*req.batch_axis % rank + rank) % rank != in.batch_axis) {
-      return LayerError(name(), "batch_axis",
-                        absl::StrCat("declares batch_axis ", *req.batch_axis,
-                                     " but the kernel's batch axis is ", in.batch_axis,
-                                     ", which makes the infinite limit ill-defined"));
+      return LayerError(
+          name(), "batch_axis",
+          absl::StrCat("declares batch_axis ", *req.batch_axis, " but the kernel's batch axis is ",
+                       in.batch_axis, ", which makes the infinite limit ill-defined"));
     }
     if (req.channel_axis && (*req.channel_axis % rank + rank) % rank != in.channel_axis) {
-      return LayerError(name(), "channel_axis",
-                        absl::StrCat("declares channel_axis ", *req.channel_axis,
-                                     " but the kernel's channel axis is ", in.channel_axis,
-                                     ", which makes the infinite limit ill-defined"));
+      return LayerError(
+          name(), "channel_axis",
+          absl::StrCat("declares channel_axis ", *req.channel_axis, " but the kernel's channel axis is ",
+                       in.channel_axis, ", which makes the infinite limit ill-defined"));
     }
   }
   ShapeFlow s1, s2;

@@ -96,8 +96,7 @@ absl::Status AtChild(const absl::Status& status, const std::string& where);
 absl::Status ExpectSingle(const std::string& layer, bool is_list, size_t n);
 
 // Normalises an axis against a rank (Python-style negative axes).
-absl::StatusOr<int> CanonicalAxis(const std::string& layer, const std::string& field, int axis,
-                                  int rank);
+absl::StatusOr<int> CanonicalAxis(const std::string& layer, const std::string& field, int axis, int rank);
 
 }  // namespace nt
 

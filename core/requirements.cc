@@ -32,12 +32,10 @@ std::optional<T> FoldOptional(const std::optional<T>& a, const std::optional<T>&
 
 Requirements Fold(const Requirements& a, const Requirements& b, bool serial) {
   Requirements r;
-  r.diagonal_batch =
-      FoldOptional(a.diagonal_batch, b.diagonal_batch, [](bool x, bool y) { return x && y; });
-  r.diagonal_spatial = FoldOptional(a.diagonal_spatial, b.diagonal_spatial,
-                                    [serial](const Diagonal& x, const Diagonal& y) {
-                                      return serial ? Compose(x, y) : And(x, y);
-                                    });
+  r.diagonal_batch = FoldOptional(a.diagonal_batch, b.diagonal_batch, [](bool x, bool y) { return x && y; });
+  r.diagonal_spatial = FoldOptional(
+      a.diagonal_spatial, b.diagonal_spatial,
+      [serial](const Diagonal& x, const Diagonal& y) { return serial ? Compose(x, y) : And(x, y); });
   r.batch_axis = a.batch_axis ? a.batch_axis : b.batch_axis;
   if (a.declares_channel()) {
     r.channel_axis = a.channel_axis;

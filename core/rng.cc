@@ -31,9 +31,7 @@ std::vector<RngKey> RngKey::Split(int n) const {
   return keys;
 }
 
-RngKey RngKey::FoldIn(uint64_t data) const {
-  return RngKey(Mix(hi_ ^ Mix(data)), Mix(lo_ + Mix(~data)));
-}
+RngKey RngKey::FoldIn(uint64_t data) const { return RngKey(Mix(hi_ ^ Mix(data)), Mix(lo_ + Mix(~data))); }
 
 Array RngKey::Uniform(const Shape& shape) const {
   Array out(shape);

@@ -33,8 +33,7 @@ class Net {
   absl::StatusOr<Array> apply_fn(const Params& params, const Array& x) const;
   // kernel_fn(x1, x2=None, get=...); `options.get` is replaced by `get` when that is not empty.
   absl::StatusOr<KernelResult> kernel_fn(const Array& x1, const Array* x2 = nullptr,
-                                         std::vector<std::string> get = {},
-                                         KernelOptions options = {}) const;
+                                         std::vector<std::string> get = {}, KernelOptions options = {}) const;
   // kernel_fn on the Kernel path.
   absl::StatusOr<Kernel> kernel_fn(Kernel k, bool compute_ntk = true) const;
 
@@ -58,8 +57,8 @@ Net repeat(Net layer, int n);
 Net Identity();
 Net FanOut(int num);
 Net FanInSum();
-Net Dense(int64_t out_dim, double W_std = 1.0, std::optional<double> b_std = std::nullopt,
-          int batch_axis = 0, int channel_axis = -1, const std::string& parameterization = "ntk",
+Net Dense(int64_t out_dim, double W_std = 1.0, std::optional<double> b_std = std::nullopt, int batch_axis = 0,
+          int channel_axis = -1, const std::string& parameterization = "ntk",
           std::array<double, 2> s = {1.0, 1.0});
 Net ABRelu(double a, double b, bool do_stabilize = false);
 Net Relu(bool do_stabilize = false);

@@ -95,10 +95,10 @@ int Concurrency(const ServerOptions& o) {
 absl::Status CheckBudget(const KernelPlan& plan, int64_t queue_bytes, int64_t budget) {
   const int64_t need = plan.working_bytes + queue_bytes;
   if (need > budget) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the request needs about ", need >> 20, " MiB of server memory (tiles of ", plan.tile_size,
-        " rows), more than the budget of ", budget >> 20,
-        " MiB; send fewer or smaller inputs, or a smaller tile_size"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the request needs about ", need >> 20, " MiB of server memory (tiles of ",
+                     plan.tile_size, " rows), more than the budget of ", budget >> 20,
+                     " MiB; send fewer or smaller inputs, or a smaller tile_size"));
   }
   return absl::OkStatus();
 }
@@ -126,7 +126,8 @@ bool KernelServiceImpl::Reserve(int64_t bytes) {
 grpc::Status KernelServiceImpl::Describe(grpc::ServerContext*, const nt::v1::DescribeRequest* req,
                                          nt::v1::DescribeResponse* resp) {
   ActiveCall active(&active_);
-  if (!req->has_architecture()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "architecture: is required");
+  if (!req->has_architecture())
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "architecture: is required");
   auto net = BuildLayer(req->architecture());
   if (!net.ok()) return ToGrpcStatus(net.status());
   if (req->x1_shape().empty()) {
@@ -155,7 +156,8 @@ grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, cons
                                               grpc::ServerWriter<nt::v1::KernelResponse>* writer) {
   ActiveCall active(&active_);
   const auto start = std::chrono::steady_clock::now();
-  if (!req->has_architecture()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "architecture: is required");
+  if (!req->has_architecture())
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "architecture: is required");
   if (!req->has_x1()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "x1: is required");
   if (req->output_dtype() != nt::v1::DTYPE_UNSPECIFIED && req->output_dtype() != nt::v1::FLOAT64 &&
       req->output_dtype() != nt::v1::FLOAT32) {
@@ -209,8 +211,8 @@ grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, cons
   const int64_t reservation = plan->working_bytes + queue_bytes;
   if (!Reserve(reservation)) {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        absl::StrCat("the server's memory budget is taken by other requests (", reservation >> 20,
-                                     " MiB needed); retry later"));
+                        absl::StrCat("the server's memory budget is taken by other requests (",
+                                     reservation >> 20, " MiB needed); retry later"));
   }
   struct Release {
     KernelServiceImpl* s;
@@ -265,7 +267,8 @@ grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, cons
   engine.join();
   if (client_gone) {
     LogInfo(absl::StrCat("ComputeKernel cancelled by the client after ", tiles_sent, " tiles"));
-    return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request or its deadline expired");
+    return grpc::Status(grpc::StatusCode::CANCELLED,
+                        "the client cancelled the request or its deadline expired");
   }
   if (!engine_status.ok()) return ToGrpcStatus(engine_status);
 

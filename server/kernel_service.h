@@ -12,10 +12,10 @@ namespace nt::server {
 
 struct ServerOptions {
   std::string address = "0.0.0.0:50051";
-  int worker_threads = 0;                        // 0: all cores.
-  int64_t max_message_bytes = 256LL << 20;       // Largest request or response message.
-  int64_t memory_budget_bytes = 8LL << 30;       // Engine memory across concurrent requests.
-  int64_t tile_queue_depth = 8;                  // Computed tiles waiting to be written, per request.
+  int worker_threads = 0;                   // 0: all cores.
+  int64_t max_message_bytes = 256LL << 20;  // Largest request or response message.
+  int64_t memory_budget_bytes = 8LL << 30;  // Engine memory across concurrent requests.
+  int64_t tile_queue_depth = 8;             // Computed tiles waiting to be written, per request.
 };
 
 class KernelServiceImpl final : public nt::v1::KernelService::Service {

@@ -51,7 +51,8 @@ absl::StatusOr<LayerPtr> Finish(const Net& net, const std::string& path) {
 absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, int depth) {
   // gRPC's protobuf parser already stops at 100 message levels (two per combinator level).
   if (depth > kMaxDepth) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": architecture nested deeper than ", kMaxDepth, " levels"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": architecture nested deeper than ", kMaxDepth, " levels"));
   }
   using K = nt::v1::Layer::KindCase;
   switch (l.kind_case()) {
@@ -71,7 +72,8 @@ absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, 
     case K::kRepeat: {
       const auto& r = l.repeat();
       if (!r.has_n()) return Invalid(path, "repeat", "n", "is required");
-      if (r.n() < 0 || r.n() > 100000) return Invalid(path, "repeat", "n", absl::StrCat("must be in [0, 100000], got ", r.n()));
+      if (r.n() < 0 || r.n() > 100000)
+        return Invalid(path, "repeat", "n", absl::StrCat("must be in [0, 100000], got ", r.n()));
       if (!r.has_layer()) return Invalid(path, "repeat", "layer", "is required");
       auto c = Build(r.layer(), absl::StrCat(path, ".layer"), depth + 1);
       if (!c.ok()) return c.status();
@@ -82,7 +84,8 @@ absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, 
     case K::kFanOut: {
       if (!l.fan_out().has_num()) return Invalid(path, "FanOut", "num", "is required");
       const int64_t num = l.fan_out().num();
-      if (num < 1 || num > 4096) return Invalid(path, "FanOut", "num", absl::StrCat("must be in [1, 4096], got ", num));
+      if (num < 1 || num > 4096)
+        return Invalid(path, "FanOut", "num", absl::StrCat("must be in [1, 4096], got ", num));
       return stax::FanOut(static_cast<int>(num)).layer();
     }
     case K::kFanInSum:
@@ -90,9 +93,11 @@ absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, 
     case K::kDense: {
       const auto& d = l.dense();
       if (!d.has_out_dim()) return Invalid(path, "Dense", "out_dim", "is required");
-      if (d.out_dim() <= 0) return Invalid(path, "Dense", "out_dim", absl::StrCat("must be positive, got ", d.out_dim()));
+      if (d.out_dim() <= 0)
+        return Invalid(path, "Dense", "out_dim", absl::StrCat("must be positive, got ", d.out_dim()));
       std::array<double, 2> s = {1.0, 1.0};
-      if (d.s_size() != 0 && d.s_size() != 2) return Invalid(path, "Dense", "s", "must have two entries (s0, s1)");
+      if (d.s_size() != 0 && d.s_size() != 2)
+        return Invalid(path, "Dense", "s", "must have two entries (s0, s1)");
       if (d.s_size() == 2) s = {double(d.s(0)), double(d.s(1))};
       std::optional<double> b_std;
       if (d.has_b_std()) b_std = d.b_std();

@@ -14,10 +14,12 @@ absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& f
   int64_t n = 1;
   for (int64_t d : shape) {
     if (d < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".shape: negative dimension in ", ShapeToString(shape)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".shape: negative dimension in ", ShapeToString(shape)));
     }
     if (d != 0 && n > std::numeric_limits<int64_t>::max() / 8 / d) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".shape: ", ShapeToString(shape), " is too large"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".shape: ", ShapeToString(shape), " is too large"));
     }
     n *= d;
   }
@@ -31,13 +33,13 @@ absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& f
       width = 4;
       break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(field, ".dtype: must be FLOAT64 or FLOAT32, got ",
-                                                     nt::v1::DType_Name(t.dtype())));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".dtype: must be FLOAT64 or FLOAT32, got ", nt::v1::DType_Name(t.dtype())));
   }
   if (t.data().size() != static_cast<size_t>(n) * width) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ".data: has ", t.data().size(), " bytes but shape ",
-                                                   ShapeToString(shape), " of ", nt::v1::DType_Name(t.dtype() ? t.dtype() : nt::v1::FLOAT64),
-                                                   " needs ", n * width));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ".data: has ", t.data().size(), " bytes but shape ", ShapeToString(shape), " of ",
+                     nt::v1::DType_Name(t.dtype() ? t.dtype() : nt::v1::FLOAT64), " needs ", n * width));
   }
   Array a(shape);
   if (width == 8) {

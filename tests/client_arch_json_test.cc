@@ -1,4 +1,4 @@
-#include "client/cpp/arch_json.h"
+#include <google/protobuf/util/message_differencer.h>
 
 #include <cstring>
 #include <filesystem>
@@ -7,8 +7,7 @@
 #include <string>
 #include <vector>
 
-#include <google/protobuf/util/message_differencer.h>
-
+#include "client/cpp/arch_json.h"
 #include "gtest/gtest.h"
 
 #ifndef NT_GOLDEN_DIR
@@ -185,8 +184,7 @@ TEST(ArchJsonTest, DotGeneralTensorsAndDimensionNumbers) {
   EXPECT_EQ(d.dimension_numbers().rhs_contracting(1), 1);
   EXPECT_EQ(d.dimension_numbers().lhs_batch_size(), 0);
 
-  nt::v1::Layer s = MustParse(
-      R"({"layer": "DotGeneral", "args": {"lhs": {"shape": [], "data": [1.7]}}})");
+  nt::v1::Layer s = MustParse(R"({"layer": "DotGeneral", "args": {"lhs": {"shape": [], "data": [1.7]}}})");
   EXPECT_EQ(s.dot_general().lhs().shape_size(), 0);
   EXPECT_EQ(s.dot_general().lhs().data().size(), sizeof(double));
 
@@ -196,7 +194,8 @@ TEST(ArchJsonTest, DotGeneralTensorsAndDimensionNumbers) {
   EXPECT_EQ(j["args"]["dimension_numbers"], json::parse("[[[1, 2], [0, 1]], [[], []]]"));
 
   EXPECT_FALSE(LayerFromJson(R"({"layer": "DotGeneral", "args": {
-      "rhs": {"shape": [2], "data": [1, 2, 3]}}})").ok());
+      "rhs": {"shape": [2], "data": [1, 2, 3]}}})")
+                   .ok());
 }
 
 TEST(ArchJsonTest, AxisForms) {
@@ -260,8 +259,7 @@ TEST(ArchJsonTest, Errors) {
   ExpectError(R"({"layer": "Serial", "args": {}})", {"unknown layer"});
   ExpectError(R"([1, 2])", {"layer object"});
   ExpectError(R"({"layer": )", {"invalid JSON"});
-  EXPECT_EQ(LayerFromJsonFile("/nonexistent/model.json").status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(LayerFromJsonFile("/nonexistent/model.json").status().code(), absl::StatusCode::kNotFound);
   EXPECT_FALSE(LayerToJson(nt::v1::Layer()).ok());
 }
 

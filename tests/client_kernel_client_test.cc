@@ -3,14 +3,14 @@
 // in full-spatial layout), streamed as upper-triangle tiles with mirror = true.
 #include "client/cpp/client.h"
 
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
 #include <algorithm>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 
 #include "gtest/gtest.h"
 
@@ -72,9 +72,7 @@ class FakeKernelService final : public nt::v1::KernelService::Service {
     writer->Write(header);
 
     auto block_tensor = [&](std::vector<int64_t> shape, const std::vector<double>& v) {
-      return f32 ? TensorFromNpy(NpyArray::FromFloats(
-                                     shape, std::vector<float>(v.begin(), v.end())))
-                       .value()
+      return f32 ? TensorFromNpy(NpyArray::FromFloats(shape, std::vector<float>(v.begin(), v.end()))).value()
                  : DoubleTensor(shape, v);
     };
     for (int64_t bi = 0; bi < blocks; ++bi) {
@@ -177,9 +175,7 @@ TEST_F(KernelClientTest, AssemblesMirroredFullSpatialTiles) {
   const int64_t n = 7, s = 3;
   std::vector<KernelProgress> seen;
   absl::StatusOr<KernelResult> r =
-      client.ComputeKernel(Request(n, s, 3, false), [&](const KernelProgress& p) {
-        seen.push_back(p);
-      });
+      client.ComputeKernel(Request(n, s, 3, false), [&](const KernelProgress& p) { seen.push_back(p); });
   ASSERT_TRUE(r.ok()) << r.status();
   const NpyArray& nngp = r->arrays.at("nngp");
   EXPECT_EQ(nngp.shape, (std::vector<int64_t>{n, n, s, s}));

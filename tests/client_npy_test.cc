@@ -1,5 +1,3 @@
-#include "client/cpp/npy.h"
-
 #include <unistd.h>
 
 #include <cstdio>
@@ -10,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "client/cpp/npy.h"
 #include "gtest/gtest.h"
 
 namespace nt::client {
@@ -103,8 +102,8 @@ TEST(NpyTest, ParsesVersion2AndBigEndian) {
   std::string be;
   const unsigned char one_be[8] = {0x3f, 0xf0, 0, 0, 0, 0, 0, 0};  // 1.0 big-endian
   be.append(reinterpret_cast<const char*>(one_be), 8);
-  absl::StatusOr<NpyArray> a = ParseNpy(
-      HandWrittenNpy("{\"descr\": \">f8\", \"fortran_order\": False, \"shape\": (1,)}", be, 2));
+  absl::StatusOr<NpyArray> a =
+      ParseNpy(HandWrittenNpy("{\"descr\": \">f8\", \"fortran_order\": False, \"shape\": (1,)}", be, 2));
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->dtype, "<f8");
   EXPECT_EQ(a->AsDoubles().value(), std::vector<double>{1.0});
@@ -112,19 +111,19 @@ TEST(NpyTest, ParsesVersion2AndBigEndian) {
 
 TEST(NpyTest, RejectsFortranOrderAndBadInput) {
   const std::string data(8 * 4, '\0');
-  absl::StatusOr<NpyArray> f = ParseNpy(
-      HandWrittenNpy("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 2), }", data));
+  absl::StatusOr<NpyArray> f =
+      ParseNpy(HandWrittenNpy("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 2), }", data));
   ASSERT_FALSE(f.ok());
   EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(f.status().message().find("Fortran"), absl::string_view::npos);
 
-  absl::StatusOr<NpyArray> c = ParseNpy(
-      HandWrittenNpy("{'descr': '<c16', 'fortran_order': False, 'shape': (2,), }", data));
+  absl::StatusOr<NpyArray> c =
+      ParseNpy(HandWrittenNpy("{'descr': '<c16', 'fortran_order': False, 'shape': (2,), }", data));
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("<c16"), absl::string_view::npos);
 
-  absl::StatusOr<NpyArray> t = ParseNpy(
-      HandWrittenNpy("{'descr': '<f8', 'fortran_order': False, 'shape': (5,), }", data));
+  absl::StatusOr<NpyArray> t =
+      ParseNpy(HandWrittenNpy("{'descr': '<f8', 'fortran_order': False, 'shape': (5,), }", data));
   EXPECT_FALSE(t.ok());
 
   EXPECT_FALSE(ParseNpy("not an npy file at all").ok());
@@ -166,8 +165,7 @@ TEST(NpzTest, RoundTrip) {
 // Runs `python -c code` with the first interpreter that has numpy; false if there is none.
 bool FindPythonWithNumpy(std::string* python) {
   for (const char* candidate : {"/usr/bin/python3", "python3"}) {
-    const std::string cmd =
-        absl::StrCat(candidate, " -c 'import numpy' >/dev/null 2>&1");
+    const std::string cmd = absl::StrCat(candidate, " -c 'import numpy' >/dev/null 2>&1");
     if (std::system(cmd.c_str()) == 0) {
       *python = candidate;
       return true;
@@ -188,18 +186,20 @@ TEST(NpzTest, NumpyReadsOurNpzAndWeReadNumpys) {
   ASSERT_TRUE(WriteNpz(ours, arrays).ok());
   const std::string script = absl::StrCat(
       "import numpy as np\n"
-      "z = np.load('", ours, "')\n"
+      "z = np.load('",
+      ours,
+      "')\n"
       "assert sorted(z.files) == ['f', 'flags', 'nngp'], z.files\n"
       "assert z['nngp'].dtype == np.float64 and z['nngp'].shape == (2, 3)\n"
       "assert (z['nngp'] == np.array([[1, 2, 3], [4, 5, 6.5]])).all()\n"
       "assert z['flags'].dtype == np.bool_ and list(z['flags']) == [False, True]\n"
       "assert z['f'].dtype == np.float32 and z['f'].shape == (1, 1, 2)\n"
-      "np.savez_compressed('", theirs, "', a=np.arange(12.).reshape(3, 4),"
+      "np.savez_compressed('",
+      theirs,
+      "', a=np.arange(12.).reshape(3, 4),"
       " b=np.asfortranarray(np.ones((2, 2))), c=np.array(True), d=np.arange(3, dtype='>i8'))\n");
   const std::string script_path = TempPath("check.py");
-  {
-    std::ofstream(script_path) << script;
-  }
+  { std::ofstream(script_path) << script; }
   ASSERT_EQ(std::system(absl::StrCat(python, " ", script_path).c_str()), 0);
 
   // Deflated members written by numpy; the Fortran-order one is rejected.
@@ -209,9 +209,12 @@ TEST(NpzTest, NumpyReadsOurNpzAndWeReadNumpys) {
   {
     std::ofstream(script_path) << absl::StrCat(
         "import numpy as np\n"
-        "np.savez_compressed('", theirs, "', a=np.arange(12.).reshape(3, 4), c=np.array(True),"
+        "np.savez_compressed('",
+        theirs,
+        "', a=np.arange(12.).reshape(3, 4), c=np.array(True),"
         " d=np.arange(3, dtype='>i8'))\n"
-        "np.save('", theirs, ".npy', np.arange(6, dtype=np.float32).reshape(2, 3))\n");
+        "np.save('",
+        theirs, ".npy', np.arange(6, dtype=np.float32).reshape(2, 3))\n");
   }
   ASSERT_EQ(std::system(absl::StrCat(python, " ", script_path).c_str()), 0);
   z = ReadNpz(theirs);

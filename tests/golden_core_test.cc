@@ -33,8 +33,10 @@ TEST_P(GoldenCoreTest, MatchesGolden) {
   const nlohmann::json& opt = c.at("options");
   KernelOptions o;
   o.get = opt.at("get").get<std::vector<std::string>>();
-  if (opt.contains("diagonal_batch") && !opt["diagonal_batch"].is_null()) o.diagonal_batch = opt["diagonal_batch"].get<bool>();
-  if (opt.contains("diagonal_spatial") && !opt["diagonal_spatial"].is_null()) o.diagonal_spatial = opt["diagonal_spatial"].get<bool>();
+  if (opt.contains("diagonal_batch") && !opt["diagonal_batch"].is_null())
+    o.diagonal_batch = opt["diagonal_batch"].get<bool>();
+  if (opt.contains("diagonal_spatial") && !opt["diagonal_spatial"].is_null())
+    o.diagonal_spatial = opt["diagonal_spatial"].get<bool>();
 
   nlohmann::json results;
   // Default tiles, and 1- and 2-row tiles so that tiling, mirroring and assembly are exercised.
@@ -67,8 +69,8 @@ namespace {
 
 // Guards against a missing case directory turning the suite above into zero tests.
 TEST(GoldenCasesTest, AllCasesArePresent) {
-  EXPECT_GE(GoldenCaseNames().size(), 75u) << "golden cases not found in " << GoldenDir()
-                                           << " (set NT_GOLDEN_DIR)";
+  EXPECT_GE(GoldenCaseNames().size(), 75u)
+      << "golden cases not found in " << GoldenDir() << " (set NT_GOLDEN_DIR)";
 }
 
 }  // namespace

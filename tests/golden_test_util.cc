@@ -1,9 +1,10 @@
 #include "tests/golden_test_util.h"
 
+#include <dirent.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <dirent.h>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
@@ -39,9 +40,7 @@ Array ArrayFromJson(const nlohmann::json& j) {
   return Array(shape, std::move(data));
 }
 
-nlohmann::json ArrayToJson(const Array& a) {
-  return nlohmann::json{{"shape", a.shape()}, {"data", a.vec()}};
-}
+nlohmann::json ArrayToJson(const Array& a) { return nlohmann::json{{"shape", a.shape()}, {"data", a.vec()}}; }
 
 namespace {
 

@@ -119,7 +119,8 @@ TEST(KernelFnTest, ErrorsNameTheFieldOrLayer) {
     EXPECT_EQ(st.code(), code) << st;
     EXPECT_NE(std::string(st.message()).find(needle), std::string::npos) << st;
   };
-  expect(Dense(2).kernel_fn(x, nullptr, {"nngp", "nngp"}).status(), absl::StatusCode::kInvalidArgument, "get");
+  expect(Dense(2).kernel_fn(x, nullptr, {"nngp", "nngp"}).status(), absl::StatusCode::kInvalidArgument,
+         "get");
   expect(Dense(2).kernel_fn(x, nullptr, {"bogus"}).status(), absl::StatusCode::kInvalidArgument, "bogus");
   expect(Relu().kernel_fn(x).status(), absl::StatusCode::kInvalidArgument, "Gaussian");
   expect(serial(Relu(), Relu()).kernel_fn(x).status(), absl::StatusCode::kInvalidArgument, "Relu");

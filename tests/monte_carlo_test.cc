@@ -27,7 +27,8 @@ std::vector<McCase> Cases() {
       {"Sigmoid_like", serial(Dense(w, 1.5), Sigmoid_like(), Dense(w, 1.0, 0.1))},
       {"Residual", serial(Dense(w), FanOut(2), parallel(serial(Relu(), Dense(w, 1.3)), Identity()),
                           FanInSum(), Relu(), Dense(w))},
-      {"Standard", serial(Dense(w, 1.3, 0.2, 0, -1, "standard"), Relu(), Dense(w, 1.0, 0.1, 0, -1, "standard"))},
+      {"Standard",
+       serial(Dense(w, 1.3, 0.2, 0, -1, "standard"), Relu(), Dense(w, 1.0, 0.1, 0, -1, "standard"))},
   };
 }
 

@@ -27,7 +27,7 @@ TEST(DiagonalTest, ComposeIsAssociativeOnAll729Triples) {
 TEST(DiagonalTest, UpstreamExamples) {
   const Diagonal conv{Bool::kYes, Bool::kNo}, act{}, gap{Bool::kMaybe, Bool::kYes},
       flatten{Bool::kYes, Bool::kYes}, local{Bool::kYes, Bool::kMaybe}, pool{Bool::kMaybe, Bool::kNo};
-  EXPECT_TRUE(Compose(Compose(conv, act), flatten).AsBool());                     // Conv, Relu, Flatten
+  EXPECT_TRUE(Compose(Compose(conv, act), flatten).AsBool());                      // Conv, Relu, Flatten
   EXPECT_EQ(Compose(Compose(conv, act), gap), (Diagonal{Bool::kNo, Bool::kYes}));  // ... GlobalAvgPool
   EXPECT_FALSE(Compose(Compose(conv, act), gap).AsBool());
   EXPECT_TRUE(Compose(local, gap).AsBool());

@@ -80,8 +80,10 @@ nt::v1::KernelRequest RequestFor(const nlohmann::json& c) {
   if (in.contains("x2") && !in.at("x2").is_null()) *req.mutable_x2() = ToTensor(ArrayFromJson(in.at("x2")));
   const nlohmann::json& opt = c.at("options");
   for (const auto& g : opt.at("get")) req.add_get(g.get<std::string>());
-  if (opt.contains("diagonal_batch") && !opt["diagonal_batch"].is_null()) req.set_diagonal_batch(opt["diagonal_batch"]);
-  if (opt.contains("diagonal_spatial") && !opt["diagonal_spatial"].is_null()) req.set_diagonal_spatial(opt["diagonal_spatial"]);
+  if (opt.contains("diagonal_batch") && !opt["diagonal_batch"].is_null())
+    req.set_diagonal_batch(opt["diagonal_batch"]);
+  if (opt.contains("diagonal_spatial") && !opt["diagonal_spatial"].is_null())
+    req.set_diagonal_spatial(opt["diagonal_spatial"]);
   return req;
 }
 

@@ -1,5 +1,8 @@
 #include "client/cpp/arch_json.h"
 
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
+
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -7,9 +10,6 @@
 #include <sstream>
 #include <utility>
 #include <vector>
-
-#include <google/protobuf/descriptor.h>
-#include <google/protobuf/message.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -86,8 +86,8 @@ J FromDouble(double d) {
 absl::StatusOr<const EnumValueDescriptor*> ToEnum(const json& v, const FieldDescriptor* field,
                                                   const Where& w) {
   if (!v.is_string()) {
-    return w.Error(absl::StrCat("expected one of the names of ", field->enum_type()->name(),
-                                ", got ", Short(v)));
+    return w.Error(
+        absl::StrCat("expected one of the names of ", field->enum_type()->name(), ", got ", Short(v)));
   }
   const std::string name = absl::AsciiStrToUpper(v.get<std::string>());
   const EnumValueDescriptor* value = field->enum_type()->FindValueByName(name);
@@ -131,8 +131,7 @@ absl::Status SetScalar(Message* msg, const FieldDescriptor* field, const json& v
     case FieldDescriptor::CPPTYPE_FLOAT: {
       absl::StatusOr<double> x = ToDouble(v, w);
       if (!x.ok()) return x.status();
-      rep ? r->AddFloat(msg, field, static_cast<float>(*x))
-          : r->SetFloat(msg, field, static_cast<float>(*x));
+      rep ? r->AddFloat(msg, field, static_cast<float>(*x)) : r->SetFloat(msg, field, static_cast<float>(*x));
       return absl::OkStatus();
     }
     case FieldDescriptor::CPPTYPE_BOOL:
@@ -141,8 +140,7 @@ absl::Status SetScalar(Message* msg, const FieldDescriptor* field, const json& v
       return absl::OkStatus();
     case FieldDescriptor::CPPTYPE_STRING:
       if (!v.is_string()) return w.Error(absl::StrCat("expected a string, got ", Short(v)));
-      rep ? r->AddString(msg, field, v.get<std::string>())
-          : r->SetString(msg, field, v.get<std::string>());
+      rep ? r->AddString(msg, field, v.get<std::string>()) : r->SetString(msg, field, v.get<std::string>());
       return absl::OkStatus();
     case FieldDescriptor::CPPTYPE_ENUM: {
       absl::StatusOr<const EnumValueDescriptor*> e = ToEnum(v, field, w);
@@ -194,8 +192,8 @@ absl::Status SetTensor(nt::v1::Tensor* t, const json& v, const Where& w) {
   // A bare number is a scalar constant.
   const json obj = v.is_number() ? json{{"shape", json::array()}, {"data", json::array({v})}} : v;
   if (!obj.is_object() || !obj.contains("shape") || !obj.contains("data")) {
-    return w.Error(absl::StrCat("expected an array object {\"shape\": [...], \"data\": [...]}, got ",
-                                Short(v)));
+    return w.Error(
+        absl::StrCat("expected an array object {\"shape\": [...], \"data\": [...]}, got ", Short(v)));
   }
   for (auto it = obj.begin(); it != obj.end(); ++it) {
     if (it.key() != "shape" && it.key() != "data") {
@@ -268,33 +266,29 @@ absl::Status SetIndexItem(nt::v1::IndexItem* item, const json& v, const Where& w
   }
   absl::StatusOr<int64_t> x = ToInt(v, w);
   if (!x.ok()) {
-    return w.Error(absl::StrCat("an index item is an integer, \"...\" or {\"slice\": [...]}, got ",
-                                Short(v)));
+    return w.Error(
+        absl::StrCat("an index item is an integer, \"...\" or {\"slice\": [...]}, got ", Short(v)));
   }
   item->set_index(*x);
   return absl::OkStatus();
 }
 
-absl::Status SetDotDimensionNumbers(nt::v1::DotDimensionNumbers* d, const json& v,
-                                    const Where& w) {
+absl::Status SetDotDimensionNumbers(nt::v1::DotDimensionNumbers* d, const json& v, const Where& w) {
   const char* kForm = "expected [[lhs_contracting, rhs_contracting], [lhs_batch, rhs_batch]]";
-  if (!v.is_array() || v.size() != 2 || !v[0].is_array() || v[0].size() != 2 ||
-      !v[1].is_array() || v[1].size() != 2) {
+  if (!v.is_array() || v.size() != 2 || !v[0].is_array() || v[0].size() != 2 || !v[1].is_array() ||
+      v[1].size() != 2) {
     return w.Error(absl::StrCat(kForm, ", got ", Short(v)));
   }
-  for (absl::Status s : {IntList(v[0][0], d->mutable_lhs_contracting(), w),
-                         IntList(v[0][1], d->mutable_rhs_contracting(), w),
-                         IntList(v[1][0], d->mutable_lhs_batch(), w),
-                         IntList(v[1][1], d->mutable_rhs_batch(), w)}) {
+  for (absl::Status s :
+       {IntList(v[0][0], d->mutable_lhs_contracting(), w), IntList(v[0][1], d->mutable_rhs_contracting(), w),
+        IntList(v[1][0], d->mutable_lhs_batch(), w), IntList(v[1][1], d->mutable_rhs_batch(), w)}) {
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
 }
 
-absl::Status SetConvDimensionNumbers(nt::v1::ConvDimensionNumbers* d, const json& v,
-                                     const Where& w) {
-  if (!v.is_array() || v.size() != 3 || !v[0].is_string() || !v[1].is_string() ||
-      !v[2].is_string()) {
+absl::Status SetConvDimensionNumbers(nt::v1::ConvDimensionNumbers* d, const json& v, const Where& w) {
+  if (!v.is_array() || v.size() != 3 || !v[0].is_string() || !v[1].is_string() || !v[2].is_string()) {
     return w.Error(absl::StrCat("expected [lhs_spec, rhs_spec, out_spec] strings, got ", Short(v)));
   }
   d->set_lhs_spec(v[0].get<std::string>());
@@ -322,8 +316,7 @@ absl::Status SetMessage(Message* msg, const json& v, const Where& w) {
     return ParseLayer(v, absl::StrCat(w.path, ".", w.arg), static_cast<nt::v1::Layer*>(msg));
   }
   if (!v.is_object()) {
-    return w.Error(absl::StrCat("expected an object for ", msg->GetDescriptor()->name(), ", got ",
-                                Short(v)));
+    return w.Error(absl::StrCat("expected an object for ", msg->GetDescriptor()->name(), ", got ", Short(v)));
   }
   for (auto it = v.begin(); it != v.end(); ++it) {
     const FieldDescriptor* field = msg->GetDescriptor()->FindFieldByName(it.key());
@@ -367,8 +360,8 @@ absl::Status ParseLayers(const json& j, const std::string& path, const Where& w,
 
 absl::Status ParseLayer(const json& j, const std::string& path, nt::v1::Layer* out) {
   if (!j.is_object() || !j.contains("layer") || !j["layer"].is_string()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": expected a layer object {\"layer\": name, \"args\": {...}}, got ", Short(j)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": expected a layer object {\"layer\": name, \"args\": {...}}, got ", Short(j)));
   }
   const std::string name = j["layer"].get<std::string>();
   Where w{path, name, ""};
@@ -428,7 +421,6 @@ absl::Status ParseLayer(const json& j, const std::string& path, nt::v1::Layer* o
 
 absl::StatusOr<ojson> LayerToOrdered(const nt::v1::Layer& layer);
 
-
 absl::StatusOr<ojson> MessageToJson(const Message& msg);
 
 absl::StatusOr<ojson> ScalarToJson(const Message& msg, const FieldDescriptor* f, int i) {
@@ -481,8 +473,8 @@ absl::StatusOr<ojson> TensorToJson(const nt::v1::Tensor& t) {
       return absl::InvalidArgumentError(absl::StrCat("tensor of unknown dtype ", t.dtype()));
   }
   if (t.data().size() != static_cast<size_t>(n) * item) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor has ", t.data().size(),
-                                                   " data bytes for ", n, " elements"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor has ", t.data().size(), " data bytes for ", n, " elements"));
   }
   ojson data = ojson::array();
   const char* p = t.data().data();
@@ -518,7 +510,7 @@ absl::StatusOr<ojson> MessageToJson(const Message& msg) {
   if (type == "nt.v1.Slice") {
     const auto& s = static_cast<const nt::v1::Slice&>(msg);
     return ojson::array({OptionalInt(s.has_start(), s.start()), OptionalInt(s.has_stop(), s.stop()),
-                        OptionalInt(s.has_step(), s.step())});
+                         OptionalInt(s.has_step(), s.step())});
   }
   if (type == "nt.v1.IndexItem") {
     const auto& item = static_cast<const nt::v1::IndexItem&>(msg);
@@ -542,7 +534,7 @@ absl::StatusOr<ojson> MessageToJson(const Message& msg) {
   if (type == "nt.v1.DotDimensionNumbers") {
     const auto& d = static_cast<const nt::v1::DotDimensionNumbers&>(msg);
     return ojson::array({ojson::array({IntsToJson(d.lhs_contracting()), IntsToJson(d.rhs_contracting())}),
-                        ojson::array({IntsToJson(d.lhs_batch()), IntsToJson(d.rhs_batch())})});
+                         ojson::array({IntsToJson(d.lhs_batch()), IntsToJson(d.rhs_batch())})});
   }
   if (type == "nt.v1.ConvDimensionNumbers") {
     const auto& d = static_cast<const nt::v1::ConvDimensionNumbers&>(msg);
@@ -597,9 +589,8 @@ absl::StatusOr<ojson> LayerToOrdered(const nt::v1::Layer& layer) {
     case nt::v1::Layer::kRepeat: {
       absl::StatusOr<ojson> inner = LayerToOrdered(layer.repeat().layer());
       if (!inner.ok()) return inner;
-      return ojson{{"layer", "repeat"},
-                  {"args", {{"n", layer.repeat().n()}}},
-                  {"layers", ojson::array({*inner})}};
+      return ojson{
+          {"layer", "repeat"}, {"args", {{"n", layer.repeat().n()}}}, {"layers", ojson::array({*inner})}};
     }
     default:
       break;

@@ -17,9 +17,8 @@
 #ifndef NT_CLIENT_CPP_ARCH_JSON_H_
 #define NT_CLIENT_CPP_ARCH_JSON_H_
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "nt/v1/architecture.pb.h"

@@ -1,13 +1,13 @@
 #include "client/cpp/client.h"
 
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/support/byte_buffer.h>
+
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <future>
 #include <utility>
-
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/support/byte_buffer.h>
 
 #include "absl/strings/str_cat.h"
 
@@ -41,16 +41,14 @@ absl::Status StreamError(absl::string_view what) {
 // Where each trailing element of a batch cell goes when the cell is mirrored. In the full-spatial
 // layout (S1, S1, S2, S2, ...) the two axes of every pair swap; empty means the trailing axes stay
 // as they are (diagonal-spatial layout, or none).
-absl::StatusOr<std::vector<int64_t>> MirrorPermutation(const nt::v1::ArrayInfo& info,
-                                                       bool diagonal_spatial) {
+absl::StatusOr<std::vector<int64_t>> MirrorPermutation(const nt::v1::ArrayInfo& info, bool diagonal_spatial) {
   const int trailing = info.shape_size() - 2;
   if (diagonal_spatial || trailing == 0) return std::vector<int64_t>();
   const std::vector<int64_t> dims(info.shape().begin() + 2, info.shape().end());
   bool pairs = trailing % 2 == 0;
   for (int k = 0; pairs && k < trailing; k += 2) pairs = dims[k] == dims[k + 1];
   if (!pairs) {
-    return StreamError(absl::StrCat("mirrored array ", info.name(), " of shape ",
-                                    ShapeOf(info.shape()),
+    return StreamError(absl::StrCat("mirrored array ", info.name(), " of shape ", ShapeOf(info.shape()),
                                     " has no (s, s') axis pairs (full-spatial layout)"));
   }
   int64_t inner = 1;
@@ -133,8 +131,7 @@ absl::Status KernelAssembler::Start(const nt::v1::KernelHeader& header) {
     }
     Slot slot;
     slot.info = info;
-    slot.array = NpyArray::Zeros(std::vector<int64_t>(info.shape().begin(), info.shape().end()),
-                                 dtype_);
+    slot.array = NpyArray::Zeros(std::vector<int64_t>(info.shape().begin(), info.shape().end()), dtype_);
     if (tiled >= 1) slot.rows = info.shape(0);
     if (tiled == 2) slot.cols = info.shape(1);
     for (int k = tiled; k < rank; ++k) slot.inner *= info.shape(k);
@@ -155,8 +152,7 @@ absl::Status KernelAssembler::AddTile(const nt::v1::KernelTile& tile) {
   const int tiled = slot.info.tiled_axes();
   const int rank = slot.info.shape_size();
   const std::string where = absl::StrCat("tile of ", tile.name(), " at (", tile.row_offset(), ", ",
-                                         tile.col_offset(), ") with block shape ",
-                                         ShapeOf(block.shape()));
+                                         tile.col_offset(), ") with block shape ", ShapeOf(block.shape()));
   absl::StatusOr<std::string> block_dtype = DtypeString(block.dtype());
   if (!block_dtype.ok() || *block_dtype != dtype_) {
     return StreamError(absl::StrCat(where, ": dtype differs from the header's"));
@@ -171,10 +167,9 @@ absl::Status KernelAssembler::AddTile(const nt::v1::KernelTile& tile) {
   const int64_t bc = tiled == 2 ? block.shape(1) : 1;
   const int64_t r0 = tiled >= 1 ? tile.row_offset() : 0;
   const int64_t c0 = tiled == 2 ? tile.col_offset() : 0;
-  if ((tiled < 1 && tile.row_offset() != 0) || (tiled < 2 && tile.col_offset() != 0) || br < 0 ||
-      bc < 0 || r0 < 0 || c0 < 0 || r0 + br > slot.rows || c0 + bc > slot.cols) {
-    return StreamError(absl::StrCat(where, ": outside the array of shape ",
-                                    ShapeOf(slot.info.shape())));
+  if ((tiled < 1 && tile.row_offset() != 0) || (tiled < 2 && tile.col_offset() != 0) || br < 0 || bc < 0 ||
+      r0 < 0 || c0 < 0 || r0 + br > slot.rows || c0 + bc > slot.cols) {
+    return StreamError(absl::StrCat(where, ": outside the array of shape ", ShapeOf(slot.info.shape())));
   }
   const size_t item = NpyItemSize(dtype_);
   const size_t row_bytes = static_cast<size_t>(bc * slot.inner) * item;
@@ -186,8 +181,7 @@ absl::Status KernelAssembler::AddTile(const nt::v1::KernelTile& tile) {
     if (tiled != 2 || c0 + bc > slot.rows || r0 + br > slot.cols) {
       return StreamError(absl::StrCat(where, ": mirror=true but the mirrored block does not fit"));
     }
-    absl::StatusOr<std::vector<int64_t>> p =
-        MirrorPermutation(slot.info, header_.diagonal_spatial());
+    absl::StatusOr<std::vector<int64_t>> p = MirrorPermutation(slot.info, header_.diagonal_spatial());
     if (!p.ok()) return p.status();
     perm = *std::move(p);
   }
@@ -226,8 +220,8 @@ absl::Status KernelAssembler::AddTile(const nt::v1::KernelTile& tile) {
 absl::StatusOr<KernelResult> KernelAssembler::Finish(const nt::v1::KernelSummary& summary) {
   if (!started_) return StreamError("summary before the header");
   if (tiles_done_ != header_.num_tiles()) {
-    return StreamError(absl::StrCat("received ", tiles_done_, " tiles, the header announced ",
-                                    header_.num_tiles()));
+    return StreamError(
+        absl::StrCat("received ", tiles_done_, " tiles, the header announced ", header_.num_tiles()));
   }
   KernelResult result;
   for (auto& [name, slot] : slots_) {
@@ -236,8 +230,7 @@ absl::StatusOr<KernelResult> KernelAssembler::Finish(const nt::v1::KernelSummary
         const int64_t row = static_cast<int64_t>(cell) / slot.cols;
         const int64_t col = static_cast<int64_t>(cell) % slot.cols;
         return StreamError(absl::StrCat("no tile covers ", name, "[", row,
-                                        slot.info.tiled_axes() == 2 ? absl::StrCat(", ", col) : "",
-                                        "]"));
+                                        slot.info.tiled_axes() == 2 ? absl::StrCat(", ", col) : "", "]"));
       }
     }
     result.arrays.emplace(name, std::move(slot.array));
@@ -296,8 +289,7 @@ void KernelClient::SetDeadline(grpc::ClientContext* context) const {
   }
 }
 
-absl::StatusOr<nt::v1::DescribeResponse> KernelClient::Describe(
-    const nt::v1::DescribeRequest& request) {
+absl::StatusOr<nt::v1::DescribeResponse> KernelClient::Describe(const nt::v1::DescribeRequest& request) {
   grpc::ClientContext context;
   SetDeadline(&context);
   nt::v1::DescribeResponse response;
@@ -322,8 +314,7 @@ absl::StatusOr<KernelResult> KernelClient::ComputeKernel(const nt::v1::KernelReq
   auto report = [&]() {
     if (!progress) return;
     state.tiles_done = assembler.tiles_done();
-    state.elapsed_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    state.elapsed_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     progress(state);
   };
   while (reader->Read(&response)) {
@@ -372,7 +363,7 @@ absl::StatusOr<HealthStatus> KernelClient::Health(const std::string& service) {
   std::string request_bytes;
   if (!service.empty()) {
     request_bytes.push_back(0x0a);
-    for (uint64_t n = service.size(); ; n >>= 7) {
+    for (uint64_t n = service.size();; n >>= 7) {
       if (n < 0x80) {
         request_bytes.push_back(static_cast<char>(n));
         break;
@@ -391,8 +382,8 @@ absl::StatusOr<HealthStatus> KernelClient::Health(const std::string& service) {
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   grpc::GenericStub stub(channel_);
   std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                 &response, [&done](grpc::Status s) { done.set_value(std::move(s)); });
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&done](grpc::Status s) { done.set_value(std::move(s)); });
   grpc::Status status = done.get_future().get();
   if (!status.ok()) return FromGrpcStatus(status);
   std::vector<grpc::Slice> slices;

@@ -3,14 +3,14 @@
 #ifndef NT_CLIENT_CPP_CLIENT_H_
 #define NT_CLIENT_CPP_CLIENT_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -36,9 +36,9 @@ absl::StatusOr<NpyArray> NpyFromTensor(const nt::v1::Tensor& tensor);
 
 struct KernelProgress {
   int64_t tiles_done = 0;
-  int64_t num_tiles = 0;        // From the header; 0 until it arrives.
-  int64_t bytes_received = 0;   // Block payload bytes so far.
-  double elapsed_seconds = 0;   // Since the call started.
+  int64_t num_tiles = 0;       // From the header; 0 until it arrives.
+  int64_t bytes_received = 0;  // Block payload bytes so far.
+  double elapsed_seconds = 0;  // Since the call started.
 };
 using ProgressCallback = std::function<void(const KernelProgress&)>;
 
@@ -66,10 +66,10 @@ class KernelAssembler {
   struct Slot {
     nt::v1::ArrayInfo info;
     NpyArray array;
-    int64_t rows = 1;          // Extent of tiled axis 0 (1 when there is none).
-    int64_t cols = 1;          // Extent of tiled axis 1 (1 unless tiled_axes == 2).
-    int64_t inner = 1;         // Elements per batch cell (product of the trailing axes).
-    std::vector<bool> covered; // rows * cols batch cells written so far.
+    int64_t rows = 1;           // Extent of tiled axis 0 (1 when there is none).
+    int64_t cols = 1;           // Extent of tiled axis 1 (1 unless tiled_axes == 2).
+    int64_t inner = 1;          // Elements per batch cell (product of the trailing axes).
+    std::vector<bool> covered;  // rows * cols batch cells written so far.
   };
 
   bool started_ = false;

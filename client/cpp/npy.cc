@@ -191,8 +191,7 @@ absl::StatusOr<int64_t> CheckedElements(const std::vector<int64_t>& shape) {
 
 std::string NpyHeader(const NpyArray& array) {
   std::string dict = absl::StrCat("{'descr': '", array.dtype,
-                                  "', 'fortran_order': False, 'shape': ", ShapeString(array.shape),
-                                  ", }");
+                                  "', 'fortran_order': False, 'shape': ", ShapeString(array.shape), ", }");
   // Version 1.0 stores the header length in 2 bytes; 2.0 in 4.
   const bool v2 = kMagicLen + 4 + dict.size() + 1 + kAlign > 65535;
   const size_t prefix = kMagicLen + 2 + (v2 ? 4 : 2);
@@ -382,8 +381,8 @@ absl::StatusOr<std::string> ExtractMember(absl::string_view data, const ZipEntry
     out = std::move(*inflated);
   } else {
     return absl::InvalidArgumentError(absl::StrCat("npz: member ", entry.name,
-                                                   " uses unsupported compression method ",
-                                                   entry.method, " (only stored and deflated)"));
+                                                   " uses unsupported compression method ", entry.method,
+                                                   " (only stored and deflated)"));
   }
   if (Crc32(0, out.data(), out.size()) != entry.crc) {
     return absl::DataLossError(absl::StrCat("npz: CRC-32 mismatch in member ", entry.name));
@@ -412,8 +411,8 @@ int NpyArray::item_size() const { return NpyItemSize(dtype); }
 
 absl::Status ValidateNpyArray(const NpyArray& array) {
   if (array.item_size() == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "npy: unsupported dtype '", array.dtype, "' (supported: <f8, <f4, |b1, <i8)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("npy: unsupported dtype '", array.dtype, "' (supported: <f8, <f4, |b1, <i8)"));
   }
   absl::StatusOr<int64_t> n = CheckedElements(array.shape);
   if (!n.ok()) return n.status();
@@ -510,8 +509,7 @@ absl::StatusOr<NpyArray> ParseNpy(absl::string_view data) {
   std::string descr;
   bool fortran = false;
   NpyArray array;
-  absl::Status s =
-      HeaderParser(data.substr(header_start, header_len)).Parse(&descr, &fortran, &array.shape);
+  absl::Status s = HeaderParser(data.substr(header_start, header_len)).Parse(&descr, &fortran, &array.shape);
   if (!s.ok()) return s;
   bool swap = false;
   if (!CanonicalDtype(descr, &array.dtype, &swap)) {
@@ -534,8 +532,8 @@ absl::StatusOr<NpyArray> ParseNpy(absl::string_view data) {
   const uint64_t nbytes = static_cast<uint64_t>(*n) * item;
   const size_t data_start = header_start + header_len;
   if (data.size() - data_start < nbytes) {
-    return absl::InvalidArgumentError(absl::StrCat("npy: expected ", nbytes, " data bytes, found ",
-                                                   data.size() - data_start));
+    return absl::InvalidArgumentError(
+        absl::StrCat("npy: expected ", nbytes, " data bytes, found ", data.size() - data_start));
   }
   array.bytes.assign(data.data() + data_start, data.data() + data_start + nbytes);
   if (swap) {
@@ -604,8 +602,7 @@ absl::StatusOr<std::map<std::string, NpyArray>> ReadNpz(const std::string& path)
   if (!data.ok()) return data.status();
   absl::StatusOr<std::map<std::string, NpyArray>> arrays = ParseNpz(*data);
   if (!arrays.ok()) {
-    return absl::Status(arrays.status().code(),
-                        absl::StrCat(path, ": ", arrays.status().message()));
+    return absl::Status(arrays.status().code(), absl::StrCat(path, ": ", arrays.status().message()));
   }
   return arrays;
 }

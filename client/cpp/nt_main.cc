@@ -135,8 +135,7 @@ std::vector<std::string> ParseGet(const std::string& v) {
 }
 
 int Fail(const absl::Status& status, int code) {
-  std::cerr << "error: " << absl::StatusCodeToString(status.code()) << ": " << status.message()
-            << "\n";
+  std::cerr << "error: " << absl::StatusCodeToString(status.code()) << ": " << status.message() << "\n";
   return code;
 }
 
@@ -174,10 +173,9 @@ class ProgressDisplay {
     drawn_ = true;
     const double pct = p.num_tiles > 0 ? 100.0 * p.tiles_done / p.num_tiles : 0.0;
     const double rate = p.elapsed_seconds > 0 ? p.tiles_done / p.elapsed_seconds : 0.0;
-    std::string line = absl::StrFormat("tiles %d/%d  %5.1f%%  %.2f tiles/s  %s received  %s",
-                                       p.tiles_done, p.num_tiles, pct, rate,
-                                       HumanBytes(static_cast<double>(p.bytes_received)),
-                                       HumanSeconds(p.elapsed_seconds));
+    std::string line = absl::StrFormat(
+        "tiles %d/%d  %5.1f%%  %.2f tiles/s  %s received  %s", p.tiles_done, p.num_tiles, pct, rate,
+        HumanBytes(static_cast<double>(p.bytes_received)), HumanSeconds(p.elapsed_seconds));
     if (rate > 0 && p.tiles_done < p.num_tiles) {
       absl::StrAppend(&line, "  ETA ", HumanSeconds((p.num_tiles - p.tiles_done) / rate));
     }
@@ -200,8 +198,8 @@ class ProgressDisplay {
 };
 
 // Nested-bracket printing of small arrays, like numpy.
-void PrintArray(const NpyArray& a, const std::vector<double>& v, size_t axis, size_t* pos,
-                int indent, std::string* out) {
+void PrintArray(const NpyArray& a, const std::vector<double>& v, size_t axis, size_t* pos, int indent,
+                std::string* out) {
   if (axis == a.shape.size()) {
     absl::StrAppend(out, absl::StrFormat("%.10g", v[(*pos)++]));
     return;
@@ -282,8 +280,8 @@ absl::StatusOr<ClientOptions> MakeClientOptions(const Flags& f) {
 }
 
 int RunKernel(const std::vector<std::string>& args) {
-  Flags f({"arch", "x1", "x2", "get", "out", "server", "diagonal-batch", "diagonal-spatial",
-           "mask-constant", "pattern1", "pattern2", "tile-size", "timeout"},
+  Flags f({"arch", "x1", "x2", "get", "out", "server", "diagonal-batch", "diagonal-spatial", "mask-constant",
+           "pattern1", "pattern2", "tile-size", "timeout"},
           {"float32", "print", "progress"});
   absl::Status s = f.Parse(args);
   if (!s.ok()) return Usage(std::string(s.message()));
@@ -366,8 +364,8 @@ int RunKernel(const std::vector<std::string>& args) {
 }
 
 int RunDescribe(const std::vector<std::string>& args) {
-  Flags f({"arch", "x1-shape", "x2-shape", "get", "server", "diagonal-batch", "diagonal-spatial",
-           "tile-size", "timeout"},
+  Flags f({"arch", "x1-shape", "x2-shape", "get", "server", "diagonal-batch", "diagonal-spatial", "tile-size",
+           "timeout"},
           {});
   absl::Status s = f.Parse(args);
   if (!s.ok()) return Usage(std::string(s.message()));
@@ -379,8 +377,7 @@ int RunDescribe(const std::vector<std::string>& args) {
     if (!f.Has(flag)) continue;
     absl::StatusOr<std::vector<int64_t>> shape = ParseShape(flag, f.Get(flag));
     if (!shape.ok()) return Usage(std::string(shape.status().message()));
-    auto* field = std::string(flag) == "x1-shape" ? request.mutable_x1_shape()
-                                                  : request.mutable_x2_shape();
+    auto* field = std::string(flag) == "x1-shape" ? request.mutable_x1_shape() : request.mutable_x2_shape();
     field->Add(shape->begin(), shape->end());
   }
   absl::StatusOr<ClientOptions> options = MakeClientOptions(f);
@@ -400,14 +397,12 @@ int RunDescribe(const std::vector<std::string>& args) {
             << "diagonal_spatial: " << (r->diagonal_spatial() ? "true" : "false") << "\n"
             << "arrays:\n";
   for (const nt::v1::ArrayInfo& a : r->arrays()) {
-    std::cout << absl::StrFormat("  %-5s %s  tiled_axes=%d\n", a.name(), shape(a.shape()),
-                                 a.tiled_axes());
+    std::cout << absl::StrFormat("  %-5s %s  tiled_axes=%d\n", a.name(), shape(a.shape()), a.tiled_axes());
   }
   std::cout << "tile_size:        " << r->tile_size() << "\n"
             << "num_tiles:        " << r->num_tiles() << "\n"
             << absl::StrFormat("estimated_flops:  %.3g\n", r->estimated_flops())
-            << "estimated_memory: "
-            << HumanBytes(static_cast<double>(r->estimated_memory_bytes())) << " ("
+            << "estimated_memory: " << HumanBytes(static_cast<double>(r->estimated_memory_bytes())) << " ("
             << r->estimated_memory_bytes() << " bytes)\n";
   return kExitOk;
 }
