@@ -1,5 +1,7 @@
 #include "core/abrelu.h"
 
+#include "core/fast_math.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -10,15 +12,20 @@ void ABReluLayer::PairMap(const double* q11, const double* q12, const double* q2
   // Arc-cosine kernel generalised to two slopes: T = K r + Tdot q12 with theta the angle between u, v.
   const double k = (a_ - b_) * (a_ - b_) / (2 * M_PI);
   const double m = (a_ * a_ + b_ * b_) / 2;
-  for (int64_t i = 0; i < n; ++i) {
-    const double c = q12[i];
-    const double r = std::sqrt(std::max(q11[i] * q22[i] - c * c, 0.0));
-    // atan2(0, 0) = pi/2 here (orthogonal zero vectors), which keeps zero-variance inputs NaN-free
-    // and matches upstream's atan2f.
-    const double theta = (r == 0 && c == 0) ? M_PI / 2 : std::atan2(r, c);
-    const double td = m - k * theta;
-    t[i] = k * r + td * c;
-    if (tdot) tdot[i] = td;
+  // Two branch-free loops (with and without the NTK factor) so that both vectorise. atan2(0, 0) is
+  // pi/2 (orthogonal zero vectors), which keeps zero-variance inputs NaN-free as upstream's atan2f.
+  auto r_of = [&](int64_t i) { return std::sqrt(std::max(q11[i] * q22[i] - q12[i] * q12[i], 0.0)); };
+  if (tdot) {
+    for (int64_t i = 0; i < n; ++i) {
+      const double r = r_of(i);
+      tdot[i] = m - k * Atan2NonNegative(r, q12[i]);
+      t[i] = k * r + tdot[i] * q12[i];
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const double r = r_of(i);
+      t[i] = k * r + (m - k * Atan2NonNegative(r, q12[i])) * q12[i];
+    }
   }
 }
 

@@ -18,20 +18,36 @@ std::string ShapeToString(absl::Span<const int64_t> shape) {
   return "(" + absl::StrJoin(shape, ", ") + (shape.size() == 1 ? ",)" : ")");
 }
 
-Array::Array(Shape shape, std::vector<double> data) : shape_(std::move(shape)), data_(std::move(data)) {
+Array::Array(Shape shape, Storage data) : shape_(std::move(shape)), data_(std::move(data)) {
   assert(static_cast<int64_t>(data_.size()) == NumElements(shape_));
 }
 
-Array Array::Reshaped(Shape shape) const {
+Array::Array(Shape shape, const std::vector<double>& data)
+    : shape_(std::move(shape)), data_(data.begin(), data.end()) {
+  assert(static_cast<int64_t>(data_.size()) == NumElements(shape_));
+}
+
+Array Array::Uninitialized(Shape shape) {
+  Storage data;
+  data.resize(NumElements(shape));
+  return Array(std::move(shape), std::move(data));
+}
+
+Array Array::Reshaped(Shape shape) const& {
   assert(NumElements(shape) == size());
   return Array(std::move(shape), data_);
+}
+
+Array Array::Reshaped(Shape shape) && {
+  assert(NumElements(shape) == size());
+  return Array(std::move(shape), std::move(data_));
 }
 
 Array Transpose(const Array& a, absl::Span<const int> perm) {
   const int r = a.rank();
   Shape out_shape(r);
   for (int i = 0; i < r; ++i) out_shape[i] = a.dim(perm[i]);
-  Array out(out_shape);
+  Array out = Array::Uninitialized(out_shape);
   if (a.size() == 0) return out;
   // Strides of the input, permuted into output axis order.
   std::vector<int64_t> in_stride(r, 1);

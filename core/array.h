@@ -3,7 +3,9 @@
 #define NT_CORE_ARRAY_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/types/span.h"
@@ -11,6 +13,28 @@
 namespace nt {
 
 using Shape = std::vector<int64_t>;
+
+// Leaves doubles uninitialised on resize: large outputs are written tile by tile by worker threads,
+// so zero-filling them first (single-threaded, touching every page) would only cost time.
+template <typename T>
+struct DefaultInitAllocator : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = DefaultInitAllocator<U>;
+  };
+  DefaultInitAllocator() = default;
+  template <typename U>
+  DefaultInitAllocator(const DefaultInitAllocator<U>&) noexcept {}
+  template <typename U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+using Storage = std::vector<double, DefaultInitAllocator<double>>;
 
 int64_t NumElements(absl::Span<const int64_t> shape);
 std::string ShapeToString(absl::Span<const int64_t> shape);
@@ -21,9 +45,12 @@ class Array {
   Array() : data_(1, 0.0) {}
   explicit Array(Shape shape, double fill = 0.0)
       : shape_(std::move(shape)), data_(NumElements(shape_), fill) {}
-  Array(Shape shape, std::vector<double> data);
+  Array(Shape shape, Storage data);
+  Array(Shape shape, const std::vector<double>& data);
 
   static Array Scalar(double v) { return Array(Shape{}, v); }
+  // Contents unspecified: for arrays that are entirely overwritten.
+  static Array Uninitialized(Shape shape);
 
   const Shape& shape() const { return shape_; }
   int rank() const { return static_cast<int>(shape_.size()); }
@@ -33,15 +60,16 @@ class Array {
   const double* data() const { return data_.data(); }
   double& operator[](int64_t i) { return data_[i]; }
   double operator[](int64_t i) const { return data_[i]; }
-  std::vector<double>& vec() { return data_; }
-  const std::vector<double>& vec() const { return data_; }
+  Storage& vec() { return data_; }
+  const Storage& vec() const { return data_; }
 
-  // Same data, new shape of equal size.
-  Array Reshaped(Shape shape) const;
+  // Same data, new shape of equal size (moved out of an rvalue, copied otherwise).
+  Array Reshaped(Shape shape) const&;
+  Array Reshaped(Shape shape) &&;
 
  private:
   Shape shape_;
-  std::vector<double> data_;
+  Storage data_;
 };
 
 // numpy.transpose(a, perm).

@@ -111,7 +111,7 @@ absl::StatusOr<ArrayFlow> DenseLayer::Apply(const Params& params, const ArrayFlo
   const int64_t rows = xt.size() / n_in;
   Shape yt_shape = xt.shape();
   yt_shape.back() = n_out;
-  Array yt(yt_shape);
+  Array yt = Array::Uninitialized(yt_shape);
   using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   Eigen::Map<const RowMat> xm(xt.data(), rows, n_in);
   Eigen::Map<const RowMat> wm(w.data(), n_in, n_out);

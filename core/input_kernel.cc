@@ -12,7 +12,7 @@ namespace {
 using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // (r, c, P, P) with P = prod(spatial) -> zipped (r, c, s1, s1', s2, s2', ...).
-Array ZipSpatial(const Array& a, const Shape& spatial) {
+Array ZipSpatial(Array a, const Shape& spatial) {
   const int s = static_cast<int>(spatial.size());
   if (s <= 1) {
     Shape shape{a.dim(0), a.dim(1)};
@@ -20,7 +20,7 @@ Array ZipSpatial(const Array& a, const Shape& spatial) {
       shape.push_back(d);
       shape.push_back(d);
     }
-    return a.Reshaped(shape);
+    return std::move(a).Reshaped(shape);
   }
   Shape unzipped{a.dim(0), a.dim(1)};
   for (int k = 0; k < 2; ++k) unzipped.insert(unzipped.end(), spatial.begin(), spatial.end());
@@ -29,70 +29,73 @@ Array ZipSpatial(const Array& a, const Shape& spatial) {
     perm.push_back(2 + d);
     perm.push_back(2 + s + d);
   }
-  return Transpose(a.Reshaped(unzipped), perm);
+  return Transpose(std::move(a).Reshaped(unzipped), perm);
 }
 
 }  // namespace
 
-absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int channel_axis, bool flatten,
-                                            const std::string& field) {
+absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int channel_axis,
+                                            bool flatten, const std::string& field, bool check_finite) {
   const int rank = x.rank();
   if (rank < 2) {
     return absl::InvalidArgumentError(absl::StrCat(
         field, ": inputs need a batch and a channel dimension, got shape ", ShapeToString(x.shape())));
   }
-  for (int64_t i = 0; i < x.size(); ++i) {
-    if (!std::isfinite(x[i])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ": contains a non-finite value (", x[i], ") at flat index ", i));
+  if (check_finite) {
+    for (int64_t i = 0; i < x.size(); ++i) {
+      if (!std::isfinite(x[i])) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": contains a non-finite value (", x[i], ") at flat index ", i));
+      }
     }
   }
   auto canon = [&](int axis, const char* name) -> absl::StatusOr<int> {
     if (axis < -rank || axis >= rank) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ": ", name, " ", axis, " is out of range for inputs of rank ", rank));
+      return absl::InvalidArgumentError(absl::StrCat(field, ": ", name, " ", axis,
+                                                     " is out of range for inputs of rank ", rank));
     }
     return axis < 0 ? axis + rank : axis;
   };
   auto b = canon(batch_axis, "batch_axis");
   if (!b.ok()) return b.status();
   CanonicalInput out;
-  const int64_t n = x.dim(*b);
-  if (n == 0) return absl::InvalidArgumentError(absl::StrCat(field, ": batch is empty"));
+  out.n_ = x.dim(*b);
+  if (out.n_ == 0) return absl::InvalidArgumentError(absl::StrCat(field, ": batch is empty"));
+  std::vector<int> perm{*b};
   if (flatten) {
-    std::vector<int> perm{*b};
-    for (int i = 0; i < rank; ++i)
+    for (int i = 0; i < rank; ++i) {
       if (i != *b) perm.push_back(i);
-    Array t = *b == 0 ? x : Transpose(x, perm);
-    const int64_t c = t.size() / n;
-    out.x = t.Reshaped({n, 1, c});
-    out.shape = {n, c};
+    }
+    out.c_ = x.size() / out.n_;
+    out.shape = {out.n_, out.c_};
     out.batch_axis = 0;
     out.channel_axis = 1;
-    return out;
-  }
-  auto ch = canon(channel_axis, "channel_axis");
-  if (!ch.ok()) return ch.status();
-  if (*ch == *b) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ": batch and channel axes coincide"));
-  }
-  std::vector<int> perm{*b};
-  for (int i = 0; i < rank; ++i) {
-    if (i != *b && i != *ch) {
-      perm.push_back(i);
-      out.spatial.push_back(x.dim(i));
+  } else {
+    auto ch = canon(channel_axis, "channel_axis");
+    if (!ch.ok()) return ch.status();
+    if (*ch == *b) return absl::InvalidArgumentError(absl::StrCat(field, ": batch and channel axes coincide"));
+    for (int i = 0; i < rank; ++i) {
+      if (i != *b && i != *ch) {
+        perm.push_back(i);
+        out.spatial.push_back(x.dim(i));
+      }
     }
+    perm.push_back(*ch);
+    out.c_ = x.dim(*ch);
+    if (out.c_ == 0) return absl::InvalidArgumentError(absl::StrCat(field, ": has no channels"));
+    out.p_ = NumElements(out.spatial);
+    out.shape = x.shape();
+    out.batch_axis = *b;
+    out.channel_axis = *ch;
   }
-  perm.push_back(*ch);
-  const int64_t c = x.dim(*ch);
-  if (c == 0) return absl::InvalidArgumentError(absl::StrCat(field, ": has no channels"));
-  bool identity = true;
-  for (int i = 0; i < rank; ++i) identity = identity && perm[i] == i;
-  Array t = identity ? x : Transpose(x, perm);
-  out.x = t.Reshaped({n, NumElements(out.spatial), c});
-  out.shape = x.shape();
-  out.batch_axis = *b;
-  out.channel_axis = *ch;
+  bool in_order = true;
+  for (int i = 0; i < rank; ++i) in_order = in_order && perm[i] == i;
+  if (in_order) {
+    out.external_ = x.data();
+  } else {
+    out.storage_ = Transpose(x, perm);
+    out.owned_ = true;
+  }
   return out;
 }
 
@@ -104,12 +107,12 @@ Array InputNngp(const CanonicalInput& a, int64_t r0, int64_t r1, const Canonical
     // One (r x C) x (C x c) product per position.
     Shape shape{r, c};
     shape.insert(shape.end(), a.spatial.begin(), a.spatial.end());
-    Array out(shape);
+    Array out = Array::Uninitialized(shape);
     RowMat tmp(r, c);
     for (int64_t q = 0; q < p; ++q) {
-      Eigen::Map<const RowMat, 0, Eigen::OuterStride<>> xa(a.x.data() + (r0 * p + q) * ch, r, ch,
+      Eigen::Map<const RowMat, 0, Eigen::OuterStride<>> xa(a.data() + (r0 * p + q) * ch, r, ch,
                                                            Eigen::OuterStride<>(p * ch));
-      Eigen::Map<const RowMat, 0, Eigen::OuterStride<>> xb(b.x.data() + (c0 * p + q) * ch, c, ch,
+      Eigen::Map<const RowMat, 0, Eigen::OuterStride<>> xb(b.data() + (c0 * p + q) * ch, c, ch,
                                                            Eigen::OuterStride<>(p * ch));
       if (p == 1) {
         Eigen::Map<RowMat> o(out.data(), r, c);
@@ -124,9 +127,9 @@ Array InputNngp(const CanonicalInput& a, int64_t r0, int64_t r1, const Canonical
     return out;
   }
   // Full spatial: (rP x C) x (C x cP) -> (r, P, c, P) -> (r, c, P, P) -> zipped.
-  Eigen::Map<const RowMat> xa(a.x.data() + r0 * p * ch, r * p, ch);
-  Eigen::Map<const RowMat> xb(b.x.data() + c0 * p * ch, c * p, ch);
-  Array g({r, p, c, p});
+  Eigen::Map<const RowMat> xa(a.data() + r0 * p * ch, r * p, ch);
+  Eigen::Map<const RowMat> xb(b.data() + c0 * p * ch, c * p, ch);
+  Array g = Array::Uninitialized({r, p, c, p});
   Eigen::Map<RowMat> gm(g.data(), r * p, c * p);
   gm.noalias() = inv * (xa * xb.transpose());
   return ZipSpatial(Transpose(g, std::vector<int>{0, 2, 1, 3}), a.spatial);
@@ -141,10 +144,10 @@ Array InputCovDiag(const CanonicalInput& a, int64_t r0, int64_t r1, bool diagona
     if (!diagonal_spatial) shape.push_back(d);
   }
   if (p == 1 || diagonal_spatial) {
-    Array out(shape);
+    Array out = Array::Uninitialized(shape);
     for (int64_t i = 0; i < r; ++i) {
       for (int64_t q = 0; q < p; ++q) {
-        const double* v = a.x.data() + ((r0 + i) * p + q) * ch;
+        const double* v = a.data() + ((r0 + i) * p + q) * ch;
         double s = 0;
         for (int64_t k = 0; k < ch; ++k) s += v[k] * v[k];
         out[i * p + q] = s * inv;
@@ -152,14 +155,13 @@ Array InputCovDiag(const CanonicalInput& a, int64_t r0, int64_t r1, bool diagona
     }
     return out;
   }
-  Array g({r, 1, p, p});
+  Array g = Array::Uninitialized({r, 1, p, p});
   for (int64_t i = 0; i < r; ++i) {
-    Eigen::Map<const RowMat> xa(a.x.data() + (r0 + i) * p * ch, p, ch);
+    Eigen::Map<const RowMat> xa(a.data() + (r0 + i) * p * ch, p, ch);
     Eigen::Map<RowMat> gm(g.data() + i * p * p, p, p);
     gm.noalias() = inv * (xa * xa.transpose());
   }
-  Array z = ZipSpatial(g, a.spatial);
-  return z.Reshaped(shape);
+  return ZipSpatial(std::move(g), a.spatial).Reshaped(shape);
 }
 
 bool SameInputs(const Array& a, const Array& b, double eps) {

@@ -2,27 +2,43 @@
 #ifndef NT_CORE_INPUT_KERNEL_H_
 #define NT_CORE_INPUT_KERNEL_H_
 
+#include <string>
+
 #include "absl/status/statusor.h"
 #include "core/array.h"
 #include "core/kernel.h"
 
 namespace nt {
 
-// An input batch rearranged to (N, P, C): batch first, positions in input order, channels last.
-struct CanonicalInput {
-  Array x;        // (N, P, C)
+// An input batch viewed as (N, P, C): batch first, positions in input order, channels last. Inputs
+// already in that order (batch first, channels last) are used in place, without a copy.
+class CanonicalInput {
+ public:
+  const double* data() const { return owned_ ? storage_.data() : external_; }
+  int64_t n() const { return n_; }
+  int64_t p() const { return p_; }
+  int64_t c() const { return c_; }
+
   Shape spatial;  // Spatial sizes in input order (empty for flat inputs).
   Shape shape;    // The (post-flatten) activation shape, as shape1/shape2 report it.
   int batch_axis = 0;
   int channel_axis = 1;
-  int64_t n() const { return x.dim(0); }
-  int64_t p() const { return x.dim(1); }
-  int64_t c() const { return x.dim(2); }
+
+ private:
+  friend absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int channel_axis,
+                                                     bool flatten, const std::string& field,
+                                                     bool check_finite);
+  bool owned_ = false;
+  Array storage_;  // The rearranged copy, when the input's axes needed moving.
+  const double* external_ = nullptr;
+  int64_t n_ = 0, p_ = 1, c_ = 1;
 };
 
 // `flatten` reproduces channel_axis=None (a Flatten first layer): inputs become (N, prod(rest)).
-absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int channel_axis, bool flatten,
-                                            const std::string& field);
+// The view may point into `x`, which must outlive it. With `check_finite`, NaN/Inf entries are refused.
+absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int channel_axis,
+                                            bool flatten, const std::string& field,
+                                            bool check_finite = true);
 
 // nngp of rows [r0, r1) of a against rows [c0, c1) of b: (r, c) + Sp, divided by a's channel count.
 Array InputNngp(const CanonicalInput& a, int64_t r0, int64_t r1, const CanonicalInput& b, int64_t c0,

@@ -50,7 +50,7 @@ Array GetDiagonal(const Array& cov, int batch_axes, bool diagonal_spatial, int n
     sizes.push_back(s);
     out_shape.push_back(s);
   }
-  Array out(out_shape);
+  Array out = Array::Uninitialized(out_shape);
   const int64_t p = NumElements(sizes);
   // Strides of cov's axes.
   std::vector<int64_t> stride(cov.rank(), 1);

@@ -123,13 +123,15 @@ absl::StatusOr<Kernel> RunTile(const Layer& net, const KernelPlan& plan, const I
   return k;
 }
 
-absl::StatusOr<Inputs> PrepareInputs(const Array& x1, const Array* x2, const KernelPlan& plan) {
+// Views of the inputs; `check_finite` when they have not been validated yet.
+absl::StatusOr<Inputs> PrepareInputs(const Array& x1, const Array* x2, const KernelPlan& plan,
+                                     bool check_finite) {
   Inputs in;
-  auto c1 = Canonicalize(x1, plan.batch_axis, plan.channel_axis, plan.flatten_input, "x1");
+  auto c1 = Canonicalize(x1, plan.batch_axis, plan.channel_axis, plan.flatten_input, "x1", check_finite);
   if (!c1.ok()) return c1.status();
   in.c[0] = *std::move(c1);
   if (x2) {
-    auto c2 = Canonicalize(*x2, plan.batch_axis, plan.channel_axis, plan.flatten_input, "x2");
+    auto c2 = Canonicalize(*x2, plan.batch_axis, plan.channel_axis, plan.flatten_input, "x2", check_finite);
     if (!c2.ok()) return c2.status();
     in.c[1] = *std::move(c2);
     in.x2_given = true;
@@ -351,7 +353,7 @@ absl::StatusOr<KernelPlan> Plan(const Layer& net, const Array& x1, const Array* 
       }
     }
   }
-  auto inputs = PrepareInputs(x1, x2, plan);
+  auto inputs = PrepareInputs(x1, x2, plan, /*check_finite=*/true);
   if (!inputs.ok()) return inputs.status();
   plan.n1 = (*inputs)[0].n();
   plan.n2 = x2 ? (*inputs)[1].n() : plan.n1;
@@ -455,7 +457,8 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
 absl::Status ComputeKernelTiles(const Layer& net, const Array& x1, const Array* x2, const KernelPlan& plan,
                                 const KernelOptions& options, const TileSink& sink) {
   SingleThreadedBlas();
-  auto inputs = PrepareInputs(x1, x2, plan);
+  // The plan validated these inputs (PlanKernel's contract).
+  auto inputs = PrepareInputs(x1, x2, plan, /*check_finite=*/false);
   if (!inputs.ok()) return inputs.status();
   const std::vector<Pass> passes = MakePasses(plan);
   const std::vector<TileJob> jobs = MakeJobs(plan, passes);
@@ -499,7 +502,7 @@ absl::StatusOr<KernelResult> ComputeKernel(const Layer& net, const Array& x1, co
   if (!plan.ok()) return plan.status();
   KernelResult result;
   result.meta = plan->meta;
-  for (const ArraySpec& a : plan->arrays) result.arrays.emplace_back(a.name, Array(a.shape));
+  for (const ArraySpec& a : plan->arrays) result.arrays.emplace_back(a.name, Array::Uninitialized(a.shape));
   const bool full_spatial = !plan->diagonal_spatial;
   absl::Status st = ComputeKernelTiles(net, x1, x2, *plan, options, [&](TileBlock&& b) {
     for (auto& [name, full] : result.arrays) {

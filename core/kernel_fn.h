@@ -80,7 +80,8 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
 absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1_shape, const Shape* x2_shape,
                                                const KernelOptions& options, int concurrency = 1);
 
-// Computes every tile of the plan in parallel (TBB) and hands blocks to `sink`.
+// Computes every tile of the plan in parallel (TBB) and hands blocks to `sink`. `plan` must come from
+// PlanKernel for the same inputs (which validated them).
 absl::Status ComputeKernelTiles(const Layer& net, const Array& x1, const Array* x2, const KernelPlan& plan,
                                 const KernelOptions& options, const TileSink& sink);
 

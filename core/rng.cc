@@ -34,13 +34,13 @@ std::vector<RngKey> RngKey::Split(int n) const {
 RngKey RngKey::FoldIn(uint64_t data) const { return RngKey(Mix(hi_ ^ Mix(data)), Mix(lo_ + Mix(~data))); }
 
 Array RngKey::Uniform(const Shape& shape) const {
-  Array out(shape);
+  Array out = Array::Uninitialized(shape);
   for (int64_t i = 0; i < out.size(); ++i) out[i] = ToUnit(Bits(static_cast<uint64_t>(i)));
   return out;
 }
 
 Array RngKey::Normal(const Shape& shape) const {
-  Array out(shape);
+  Array out = Array::Uninitialized(shape);
   // Box-Muller on a pair of counters per element; the cosine branch only, so element i is independent
   // of the array size.
   for (int64_t i = 0; i < out.size(); ++i) {
