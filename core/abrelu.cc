@@ -1,9 +1,9 @@
 #include "core/abrelu.h"
 
-#include "core/fast_math.h"
-
 #include <algorithm>
 #include <cmath>
+
+#include "core/fast_math.h"
 
 namespace nt {
 

@@ -34,8 +34,8 @@ Array ZipSpatial(Array a, const Shape& spatial) {
 
 }  // namespace
 
-absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int channel_axis,
-                                            bool flatten, const std::string& field, bool check_finite) {
+absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int channel_axis, bool flatten,
+                                            const std::string& field, bool check_finite) {
   const int rank = x.rank();
   if (rank < 2) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -51,8 +51,8 @@ absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int 
   }
   auto canon = [&](int axis, const char* name) -> absl::StatusOr<int> {
     if (axis < -rank || axis >= rank) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ": ", name, " ", axis,
-                                                     " is out of range for inputs of rank ", rank));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": ", name, " ", axis, " is out of range for inputs of rank ", rank));
     }
     return axis < 0 ? axis + rank : axis;
   };
@@ -73,7 +73,8 @@ absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int 
   } else {
     auto ch = canon(channel_axis, "channel_axis");
     if (!ch.ok()) return ch.status();
-    if (*ch == *b) return absl::InvalidArgumentError(absl::StrCat(field, ": batch and channel axes coincide"));
+    if (*ch == *b)
+      return absl::InvalidArgumentError(absl::StrCat(field, ": batch and channel axes coincide"));
     for (int i = 0; i < rank; ++i) {
       if (i != *b && i != *ch) {
         perm.push_back(i);

@@ -36,9 +36,8 @@ class CanonicalInput {
 
 // `flatten` reproduces channel_axis=None (a Flatten first layer): inputs become (N, prod(rest)).
 // The view may point into `x`, which must outlive it. With `check_finite`, NaN/Inf entries are refused.
-absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int channel_axis,
-                                            bool flatten, const std::string& field,
-                                            bool check_finite = true);
+absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int channel_axis, bool flatten,
+                                            const std::string& field, bool check_finite = true);
 
 // nngp of rows [r0, r1) of a against rows [c0, c1) of b: (r, c) + Sp, divided by a's channel count.
 Array InputNngp(const CanonicalInput& a, int64_t r0, int64_t r1, const CanonicalInput& b, int64_t c0,

@@ -298,8 +298,10 @@ void SizePlan(const KernelOptions& options, int concurrency, KernelPlan* plan) {
   plan->layout = LayoutString(*plan, out_trailing);
 }
 
-absl::StatusOr<KernelPlan> Plan(const Layer& net, const Array& x1, const Array* x2,
-                                const KernelOptions& options, int concurrency) {
+}  // namespace
+
+absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const Array* x2,
+                                      const KernelOptions& options, int concurrency) {
   KernelPlan plan;
   plan.x2_given = x2 != nullptr;
   auto get = CanonicalGet(options.get, plan.x2_given);
@@ -378,8 +380,6 @@ absl::StatusOr<KernelPlan> Plan(const Layer& net, const Array& x1, const Array* 
   return plan;
 }
 
-}  // namespace
-
 absl::Status ApplyToKernel(const Layer& net, Kernel* k, bool compute_ntk) {
   KernelContext ctx;
   ctx.compute_ntk = compute_ntk;
@@ -394,11 +394,6 @@ absl::Status ApplyToKernel(const Layer& net, Kernel* k, bool compute_ntk) {
   }
   *k = std::move(flow.single());
   return absl::OkStatus();
-}
-
-absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const Array* x2,
-                                      const KernelOptions& options, int concurrency) {
-  return Plan(net, x1, x2, options, concurrency);
 }
 
 absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1_shape, const Shape* x2_shape,
@@ -438,7 +433,7 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
   Array a1 = one_row(x1_shape, b);
   std::optional<Array> a2;
   if (x2_shape) a2 = one_row(*x2_shape, b);
-  auto plan = Plan(net, a1, a2 ? &*a2 : nullptr, options, concurrency);
+  auto plan = PlanKernel(net, a1, a2 ? &*a2 : nullptr, options, concurrency);
   if (!plan.ok()) return plan.status();
   // Re-derive sizes for the real batch sizes.
   const int r = static_cast<int>(x1_shape.size());
