@@ -15,6 +15,8 @@ class ABReluLayer : public ElementwiseLayer {
                double* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override { return x < 0 ? a_ * x : b_ * x; }
+  // T(0, 0, 0) = 0 already (upstream does not re-mask either).
+  bool remask_kernel() const override { return false; }
 
  protected:
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;

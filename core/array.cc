@@ -43,6 +43,46 @@ Array Array::Reshaped(Shape shape) && {
   return Array(std::move(shape), std::move(data_));
 }
 
+namespace {
+
+// Sizes before, along and after `axis`.
+void Split(const Shape& s, int axis, int64_t* outer, int64_t* n, int64_t* inner) {
+  *outer = NumElements(absl::MakeConstSpan(s).subspan(0, axis));
+  *n = s[axis];
+  *inner = NumElements(absl::MakeConstSpan(s).subspan(axis + 1));
+}
+
+}  // namespace
+
+Array AllAlongAxis(const Array& a, int axis) {
+  int64_t outer, n, inner;
+  Split(a.shape(), axis, &outer, &n, &inner);
+  Shape out_shape = a.shape();
+  out_shape[axis] = 1;
+  Array out(out_shape, 1.0);
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int64_t k = 0; k < n; ++k) {
+      for (int64_t i = 0; i < inner; ++i) {
+        if (a[(o * n + k) * inner + i] == 0) out[o * inner + i] = 0.0;
+      }
+    }
+  }
+  return out;
+}
+
+Array SliceAxis(const Array& a, int axis, int64_t begin, int64_t end) {
+  int64_t outer, n, inner;
+  Split(a.shape(), axis, &outer, &n, &inner);
+  Shape out_shape = a.shape();
+  out_shape[axis] = end - begin;
+  Array out = Array::Uninitialized(out_shape);
+  for (int64_t o = 0; o < outer; ++o) {
+    std::memcpy(out.data() + o * (end - begin) * inner, a.data() + (o * n + begin) * inner,
+                sizeof(double) * (end - begin) * inner);
+  }
+  return out;
+}
+
 Array Transpose(const Array& a, absl::Span<const int> perm) {
   const int r = a.rank();
   Shape out_shape(r);

@@ -72,6 +72,12 @@ class Array {
   Storage data_;
 };
 
+// numpy.all(a != 0, axis, keepdims=True) as 0/1 doubles (reduces masks over an axis).
+Array AllAlongAxis(const Array& a, int axis);
+
+// a[..., begin:end, ...] along `axis`.
+Array SliceAxis(const Array& a, int axis, int64_t begin, int64_t end);
+
 // numpy.transpose(a, perm).
 Array Transpose(const Array& a, absl::Span<const int> perm);
 

@@ -41,6 +41,10 @@ absl::StatusOr<ArrayFlow> FanOutLayer::Apply(const Params&, const ArrayFlow& x) 
   return ArrayFlow::List(std::vector<Array>(num_, x.single()));
 }
 
+absl::StatusOr<MaskFlow> FanOutLayer::MaskFn(const MaskFlow& masks, const ShapeFlow&) const {
+  return MaskFlow::List(std::vector<std::optional<Array>>(num_, masks.single()));
+}
+
 absl::Status FanOutLayer::TransformKernel(KernelFlow* k, const KernelContext&) const {
   *k = KernelFlow::List(std::vector<Kernel>(num_, k->single()));
   return absl::OkStatus();
@@ -67,6 +71,19 @@ absl::StatusOr<ArrayFlow> FanInSumLayer::Apply(const Params&, const ArrayFlow& x
   Array y = x.items[0];
   for (size_t i = 1; i < x.items.size(); ++i) AddInto(&y, x.items[i]);
   return ArrayFlow::Single(std::move(y));
+}
+
+absl::StatusOr<MaskFlow> FanInSumLayer::MaskFn(const MaskFlow& masks, const ShapeFlow&) const {
+  std::optional<Array> out;
+  for (const std::optional<Array>& m : masks.items) {
+    if (!m) continue;  // Upstream ignores absent masks here.
+    if (!out) {
+      out = *m;
+    } else {
+      for (int64_t i = 0; i < out->size(); ++i) (*out)[i] = ((*out)[i] != 0 && (*m)[i] != 0) ? 1.0 : 0.0;
+    }
+  }
+  return MaskFlow::Single(std::move(out));
 }
 
 absl::Status FanInSumLayer::TransformKernel(KernelFlow* kf, const KernelContext&) const {

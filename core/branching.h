@@ -23,6 +23,7 @@ class FanOutLayer : public Layer {
   std::string name() const override { return "FanOut"; }
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow& x) const override;
+  absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
 
  protected:
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
@@ -37,6 +38,9 @@ class FanInSumLayer : public Layer {
   std::string name() const override { return "FanInSum"; }
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow& x) const override;
+  // A position is masked only where every input that has a mask masks it (absent masks are ignored, as
+  // upstream does).
+  absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
 
  protected:
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;

@@ -9,39 +9,6 @@ namespace {
 
 constexpr int64_t kChunk = 256;
 
-// Spatial offsets (into the flattened (s1..sS) positions) of the left and right member of every
-// trailing-axes entry of an array in full (interleaved pairs) or diagonal spatial layout.
-void SpatialOffsets(const Shape& sizes, bool diagonal_spatial, std::vector<int64_t>* left,
-                    std::vector<int64_t>* right) {
-  const int s = static_cast<int>(sizes.size());
-  const int64_t p = NumElements(sizes);
-  const int64_t inner = diagonal_spatial ? p : p * p;
-  left->assign(inner, 0);
-  right->assign(inner, 0);
-  // Odometer over the trailing axes of the array, most significant first.
-  std::vector<int64_t> dims;
-  for (int d = 0; d < s; ++d) {
-    dims.push_back(sizes[d]);
-    if (!diagonal_spatial) dims.push_back(sizes[d]);
-  }
-  std::vector<int64_t> idx(dims.size(), 0);
-  for (int64_t e = 0; e < inner; ++e) {
-    int64_t l = 0, r = 0;
-    for (int d = 0; d < s; ++d) {
-      const int64_t il = diagonal_spatial ? idx[d] : idx[2 * d];
-      const int64_t ir = diagonal_spatial ? idx[d] : idx[2 * d + 1];
-      l = l * sizes[d] + il;
-      r = r * sizes[d] + ir;
-    }
-    (*left)[e] = l;
-    (*right)[e] = r;
-    for (int a = static_cast<int>(dims.size()) - 1; a >= 0; --a) {
-      if (++idx[a] < dims[a]) break;
-      idx[a] = 0;
-    }
-  }
-}
-
 // Applies the pair map to an array with `batch_axes` leading axes whose entries pair d_left[row] with
 // d_right[col] (rows x cols batch grid; for one batch axis, row == col). `ntk` (same shape as `a`, may be
 // null) is multiplied by tdot in place.
@@ -117,7 +84,7 @@ absl::Status ElementwiseLayer::TransformKernel(KernelFlow* kf, const KernelConte
   const Shape sizes(d1.shape().begin() + 1, d1.shape().end());
   const int64_t p = NumElements(sizes);
   std::vector<int64_t> off_l, off_r;
-  SpatialOffsets(sizes, k.diagonal_spatial, &off_l, &off_r);
+  PairOffsets(sizes, k.diagonal_spatial, &off_l, &off_r);
 
   Array* ntk = (k.ntk && k.ntk->rank() > 0) ? &*k.ntk : nullptr;  // A rank-0 NTK is 0 and stays 0.
   MapArray(*this, 2, d1, d2, off_l, off_r, p, &k.nngp, ntk);

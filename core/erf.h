@@ -15,6 +15,8 @@ class ErfLayer : public ElementwiseLayer {
                double* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override { return a_ * std::erf(b_ * x) + c_; }
+  // T(0, 0, 0) = c^2 is not 0: masked entries are zeroed again (as upstream).
+  bool remask_kernel() const override { return true; }
 
  private:
   double a_, b_, c_;

@@ -1,5 +1,9 @@
 #include "core/kernel.h"
 
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
 namespace nt {
 
 namespace {
@@ -73,6 +77,109 @@ Array GetDiagonal(const Array& cov, int batch_axes, bool diagonal_spatial, int n
     }
   }
   return out;
+}
+
+void PairOffsets(const Shape& sizes, bool diagonal_spatial, std::vector<int64_t>* left,
+                 std::vector<int64_t>* right) {
+  const int s = static_cast<int>(sizes.size());
+  const int64_t p = NumElements(sizes);
+  const int64_t inner = diagonal_spatial ? p : p * p;
+  left->assign(inner, 0);
+  right->assign(inner, 0);
+  // Odometer over the trailing axes of the array, most significant first.
+  std::vector<int64_t> dims;
+  for (int d = 0; d < s; ++d) {
+    dims.push_back(sizes[d]);
+    if (!diagonal_spatial) dims.push_back(sizes[d]);
+  }
+  std::vector<int64_t> idx(dims.size(), 0);
+  for (int64_t e = 0; e < inner; ++e) {
+    int64_t l = 0, r = 0;
+    for (int d = 0; d < s; ++d) {
+      l = l * sizes[d] + (diagonal_spatial ? idx[d] : idx[2 * d]);
+      r = r * sizes[d] + (diagonal_spatial ? idx[d] : idx[2 * d + 1]);
+    }
+    (*left)[e] = l;
+    (*right)[e] = r;
+    for (int a = static_cast<int>(dims.size()) - 1; a >= 0; --a) {
+      if (++idx[a] < dims[a]) break;
+      idx[a] = 0;
+    }
+  }
+}
+
+absl::StatusOr<Array> PositionMask(const Array& mask, const Kernel& k) {
+  const int rank = mask.rank();
+  if (rank != static_cast<int>(k.shape1.size())) {
+    return absl::InternalError(
+        absl::StrCat("mask of rank ", rank, " for activations of rank ", k.shape1.size()));
+  }
+  if (mask.dim(k.channel_axis) != 1) {
+    return absl::UnimplementedError(
+        "masks that differ between channels are not supported (upstream neither): put a Dense/Conv "
+        "layer, which reduces the mask over channels, before a layer that re-masks the kernel");
+  }
+  // Batch first, then the spatial axes in kernel order; the size-1 channel axis goes last.
+  std::vector<int> perm{k.batch_axis};
+  std::vector<int> spatial;
+  for (int i = 0; i < rank; ++i) {
+    if (i != k.batch_axis && i != k.channel_axis) spatial.push_back(i);
+  }
+  if (k.is_reversed) std::reverse(spatial.begin(), spatial.end());
+  perm.insert(perm.end(), spatial.begin(), spatial.end());
+  perm.push_back(k.channel_axis);
+  Array t = Transpose(mask, perm);
+  Shape out_shape(t.shape().begin(), t.shape().end() - 1);
+  return std::move(t).Reshaped(out_shape);
+}
+
+namespace {
+
+// Zeroes the entries of `a` (leading `batch_axes` axes, then the trailing layout) whose left position
+// is masked in `left` (rows) or right position in `right` (columns; rows again for one batch axis).
+void ZeroMasked(const Array& left, const Array& right, int batch_axes, const std::vector<int64_t>& off_l,
+                const std::vector<int64_t>& off_r, int64_t p, Array* a) {
+  const int64_t rows = a->dim(0);
+  const int64_t cols = batch_axes == 2 ? a->dim(1) : 1;
+  const int64_t inner = static_cast<int64_t>(off_l.size());
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; ++j) {
+      const int64_t col = batch_axes == 2 ? j : i;
+      double* out = a->data() + (i * cols + j) * inner;
+      for (int64_t e = 0; e < inner; ++e) {
+        if (left[i * p + off_l[e]] != 0 || right[col * p + off_r[e]] != 0) out[e] = 0.0;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+absl::Status MaskKernel(const std::optional<Array>& m1, const std::optional<Array>& m2, Kernel* k) {
+  k->mask1 = m1;
+  k->mask2 = m2;
+  if (!m1 && !m2) return absl::OkStatus();
+  // A missing mask masks nothing.
+  auto positions = [&](const std::optional<Array>& m, const Shape& shape) -> absl::StatusOr<Array> {
+    if (m) return PositionMask(*m, *k);
+    Shape s = shape;
+    s[k->channel_axis] = 1;
+    return PositionMask(Array(s, 0.0), *k);
+  };
+  auto pm1 = positions(m1, k->shape1);
+  if (!pm1.ok()) return pm1.status();
+  auto pm2 = m2 ? positions(m2, k->shape2) : pm1;
+  if (!pm2.ok()) return pm2.status();
+  const Shape sizes(pm1->shape().begin() + 1, pm1->shape().end());
+  const int64_t p = NumElements(sizes);
+  std::vector<int64_t> off_l, off_r;
+  PairOffsets(sizes, k->diagonal_spatial, &off_l, &off_r);
+  ZeroMasked(*pm1, *pm2, 2, off_l, off_r, p, &k->nngp);
+  if (k->ntk && k->ntk->rank() > 0) ZeroMasked(*pm1, *pm2, 2, off_l, off_r, p, &*k->ntk);
+  const int cb = CovBatchAxes(*k);
+  ZeroMasked(*pm1, *pm1, cb, off_l, off_r, p, &k->cov1);
+  if (k->cov2) ZeroMasked(*pm2, *pm2, cb, off_l, off_r, p, &*k->cov2);
+  return absl::OkStatus();
 }
 
 const std::vector<std::string>& KernelFieldNames() {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "core/array.h"
 
 namespace nt {
@@ -50,6 +51,19 @@ inline int CovBatchAxes(const Kernel& k) { return k.diagonal_batch ? 1 : 2; }
 
 // Extracts per-sample, per-location variances (N, s1, ..., sS) from a covariance array.
 Array GetDiagonal(const Array& cov, int batch_axes, bool diagonal_spatial, int num_spatial);
+
+// For each entry of the trailing (spatial) axes of a kernel array, the flat positions in (s1..sS) of
+// its left and right member: interleaved pairs (s1, s1', ...) when full, single axes when diagonal.
+void PairOffsets(const Shape& sizes, bool diagonal_spatial, std::vector<int64_t>* left,
+                 std::vector<int64_t>* right);
+
+// Per-position masks (N, s1, ..., sS) of an activation mask (1 = masked) whose channel size is 1, in the
+// kernel's spatial order (reversed when is_reversed).
+absl::StatusOr<Array> PositionMask(const Array& mask, const Kernel& k);
+
+// upstream's Kernel.mask(m1, m2): zeroes every entry of nngp, ntk, cov1, cov2 whose left or right
+// position is masked, then stores the masks. m2 absent: m1 stands for it.
+absl::Status MaskKernel(const std::optional<Array>& m1, const std::optional<Array>& m2, Kernel* k);
 
 // All Kernel field names, in declaration order.
 const std::vector<std::string>& KernelFieldNames();

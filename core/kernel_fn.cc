@@ -112,6 +112,11 @@ Kernel InputKernel(const KernelPlan& plan, const Inputs& in, const Pass& pass, i
   k.shape2[b.batch_axis] = c1 - c0;
   k.batch_axis = a.batch_axis;
   k.channel_axis = a.channel_axis;
+  if (plan.masked) {
+    // Both sides carry masks, also when x2 is None: the columns of a tile are other rows of x1.
+    k.mask1 = SliceAxis(plan.masked->mask[pass.a], a.batch_axis, r0, r1);
+    k.mask2 = SliceAxis(plan.masked->mask[pass.b], b.batch_axis, c0, c1);
+  }
   return k;
 }
 
@@ -123,9 +128,35 @@ absl::StatusOr<Kernel> RunTile(const Layer& net, const KernelPlan& plan, const I
   return k;
 }
 
-// Views of the inputs; `check_finite` when they have not been validated yet.
-absl::StatusOr<Inputs> PrepareInputs(const Array& x1, const Array* x2, const KernelPlan& plan,
+// upstream's input masking: entries equal to `value` (NaN: NaN entries) are masked and set to 0.
+void MaskInput(const Array& x, double value, int batch_axis, bool flatten, Array* zeroed, Array* mask) {
+  *zeroed = x;
+  *mask = Array(x.shape(), 0.0);
+  for (int64_t i = 0; i < x.size(); ++i) {
+    if (std::isnan(value) ? std::isnan(x[i]) : x[i] == value) {
+      (*zeroed)[i] = 0.0;
+      (*mask)[i] = 1.0;
+    }
+  }
+  if (flatten) {
+    // The same rearrangement as Canonicalize's: batch first, the rest flattened.
+    const int rank = x.rank();
+    const int b = (batch_axis % rank + rank) % rank;
+    std::vector<int> perm{b};
+    for (int i = 0; i < rank; ++i) {
+      if (i != b) perm.push_back(i);
+    }
+    const int64_t n = x.dim(b);
+    *mask = Transpose(*mask, perm).Reshaped({n, x.size() / std::max<int64_t>(n, 1)});
+  }
+}
+
+// Views of the inputs (the masked copies when masking); `check_finite` when they have not been
+// validated yet.
+absl::StatusOr<Inputs> PrepareInputs(const Array& raw1, const Array* raw2, const KernelPlan& plan,
                                      bool check_finite) {
+  const Array& x1 = plan.masked ? plan.masked->x[0] : raw1;
+  const Array* x2 = raw2 && plan.masked ? &plan.masked->x[1] : raw2;
   Inputs in;
   auto c1 = Canonicalize(x1, plan.batch_axis, plan.channel_axis, plan.flatten_input, "x1", check_finite);
   if (!c1.ok()) return c1.status();
@@ -293,8 +324,9 @@ void SizePlan(const KernelOptions& options, int concurrency, KernelPlan* plan) {
                                      60.0 * double(plan->cells_per_entry) * double(plan->num_layers));
   const double tile_cells = double(plan->tile_size) * double(plan->tile_size) * double(plan->cells_per_entry);
   // About eight tile-sized arrays live per worker (kernel fields, maps' temporaries, the block sent).
-  plan->working_bytes =
-      SaturatingBytes(double(concurrency) * tile_cells * 8 * 8 + double(plan->input_elements) * 8 * 2);
+  // Inputs: the caller's and their views or rearranged copies, plus zeroed copies and masks when masking.
+  plan->working_bytes = SaturatingBytes(double(concurrency) * tile_cells * 8 * 8 +
+                                        double(plan->input_elements) * 8 * (plan->masked ? 4 : 2));
   plan->layout = LayoutString(*plan, out_trailing);
 }
 
@@ -308,11 +340,6 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
   if (!get.ok()) return get.status();
   plan.get = *std::move(get);
   plan.compute_ntk = Wants(plan, "ntk");
-  if (options.mask_constant.has_value()) {
-    return absl::UnimplementedError(
-        "mask_constant: masking is not implemented yet by this server (it comes with the masking "
-        "issue); send inputs without mask_constant");
-  }
   // Requirement resolution (core.md 2.2): network requirements, then user overrides, then defaults.
   const Requirements req = net.requirements();
   if (req.diagonal_batch.has_value() && !*req.diagonal_batch) {
@@ -355,11 +382,24 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
       }
     }
   }
+  if (options.mask_constant.has_value() && x1.rank() >= 2 && (!x2 || x2->rank() >= 2)) {
+    auto masked = std::make_shared<MaskedInputs>();
+    MaskInput(x1, *options.mask_constant, plan.batch_axis, plan.flatten_input, &masked->x[0],
+              &masked->mask[0]);
+    if (x2) {
+      MaskInput(*x2, *options.mask_constant, plan.batch_axis, plan.flatten_input, &masked->x[1],
+                &masked->mask[1]);
+    }
+    plan.masked = std::move(masked);
+  }
   auto inputs = PrepareInputs(x1, x2, plan, /*check_finite=*/true);
   if (!inputs.ok()) return inputs.status();
   plan.n1 = (*inputs)[0].n();
   plan.n2 = x2 ? (*inputs)[1].n() : plan.n1;
-  plan.x1_is_x2 = x2 ? SameInputs(x1, *x2) : true;
+  plan.x1_is_x2 = x2 ? (plan.masked ? SameInputs(plan.masked->x[0], plan.masked->x[1]) &&
+                                          SameInputs(plan.masked->mask[0], plan.masked->mask[1])
+                                    : SameInputs(x1, *x2))
+                     : true;
 
   // Run the network on a 1 x 1 sample: validates it against the inputs and yields output layouts.
   const std::vector<Pass> passes = MakePasses(plan);

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -34,8 +35,17 @@ struct ArraySpec {
 };
 
 // Everything decided before any heavy work: layouts, shapes, tiles, cost.
+// Inputs with mask_constant applied: masked entries zeroed, and the masks (1 = masked) in the
+// activation layout (flattened like the inputs when the network starts with Flatten).
+struct MaskedInputs {
+  Array x[2];
+  Array mask[2];
+};
+
 struct KernelPlan {
   std::vector<std::string> get;  // Canonical, in request order.
+  // Set when mask_constant was given; the tiles read these instead of the caller's inputs.
+  std::shared_ptr<const MaskedInputs> masked;
   bool compute_ntk = true;
   bool x2_given = false;
   bool x1_is_x2 = false;

@@ -45,6 +45,8 @@ absl::StatusOr<Params> Layer::Init(const RngKey& /*key*/, const ShapeFlow& in) c
   return Params{};
 }
 
+absl::StatusOr<MaskFlow> Layer::MaskFn(const MaskFlow& masks, const ShapeFlow&) const { return masks; }
+
 absl::Status Layer::ApplyKernel(KernelFlow* k, const KernelContext& ctx) const {
   if (is_combinator()) return TransformKernel(k, ctx);
   const Requirements req = requirements();
@@ -75,22 +77,45 @@ absl::Status Layer::ApplyKernel(KernelFlow* k, const KernelContext& ctx) const {
     }
   }
   ShapeFlow s1, s2;
-  s1.is_list = s2.is_list = k->is_list;
+  MaskFlow m1, m2;
+  s1.is_list = s2.is_list = m1.is_list = m2.is_list = k->is_list;
+  bool masked = false;
   for (const Kernel& kk : k->items) {
     s1.items.push_back(kk.shape1);
     s2.items.push_back(kk.shape2);
+    m1.items.push_back(kk.mask1);
+    m2.items.push_back(kk.mask2);
+    masked = masked || kk.mask1 || kk.mask2;
   }
   auto out1 = OutputShape(s1);
   if (!out1.ok()) return out1.status();
   auto out2 = OutputShape(s2);
   if (!out2.ok()) return out2.status();
+  // Output masks come from the incoming kernels (upstream's supports_masking).
+  absl::StatusOr<MaskFlow> om1 = m1, om2 = m2;
+  if (masked) {
+    om1 = MaskFn(m1, s1);
+    if (!om1.ok()) return om1.status();
+    om2 = MaskFn(m2, s2);
+    if (!om2.ok()) return om2.status();
+  }
   if (absl::Status st = TransformKernel(k, ctx); !st.ok()) return st;
-  if (k->items.size() != out1->items.size()) {
-    return absl::InternalError(absl::StrCat(name(), ": kernel and shape propagation disagree"));
+  if (k->items.size() != out1->items.size() || (masked && k->items.size() != om1->items.size())) {
+    return absl::InternalError(absl::StrCat(name(), ": kernel, shape and mask propagation disagree"));
   }
   for (size_t i = 0; i < k->items.size(); ++i) {
-    k->items[i].shape1 = out1->items[i];
-    k->items[i].shape2 = out2->items[i];
+    Kernel& out = k->items[i];
+    out.shape1 = out1->items[i];
+    out.shape2 = out2->items[i];
+    if (!masked) continue;
+    if (remask_kernel()) {
+      if (absl::Status st = MaskKernel(om1->items[i], om2->items[i], &out); !st.ok()) {
+        return absl::Status(st.code(), absl::StrCat(name(), ": ", st.message()));
+      }
+    } else {
+      out.mask1 = om1->items[i];
+      out.mask2 = om2->items[i];
+    }
   }
   return absl::OkStatus();
 }

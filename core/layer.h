@@ -4,6 +4,7 @@
 #define NT_CORE_LAYER_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,6 +42,8 @@ struct Flow {
 using KernelFlow = Flow<Kernel>;
 using ShapeFlow = Flow<Shape>;
 using ArrayFlow = Flow<Array>;
+// Activation masks (1 = masked), one per flowing item; absent = nothing masked.
+using MaskFlow = Flow<std::optional<Array>>;
 
 // Parameters of a finite network: a layer's own arrays, and one child per sub-layer of a combinator.
 struct Params {
@@ -68,11 +71,17 @@ class Layer {
 
   // init_fn: draws parameters for `in` from `key`.
   virtual absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const;
+  // supports_masking: output masks for input masks of activations of `shapes` (default: unchanged).
+  virtual absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const;
+  // Whether entries at masked positions are zeroed after this layer's kernel transform.
+  virtual bool remask_kernel() const { return false; }
+
   // apply_fn: the finite network's forward pass.
   virtual absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const = 0;
 
   // kernel_fn on the Kernel path: checks this layer's requirements against the incoming kernel, runs
-  // the transform, then recomputes shape1/shape2 from OutputShape.
+  // the transform, then recomputes shape1/shape2 from OutputShape and the masks from MaskFn (zeroing
+  // masked entries when remask_kernel()).
   absl::Status ApplyKernel(KernelFlow* k, const KernelContext& ctx) const;
 
  protected:

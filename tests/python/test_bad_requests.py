@@ -193,7 +193,6 @@ CATALOGUE = [
     ('unimplemented_nested_layer', 'kernel',
      lambda: _request(_serial(_DENSE4, {'layer': 'Relu'}, {'layer': 'LayerNorm'}, _DENSE4)),
      UNIMPLEMENTED, ['architecture.layers[2]', 'LayerNorm']),
-    ('mask_constant', 'kernel', lambda: _request(mask_constant=0.0), UNIMPLEMENTED, ['mask_constant']),
     ('aggregate_pattern', 'kernel', lambda: _request(pattern1=tensors.to_tensor(np.ones((4, 1, 1)))),
      UNIMPLEMENTED, ['pattern']),
     ('describe_missing_architecture', 'describe', lambda: _describe(arch=None), INVALID, ['architecture']),
@@ -255,8 +254,8 @@ class BadRequestsTest(server_fixture.ServerTestCase):
       kernel_fn(_X, np.ones((2, 4)), 'ntk', connection=self.conn, timeout=30)
     _check_error(self, cm.exception, INVALID, ['x2', 'axis 1'])
     with self.assertRaises(grpc.RpcError) as cm:
-      kernel_fn(_X, None, ('nngp', 'ntk'), mask_constant=np.nan, connection=self.conn, timeout=30)
-    _check_error(self, cm.exception, UNIMPLEMENTED, ['mask_constant'])
+      kernel_fn(_with(_X, (1, 2), np.inf), None, 'nngp', mask_constant=np.nan, connection=self.conn, timeout=30)
+    _check_error(self, cm.exception, INVALID, ['x1', 'non-finite', 'inf'])  # Only NaN is masked.
     # Bad `get` names are refused by ntclient before anything is sent.
     with self.assertRaises(ValueError):
       kernel_fn(_X, None, ('nngp', 'bogus'), connection=self.conn)
