@@ -182,13 +182,4 @@ absl::Status MaskKernel(const std::optional<Array>& m1, const std::optional<Arra
   return absl::OkStatus();
 }
 
-const std::vector<std::string>& KernelFieldNames() {
-  static const auto* names = new std::vector<std::string>{
-      "nngp",        "ntk",         "cov1",       "cov2",           "x1_is_x2",
-      "is_gaussian", "is_reversed", "is_input",   "diagonal_batch", "diagonal_spatial",
-      "shape1",      "shape2",      "batch_axis", "channel_axis",   "mask1",
-      "mask2"};
-  return *names;
-}
-
 }  // namespace nt

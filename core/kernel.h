@@ -65,9 +65,6 @@ absl::StatusOr<Array> PositionMask(const Array& mask, const Kernel& k);
 // position is masked, then stores the masks. m2 absent: m1 stands for it.
 absl::Status MaskKernel(const std::optional<Array>& m1, const std::optional<Array>& m2, Kernel* k);
 
-// All Kernel field names, in declaration order.
-const std::vector<std::string>& KernelFieldNames();
-
 }  // namespace nt
 
 #endif  // NT_CORE_KERNEL_H_

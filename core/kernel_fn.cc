@@ -87,7 +87,6 @@ void MakeSelfConsistent(bool diagonal_spatial, const Array& cov, Array* nngp) {
 
 struct Inputs {
   CanonicalInput c[2];
-  bool x2_given = false;
   const CanonicalInput& operator[](int i) const { return c[i]; }
 };
 
@@ -165,7 +164,6 @@ absl::StatusOr<Inputs> PrepareInputs(const Array& raw1, const Array* raw2, const
     auto c2 = Canonicalize(*x2, plan.batch_axis, plan.channel_axis, plan.flatten_input, "x2", check_finite);
     if (!c2.ok()) return c2.status();
     in.c[1] = *std::move(c2);
-    in.x2_given = true;
   }
   return in;
 }

@@ -149,6 +149,7 @@ grpc::Status KernelServiceImpl::Describe(grpc::ServerContext*, const nt::v1::Des
   resp->set_num_tiles(plan->num_tiles);
   resp->set_estimated_flops(plan->estimated_flops);
   resp->set_estimated_memory_bytes(plan->working_bytes);
+  resp->set_output_bytes(plan->output_bytes);
   return grpc::Status::OK;
 }
 

@@ -403,7 +403,9 @@ int RunDescribe(const std::vector<std::string>& args) {
             << "num_tiles:        " << r->num_tiles() << "\n"
             << absl::StrFormat("estimated_flops:  %.3g\n", r->estimated_flops())
             << "estimated_memory: " << HumanBytes(static_cast<double>(r->estimated_memory_bytes())) << " ("
-            << r->estimated_memory_bytes() << " bytes)\n";
+            << r->estimated_memory_bytes() << " bytes) on the server\n"
+            << "output:           " << HumanBytes(static_cast<double>(r->output_bytes())) << " ("
+            << r->output_bytes() << " bytes) on the client\n";
   return kExitOk;
 }
 
