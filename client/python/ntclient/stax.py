@@ -177,10 +177,11 @@ def kernel_request(layer, x1, x2=None, get=None, *, diagonal_batch=None, diagona
   """The KernelRequest of a kernel_fn call."""
   names, _, _ = _parse_get(get)
   request = _proto.service_pb2.KernelRequest(
-      architecture=layer_proto(layer), x1=tensors.to_tensor(x1), get=names,
-      output_dtype=tensors.wire_dtype(output_dtype), tile_size=int(tile_size))
+      architecture=layer_proto(layer), get=names, output_dtype=tensors.wire_dtype(output_dtype),
+      tile_size=int(tile_size))
+  tensors.fill_tensor(request.x1, x1)
   if x2 is not None:
-    request.x2.CopyFrom(tensors.to_tensor(x2))
+    tensors.fill_tensor(request.x2, x2)
   if diagonal_batch is not None:
     request.diagonal_batch = bool(diagonal_batch)
   if diagonal_spatial is not None:
@@ -192,7 +193,7 @@ def kernel_request(layer, x1, x2=None, get=None, *, diagonal_batch=None, diagona
     pattern1, pattern2 = pattern if isinstance(pattern, tuple) else (pattern, None)
     for p, target in ((pattern1, request.pattern1), (pattern2, request.pattern2)):
       if p is not None:
-        target.CopyFrom(tensors.to_tensor(p, tensors.auto_dtype(p)))
+        tensors.fill_tensor(target, p, tensors.auto_dtype(p))
   return request
 
 
