@@ -76,6 +76,24 @@ TEST(KernelFnTest, FullBatchCovarianceIsTheSelfKernel) {
   EXPECT_LT(MaxAbsDiff(*k->Find("cov2"), *k22->Find("nngp")), 1e-14);
 }
 
+// Upstream's 'CN' layout: batch_axis=1, channel_axis=0 on transposed inputs gives the same kernel.
+TEST(KernelFnTest, ChannelFirstLayoutMatchesChannelLast) {
+  const Array x1 = Normal({6, 5}, 19), x2 = Normal({4, 5}, 20);
+  const Array t1 = Transpose(x1, std::vector<int>{1, 0}), t2 = Transpose(x2, std::vector<int>{1, 0});
+  auto nc = serial(Dense(8, 1.3, 0.2), Relu(), Dense(3, 0.9, 0.1)).kernel_fn(x1, &x2);
+  auto cn = serial(Dense(8, 1.3, 0.2, /*batch_axis=*/1, /*channel_axis=*/0), Relu(), Dense(3, 0.9, 0.1, 1, 0))
+                .kernel_fn(t1, &t2);
+  ASSERT_TRUE(nc.ok() && cn.ok()) << cn.status();
+  for (const char* name : {"nngp", "ntk", "cov1", "cov2"}) {
+    EXPECT_LT(MaxAbsDiff(*nc->Find(name), *cn->Find(name)), 1e-14) << name;
+  }
+  EXPECT_EQ(cn->meta.shape1, (Shape{3, 6}));
+  // A layer declaring other axes than the kernel's: the infinite limit is ill-defined.
+  auto bad = serial(Dense(8, 1.3, 0.2, 1, 0), Relu(), Dense(3)).kernel_fn(t1, &t2);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(bad.status().message()).find("ill-defined"), std::string::npos) << bad.status();
+}
+
 TEST(KernelFnTest, KernelPathEqualsArrayPath) {
   const Array x1 = Normal({4, 3}, 6), x2 = Normal({2, 3}, 7);
   auto first = serial(Dense(5, 1.4, 0.3), Relu());
