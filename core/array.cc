@@ -70,6 +70,30 @@ Array AllAlongAxis(const Array& a, int axis) {
   return out;
 }
 
+void ZeroWhereMasked(const Array& mask, Array* x) {
+  const int r = x->rank();
+  // Strides of the mask, 0 along broadcast axes.
+  std::vector<int64_t> stride(r, 0);
+  int64_t s = 1;
+  for (int i = r - 1; i >= 0; --i) {
+    stride[i] = mask.dim(i) == 1 ? 0 : s;
+    s *= mask.dim(i);
+  }
+  std::vector<int64_t> idx(r, 0);
+  int64_t offset = 0;
+  for (int64_t e = 0; e < x->size(); ++e) {
+    if (mask[offset] != 0) (*x)[e] = 0.0;
+    for (int ax = r - 1; ax >= 0; --ax) {
+      if (++idx[ax] < x->dim(ax)) {
+        offset += stride[ax];
+        break;
+      }
+      offset -= stride[ax] * (x->dim(ax) - 1);
+      idx[ax] = 0;
+    }
+  }
+}
+
 Array SliceAxis(const Array& a, int axis, int64_t begin, int64_t end) {
   int64_t outer, n, inner;
   Split(a.shape(), axis, &outer, &n, &inner);

@@ -75,6 +75,9 @@ class Array {
 // numpy.all(a != 0, axis, keepdims=True) as 0/1 doubles (reduces masks over an axis).
 Array AllAlongAxis(const Array& a, int axis);
 
+// Sets entries of `x` to 0 where `mask` (same rank; each axis equal or 1, broadcast) is non-zero.
+void ZeroWhereMasked(const Array& mask, Array* x);
+
 // a[..., begin:end, ...] along `axis`.
 Array SliceAxis(const Array& a, int axis, int64_t begin, int64_t end);
 

@@ -18,6 +18,14 @@ std::vector<RngKey> SerialKeys(const RngKey& key, size_t n) {
   return keys;
 }
 
+// One absent mask per flowing item.
+MaskFlow NoMasks(const ArrayFlow& x) {
+  MaskFlow m;
+  m.is_list = x.is_list;
+  m.items.resize(x.items.size());
+  return m;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------
@@ -57,14 +65,21 @@ absl::StatusOr<Params> SerialLayer::Init(const RngKey& key, const ShapeFlow& in)
 }
 
 absl::StatusOr<ArrayFlow> SerialLayer::Apply(const Params& params, const ArrayFlow& x) const {
+  auto y = ApplyMasked(params, x, NoMasks(x));
+  if (!y.ok()) return y.status();
+  return std::move(y->values);
+}
+
+absl::StatusOr<Layer::Masked> SerialLayer::ApplyMasked(const Params& params, const ArrayFlow& x,
+                                                       const MaskFlow& masks) const {
   if (params.children.size() != layers_.size()) {
     return LayerError(name(), "params",
                       absl::StrCat("expected ", layers_.size(), " entries, got ", params.children.size()));
   }
-  ArrayFlow y = x;
+  Masked y{x, masks};
   for (size_t i = 0; i < layers_.size(); ++i) {
-    auto next = layers_[i]->Apply(params.children[i], y);
-    if (!next.ok()) return next.status();
+    auto next = layers_[i]->ApplyMasked(params.children[i], y.values, y.masks);
+    if (!next.ok()) return AtChild(next.status(), absl::StrCat("layers[", i, "]"));
     y = *std::move(next);
   }
   return y;
@@ -130,17 +145,31 @@ absl::StatusOr<Params> ParallelLayer::Init(const RngKey& key, const ShapeFlow& i
 }
 
 absl::StatusOr<ArrayFlow> ParallelLayer::Apply(const Params& params, const ArrayFlow& x) const {
+  auto y = ApplyMasked(params, x, NoMasks(x));
+  if (!y.ok()) return y.status();
+  return std::move(y->values);
+}
+
+absl::StatusOr<Layer::Masked> ParallelLayer::ApplyMasked(const Params& params, const ArrayFlow& x,
+                                                         const MaskFlow& masks) const {
   if (absl::Status st = CheckArity(x.items.size(), x.is_list); !st.ok()) return st;
   if (params.children.size() != layers_.size()) {
     return LayerError(name(), "params", "wrong number of entries");
   }
   std::vector<Array> out;
+  std::vector<std::optional<Array>> out_masks;
   for (size_t i = 0; i < layers_.size(); ++i) {
-    auto y = layers_[i]->Apply(params.children[i], ArrayFlow::Single(x.items[i]));
-    if (!y.ok()) return y.status();
-    out.push_back(std::move(y->single()));
+    auto y = layers_[i]->ApplyMasked(params.children[i], ArrayFlow::Single(x.items[i]),
+                                     MaskFlow::Single(masks.items[i]));
+    if (!y.ok()) return AtChild(y.status(), absl::StrCat("layers[", i, "]"));
+    if (y->values.is_list) {
+      return LayerUnimplemented(
+          name(), absl::StrCat("branch ", i, " returns a list; nested lists are not supported"));
+    }
+    out.push_back(std::move(y->values.single()));
+    out_masks.push_back(std::move(y->masks.single()));
   }
-  return ArrayFlow::List(std::move(out));
+  return Masked{ArrayFlow::List(std::move(out)), MaskFlow::List(std::move(out_masks))};
 }
 
 absl::Status ParallelLayer::TransformKernel(KernelFlow* k, const KernelContext& ctx) const {
@@ -192,13 +221,20 @@ absl::StatusOr<Params> RepeatLayer::Init(const RngKey& key, const ShapeFlow& in)
 }
 
 absl::StatusOr<ArrayFlow> RepeatLayer::Apply(const Params& params, const ArrayFlow& x) const {
+  auto y = ApplyMasked(params, x, NoMasks(x));
+  if (!y.ok()) return y.status();
+  return std::move(y->values);
+}
+
+absl::StatusOr<Layer::Masked> RepeatLayer::ApplyMasked(const Params& params, const ArrayFlow& x,
+                                                       const MaskFlow& masks) const {
   if (params.children.size() != static_cast<size_t>(n_)) {
     return LayerError(name(), "params", "wrong number of entries");
   }
-  ArrayFlow y = x;
+  Masked y{x, masks};
   for (int i = 0; i < n_; ++i) {
-    auto next = layer_->Apply(params.children[i], y);
-    if (!next.ok()) return next.status();
+    auto next = layer_->ApplyMasked(params.children[i], y.values, y.masks);
+    if (!next.ok()) return AtChild(next.status(), "layer");
     y = *std::move(next);
   }
   return y;

@@ -16,6 +16,8 @@ class SerialLayer : public Layer {
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x,
+                                     const MaskFlow& masks) const override;
   const std::vector<LayerPtr>& layers() const { return layers_; }
   int64_t NumLayers() const override;
 
@@ -37,6 +39,8 @@ class ParallelLayer : public Layer {
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x,
+                                     const MaskFlow& masks) const override;
   int64_t NumLayers() const override;
 
  protected:
@@ -59,6 +63,8 @@ class RepeatLayer : public Layer {
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x,
+                                     const MaskFlow& masks) const override;
   int64_t NumLayers() const override { return n_ * layer_->NumLayers(); }
 
  protected:

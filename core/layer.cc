@@ -47,6 +47,22 @@ absl::StatusOr<Params> Layer::Init(const RngKey& /*key*/, const ShapeFlow& in) c
 
 absl::StatusOr<MaskFlow> Layer::MaskFn(const MaskFlow& masks, const ShapeFlow&) const { return masks; }
 
+absl::StatusOr<Layer::Masked> Layer::ApplyMasked(const Params& params, const ArrayFlow& x,
+                                                 const MaskFlow& masks) const {
+  ArrayFlow zeroed = x;
+  ShapeFlow shapes;
+  shapes.is_list = x.is_list;
+  for (size_t i = 0; i < zeroed.items.size(); ++i) {
+    if (i < masks.items.size() && masks.items[i]) ZeroWhereMasked(*masks.items[i], &zeroed.items[i]);
+    shapes.items.push_back(zeroed.items[i].shape());
+  }
+  auto y = Apply(params, zeroed);
+  if (!y.ok()) return y.status();
+  auto m = MaskFn(masks, shapes);
+  if (!m.ok()) return m.status();
+  return Masked{*std::move(y), *std::move(m)};
+}
+
 absl::Status Layer::ApplyKernel(KernelFlow* k, const KernelContext& ctx) const {
   if (is_combinator()) return TransformKernel(k, ctx);
   const Requirements req = requirements();

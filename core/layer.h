@@ -79,6 +79,16 @@ class Layer {
   // apply_fn: the finite network's forward pass.
   virtual absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const = 0;
 
+  // apply_fn with masks (upstream's supports_masking, apply side): masked input entries are zeroed, the
+  // layer runs, and the output masks come from MaskFn. Combinators thread the masks through their
+  // sub-layers.
+  struct Masked {
+    ArrayFlow values;
+    MaskFlow masks;
+  };
+  virtual absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x,
+                                             const MaskFlow& masks) const;
+
   // kernel_fn on the Kernel path: checks this layer's requirements against the incoming kernel, runs
   // the transform, then recomputes shape1/shape2 from OutputShape and the masks from MaskFn (zeroing
   // masked entries when remask_kernel()).

@@ -50,11 +50,22 @@ absl::StatusOr<std::pair<Shape, Params>> Net::init_fn(const RngKey& key, const S
   return std::make_pair(out->single(), *std::move(params));
 }
 
-absl::StatusOr<Array> Net::apply_fn(const Params& params, const Array& x) const {
-  auto y = layer_->Apply(params, ArrayFlow::Single(x));
+absl::StatusOr<Array> Net::apply_fn(const Params& params, const Array& x,
+                                    std::optional<double> mask_constant) const {
+  std::optional<Array> mask;
+  if (mask_constant) {
+    mask = Array(x.shape(), 0.0);
+    for (int64_t i = 0; i < x.size(); ++i) {
+      const bool masked = std::isnan(*mask_constant) ? std::isnan(x[i]) : x[i] == *mask_constant;
+      (*mask)[i] = masked ? 1.0 : 0.0;
+    }
+  }
+  auto y = layer_->ApplyMasked(params, ArrayFlow::Single(x), MaskFlow::Single(std::move(mask)));
   if (!y.ok()) return y.status();
-  if (y->is_list) return absl::UnimplementedError("networks with several outputs: use the Layer API");
-  return std::move(y->single());
+  if (y->values.is_list) return absl::UnimplementedError("networks with several outputs: use the Layer API");
+  Array out = std::move(y->values.single());
+  if (y->masks.single()) ZeroWhereMasked(*y->masks.single(), &out);
+  return out;
 }
 
 absl::StatusOr<KernelResult> Net::kernel_fn(const Array& x1, const Array* x2, std::vector<std::string> get,

@@ -29,8 +29,11 @@ class Net {
 
   // init_fn(key, input_shape) -> (output_shape, params).
   absl::StatusOr<std::pair<Shape, Params>> init_fn(const RngKey& key, const Shape& input_shape) const;
-  // apply_fn(params, x).
-  absl::StatusOr<Array> apply_fn(const Params& params, const Array& x) const;
+  // apply_fn(params, x, mask_constant=None). With a mask constant, entries equal to it (NaN: NaN entries)
+  // are masked as upstream's supports_masking does, and masked outputs are returned as zeros (its
+  // unmask_fn).
+  absl::StatusOr<Array> apply_fn(const Params& params, const Array& x,
+                                 std::optional<double> mask_constant = std::nullopt) const;
   // kernel_fn(x1, x2=None, get=...); `options.get` is replaced by `get` when that is not empty.
   absl::StatusOr<KernelResult> kernel_fn(const Array& x1, const Array* x2 = nullptr,
                                          std::vector<std::string> get = {}, KernelOptions options = {}) const;

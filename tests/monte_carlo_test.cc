@@ -69,6 +69,49 @@ TEST_P(MonteCarloTest, AnalyticNngpMatchesFiniteNetworks) {
 INSTANTIATE_TEST_SUITE_P(Layers, MonteCarloTest, ::testing::Range(0, 8),
                          [](const ::testing::TestParamInfo<int>& i) { return Cases()[i.param].name; });
 
+// Masking end to end: the analytic kernel with mask_constant agrees with finite networks whose masked
+// inputs and outputs are handled as upstream's supports_masking / unmask_fn do.
+TEST(MonteCarloMaskingTest, MaskedInputsMatchFiniteNetworks) {
+  const double kMask = -3.0;
+  Array x = RngKey(4).Normal({4, 6});
+  for (int c = 0; c < 6; ++c) x[1 * 6 + c] = kMask;  // A fully masked sample.
+  x[2 * 6 + 0] = x[2 * 6 + 5] = kMask;               // Two masked features.
+  const int w = 1024;
+  Net net = serial(Dense(w, 1.4, 0.1), Relu(), Dense(w, 1.2), FanOut(2),
+                   parallel(serial(Erf(), Dense(w)), Identity()), FanInSum(), Relu(), Dense(w, 1.1, 0.2));
+  KernelOptions o;
+  o.mask_constant = kMask;
+  auto analytic = net.kernel_fn(x, nullptr, {"nngp"}, o);
+  ASSERT_TRUE(analytic.ok()) << analytic.status();
+  const Array& k = *analytic->Find("nngp");
+  const int samples = 32;
+  Array mean(k.shape()), sq(k.shape());
+  std::vector<RngKey> keys = RngKey(8).Split(samples);
+  for (int s = 0; s < samples; ++s) {
+    auto init = net.init_fn(keys[s], {4, 6});
+    ASSERT_TRUE(init.ok()) << init.status();
+    auto f = net.apply_fn(init->second, x, kMask);
+    ASSERT_TRUE(f.ok()) << f.status();
+    for (int i = 0; i < 4; ++i) {
+      for (int j = 0; j < 4; ++j) {
+        double dot = 0;
+        for (int ch = 0; ch < w; ++ch) dot += (*f)[i * w + ch] * (*f)[j * w + ch];
+        mean[i * 4 + j] += dot / w / samples;
+        sq[i * 4 + j] += (dot / w) * (dot / w) / samples;
+      }
+    }
+  }
+  for (int e = 0; e < 16; ++e) {
+    if (e / 4 == 1 || e % 4 == 1) {
+      EXPECT_EQ(k[e], 0.0);  // The masked sample vanishes, exactly, on both sides.
+      EXPECT_EQ(mean[e], 0.0);
+      continue;
+    }
+    const double se = std::sqrt(std::max(sq[e] - mean[e] * mean[e], 0.0) / (samples - 1));
+    EXPECT_NEAR(mean[e], k[e], 5 * se + 0.03 * std::abs(k[e]) + 1e-3) << "entry " << e;
+  }
+}
+
 TEST(RngTest, SameKeySameParametersOnEveryCall) {
   Net net = serial(Dense(16, 1.0, 0.1), Relu(), Dense(3));
   auto a = net.init_fn(RngKey(5), {2, 4});
