@@ -9,6 +9,45 @@ namespace {
 
 using namespace nt::stax;  // NOLINT: reads like upstream's examples.
 
+// Empirical NNGP over `samples` networks: the mean over output channels of f(x1) f(x2), with the
+// per-entry mean and standard error across networks.
+struct McEstimate {
+  Array mean, stderr_;
+};
+
+McEstimate MonteCarloNngp(const Net& net, const Array& x1, const Array& x2, int samples,
+                          std::optional<double> mask_constant = std::nullopt) {
+  const int64_t n1 = x1.dim(0), n2 = x2.dim(0);
+  Array mean({n1, n2}), sq({n1, n2});
+  std::vector<RngKey> keys = RngKey(7).Split(samples);
+  for (int s = 0; s < samples; ++s) {
+    auto init = net.init_fn(keys[s], x1.shape());
+    EXPECT_TRUE(init.ok()) << init.status();
+    auto f1 = net.apply_fn(init->second, x1, mask_constant);
+    auto f2 = net.apply_fn(init->second, x2, mask_constant);
+    EXPECT_TRUE(f1.ok() && f2.ok());
+    const int64_t w = f1->dim(1);
+    for (int64_t i = 0; i < n1; ++i) {
+      for (int64_t j = 0; j < n2; ++j) {
+        double dot = 0;
+        for (int64_t ch = 0; ch < w; ++ch) dot += (*f1)[i * w + ch] * (*f2)[j * w + ch];
+        mean[i * n2 + j] += dot / w / samples;
+        sq[i * n2 + j] += (dot / w) * (dot / w) / samples;
+      }
+    }
+  }
+  Array se(mean.shape());
+  for (int64_t e = 0; e < se.size(); ++e) {
+    se[e] = std::sqrt(std::max(sq[e] - mean[e] * mean[e], 0.0) / (samples - 1));
+  }
+  return {mean, se};
+}
+
+// Five standard errors plus the O(1/width) finite-width bias.
+void ExpectAgrees(const McEstimate& mc, const Array& k, int64_t e, const std::string& what) {
+  EXPECT_NEAR(mc.mean[e], k[e], 5 * mc.stderr_[e] + 0.03 * std::abs(k[e]) + 1e-3) << what << " entry " << e;
+}
+
 struct McCase {
   std::string name;
   Net net;
@@ -38,32 +77,8 @@ TEST_P(MonteCarloTest, AnalyticNngpMatchesFiniteNetworks) {
   auto analytic = c.net.kernel_fn(x1, &x2, {"nngp"});
   ASSERT_TRUE(analytic.ok()) << analytic.status();
   const Array& k = *analytic->Find("nngp");
-  // Empirical NNGP: mean over output channels of f(x1) f(x2), averaged over samples.
-  const int samples = 32;
-  Array mean(k.shape()), sq(k.shape());
-  const RngKey key(7);
-  std::vector<RngKey> keys = key.Split(samples);
-  for (int s = 0; s < samples; ++s) {
-    auto init = c.net.init_fn(keys[s], {3, 5});
-    ASSERT_TRUE(init.ok()) << init.status();
-    auto f1 = c.net.apply_fn(init->second, x1);
-    auto f2 = c.net.apply_fn(init->second, x2);
-    ASSERT_TRUE(f1.ok() && f2.ok());
-    const int64_t w = f1->dim(1);
-    for (int i = 0; i < 3; ++i) {
-      for (int j = 0; j < 2; ++j) {
-        double dot = 0;
-        for (int64_t ch = 0; ch < w; ++ch) dot += (*f1)[i * w + ch] * (*f2)[j * w + ch];
-        mean[i * 2 + j] += dot / w / samples;
-        sq[i * 2 + j] += (dot / w) * (dot / w) / samples;
-      }
-    }
-  }
-  for (int64_t e = 0; e < k.size(); ++e) {
-    const double se = std::sqrt(std::max(sq[e] - mean[e] * mean[e], 0.0) / (samples - 1));
-    // Five standard errors plus the O(1/width) finite-width bias.
-    EXPECT_NEAR(mean[e], k[e], 5 * se + 0.03 * std::abs(k[e]) + 1e-3) << c.name << " entry " << e;
-  }
+  const McEstimate mc = MonteCarloNngp(c.net, x1, x2, 32);
+  for (int64_t e = 0; e < k.size(); ++e) ExpectAgrees(mc, k, e, c.name);
 }
 
 INSTANTIATE_TEST_SUITE_P(Layers, MonteCarloTest, ::testing::Range(0, 8),
@@ -84,31 +99,14 @@ TEST(MonteCarloMaskingTest, MaskedInputsMatchFiniteNetworks) {
   auto analytic = net.kernel_fn(x, nullptr, {"nngp"}, o);
   ASSERT_TRUE(analytic.ok()) << analytic.status();
   const Array& k = *analytic->Find("nngp");
-  const int samples = 32;
-  Array mean(k.shape()), sq(k.shape());
-  std::vector<RngKey> keys = RngKey(8).Split(samples);
-  for (int s = 0; s < samples; ++s) {
-    auto init = net.init_fn(keys[s], {4, 6});
-    ASSERT_TRUE(init.ok()) << init.status();
-    auto f = net.apply_fn(init->second, x, kMask);
-    ASSERT_TRUE(f.ok()) << f.status();
-    for (int i = 0; i < 4; ++i) {
-      for (int j = 0; j < 4; ++j) {
-        double dot = 0;
-        for (int ch = 0; ch < w; ++ch) dot += (*f)[i * w + ch] * (*f)[j * w + ch];
-        mean[i * 4 + j] += dot / w / samples;
-        sq[i * 4 + j] += (dot / w) * (dot / w) / samples;
-      }
-    }
-  }
-  for (int e = 0; e < 16; ++e) {
+  const McEstimate mc = MonteCarloNngp(net, x, x, 32, kMask);
+  for (int64_t e = 0; e < k.size(); ++e) {
     if (e / 4 == 1 || e % 4 == 1) {
       EXPECT_EQ(k[e], 0.0);  // The masked sample vanishes, exactly, on both sides.
-      EXPECT_EQ(mean[e], 0.0);
-      continue;
+      EXPECT_EQ(mc.mean[e], 0.0);
+    } else {
+      ExpectAgrees(mc, k, e, "masked");
     }
-    const double se = std::sqrt(std::max(sq[e] - mean[e] * mean[e], 0.0) / (samples - 1));
-    EXPECT_NEAR(mean[e], k[e], 5 * se + 0.03 * std::abs(k[e]) + 1e-3) << "entry " << e;
   }
 }
 
