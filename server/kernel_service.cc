@@ -167,12 +167,13 @@ grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, cons
   if (req->tile_size() < 0) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tile_size: must be >= 0");
   }
+  // The architecture first, so that an unimplemented layer is named rather than its inputs.
+  auto net = BuildLayer(req->architecture());
+  if (!net.ok()) return ToGrpcStatus(net.status());
   if (req->has_pattern1() || req->has_pattern2()) {
     return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
                         "pattern1/pattern2: Aggregate patterns are not supported by this server yet");
   }
-  auto net = BuildLayer(req->architecture());
-  if (!net.ok()) return ToGrpcStatus(net.status());
   auto x1 = DecodeTensor(req->x1(), "x1");
   if (!x1.ok()) return ToGrpcStatus(x1.status());
   std::optional<Array> x2;
