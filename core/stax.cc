@@ -8,6 +8,18 @@
 #include "core/combinators.h"
 #include "core/dense.h"
 #include "core/erf.h"
+#include "core/exp.h"
+#include "core/exp_normalized.h"
+#include "core/gabor.h"
+#include "core/gaussian.h"
+#include "core/gelu.h"
+#include "core/hermite.h"
+#include "core/monomial.h"
+#include "core/polynomial.h"
+#include "core/rbf.h"
+#include "core/rectified_monomial.h"
+#include "core/sign.h"
+#include "core/sin.h"
 
 namespace nt::stax {
 
@@ -38,6 +50,24 @@ absl::Status CheckFinite(const std::string& layer, const std::string& field, dou
   if (!std::isfinite(v)) return LayerError(layer, field, absl::StrCat("must be finite, got ", v));
   return absl::OkStatus();
 }
+
+absl::Status CheckAllFinite(const std::string& layer,
+                            std::initializer_list<std::pair<const char*, double>> args) {
+  for (auto [f, v] : args) {
+    if (absl::Status st = CheckFinite(layer, f, v); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckDegree(const std::string& layer, int degree, int max_degree) {
+  if (degree < 0 || degree > max_degree) {
+    return LayerError(layer, "degree", absl::StrCat("must be in [0, ", max_degree, "], got ", degree));
+  }
+  return absl::OkStatus();
+}
+
+// Upstream has no upper bound for Hermite and RectifiedMonomial; the cost per entry grows with it.
+constexpr int kMaxDegree = 10000;
 
 }  // namespace
 
@@ -122,6 +152,73 @@ Net Erf(double a, double b, double c) {
 }
 Net Sigmoid_like() {
   return Net(std::make_shared<ErfLayer>(0.5, 1.0 / 2.4020563531719796, 0.5, "Sigmoid_like"));
+}
+
+Net Sin(double a, double b, double c) {
+  if (absl::Status st = CheckAllFinite("Sin", {{"a", a}, {"b", b}, {"c", c}}); !st.ok()) {
+    return Invalid(st, "Sin");
+  }
+  return Net(std::make_shared<SinLayer>(a, b, c));
+}
+Net Cos(double a, double b, double c) {
+  if (absl::Status st = CheckAllFinite("Cos", {{"a", a}, {"b", b}, {"c", c}}); !st.ok()) {
+    return Invalid(st, "Cos");
+  }
+  return Net(std::make_shared<SinLayer>(a, b, c + M_PI_2, "Cos"));
+}
+Net Exp(double a, double b) {
+  if (absl::Status st = CheckAllFinite("Exp", {{"a", a}, {"b", b}}); !st.ok()) return Invalid(st, "Exp");
+  return Net(std::make_shared<ExpLayer>(a, b));
+}
+Net Gaussian(double a, double b) {
+  if (absl::Status st = CheckAllFinite("Gaussian", {{"a", a}, {"b", b}}); !st.ok()) {
+    return Invalid(st, "Gaussian");
+  }
+  return Net(std::make_shared<GaussianLayer>(a, b));
+}
+Net Rbf(double gamma) {
+  if (absl::Status st = CheckFinite("Rbf", "gamma", gamma); !st.ok()) return Invalid(st, "Rbf");
+  // sqrt(2 gamma) in the finite network: a negative gamma has no real activation.
+  if (gamma < 0) return Invalid(LayerError("Rbf", "gamma", absl::StrCat("must be >= 0, got ", gamma)), "Rbf");
+  return Net(std::make_shared<RbfLayer>(gamma));
+}
+Net Gelu(bool approximate) { return Net(std::make_shared<GeluLayer>(approximate)); }
+Net Gabor() { return Net(std::make_shared<GaborLayer>()); }
+Net Monomial(int degree) {
+  // Upstream's closed forms stop at degree 5.
+  if (absl::Status st = CheckDegree("Monomial", degree, 5); !st.ok()) return Invalid(st, "Monomial");
+  return Net(std::make_shared<MonomialLayer>(degree));
+}
+Net RectifiedMonomial(int degree) {
+  if (absl::Status st = CheckDegree("RectifiedMonomial", degree, kMaxDegree); !st.ok()) {
+    return Invalid(st, "RectifiedMonomial");
+  }
+  return Net(std::make_shared<RectifiedMonomialLayer>(degree));
+}
+Net Polynomial(std::vector<double> coef) {
+  for (size_t i = 0; i < coef.size(); ++i) {
+    if (absl::Status st = CheckFinite("Polynomial", absl::StrCat("coef[", i, "]"), coef[i]); !st.ok()) {
+      return Invalid(st, "Polynomial");
+    }
+  }
+  // The Hermite coefficients involve (len - 1)!, which overflows past 170.
+  if (coef.size() > 128) {
+    return Invalid(
+        LayerError("Polynomial", "coef", absl::StrCat("at most 128 coefficients, got ", coef.size())),
+        "Polynomial");
+  }
+  return Net(std::make_shared<PolynomialLayer>(std::move(coef)));
+}
+Net Hermite(int degree) {
+  if (absl::Status st = CheckDegree("Hermite", degree, kMaxDegree); !st.ok()) return Invalid(st, "Hermite");
+  return Net(std::make_shared<HermiteLayer>(degree));
+}
+Net Sign() { return Net(std::make_shared<SignLayer>()); }
+Net ExpNormalized(double gamma, double shift, bool do_clip) {
+  if (absl::Status st = CheckAllFinite("ExpNormalized", {{"gamma", gamma}, {"shift", shift}}); !st.ok()) {
+    return Invalid(st, "ExpNormalized");
+  }
+  return Net(std::make_shared<ExpNormalizedLayer>(gamma, shift, do_clip));
 }
 
 Net Invalid(absl::Status status, const std::string& name) {

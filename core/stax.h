@@ -69,6 +69,20 @@ Net LeakyRelu(double alpha, bool do_stabilize = false);
 Net Abs(bool do_stabilize = false);
 Net Erf(double a = 1.0, double b = 1.0, double c = 0.0);
 Net Sigmoid_like();
+Net Sin(double a = 1.0, double b = 1.0, double c = 0.0);
+Net Cos(double a = 1.0, double b = 1.0, double c = 0.0);  // Sin(a, b, c + pi/2).
+Net Exp(double a = 1.0, double b = 1.0);
+Net Gaussian(double a = 1.0, double b = -1.0);
+Net Rbf(double gamma = 1.0);
+Net Gelu(bool approximate = false);
+Net Gabor();
+Net Monomial(int degree);
+Net RectifiedMonomial(int degree);
+Net Polynomial(std::vector<double> coef);
+Net Hermite(int degree);
+Net Sign();
+// Kernel only: apply_fn reports UNIMPLEMENTED.
+Net ExpNormalized(double gamma = 1.0, double shift = -1.0, bool do_clip = false);
 
 // A layer that only reports `status` (used for arguments that failed validation).
 Net Invalid(absl::Status status, const std::string& name);

@@ -1,5 +1,6 @@
 #include "server/layer_builder.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -129,6 +130,64 @@ absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, 
     }
     case K::kSigmoidLike:
       return stax::Sigmoid_like().layer();
+    case K::kSin: {
+      const auto& e = l.sin();
+      return Finish(stax::Sin(e.has_a() ? e.a() : 1.0, e.has_b() ? e.b() : 1.0, e.has_c() ? e.c() : 0.0),
+                    Where(path, "Sin"));
+    }
+    case K::kCos: {
+      const auto& e = l.cos();
+      return Finish(stax::Cos(e.has_a() ? e.a() : 1.0, e.has_b() ? e.b() : 1.0, e.has_c() ? e.c() : 0.0),
+                    Where(path, "Cos"));
+    }
+    case K::kExp: {
+      const auto& e = l.exp();
+      return Finish(stax::Exp(e.has_a() ? e.a() : 1.0, e.has_b() ? e.b() : 1.0), Where(path, "Exp"));
+    }
+    case K::kGaussian: {
+      const auto& e = l.gaussian();
+      return Finish(stax::Gaussian(e.has_a() ? e.a() : 1.0, e.has_b() ? e.b() : -1.0),
+                    Where(path, "Gaussian"));
+    }
+    case K::kRbf: {
+      const auto& e = l.rbf();
+      return Finish(stax::Rbf(e.has_gamma() ? e.gamma() : 1.0), Where(path, "Rbf"));
+    }
+    case K::kGelu:
+      return stax::Gelu(l.gelu().approximate()).layer();
+    case K::kGabor:
+      return stax::Gabor().layer();
+    case K::kMonomial:
+    case K::kRectifiedMonomial:
+    case K::kHermite: {
+      const bool mono = l.kind_case() == K::kMonomial, rect = l.kind_case() == K::kRectifiedMonomial;
+      const std::string name = mono ? "Monomial" : rect ? "RectifiedMonomial" : "Hermite";
+      const bool has = mono   ? l.monomial().has_degree()
+                       : rect ? l.rectified_monomial().has_degree()
+                              : l.hermite().has_degree();
+      if (!has) return Invalid(path, name, "degree", "is required");
+      const int64_t d = mono   ? l.monomial().degree()
+                        : rect ? l.rectified_monomial().degree()
+                               : l.hermite().degree();
+      if (d < 0) return Invalid(path, name, "degree", absl::StrCat("must be >= 0, got ", d));
+      // The factories check their upper bounds; this only keeps the value inside an int.
+      const int di = static_cast<int>(std::min<int64_t>(d, 1000000));
+      const Net net = mono ? stax::Monomial(di) : rect ? stax::RectifiedMonomial(di) : stax::Hermite(di);
+      return Finish(net, Where(path, name));
+    }
+    case K::kPolynomial: {
+      const auto& e = l.polynomial();
+      return Finish(stax::Polynomial(std::vector<double>(e.coef().begin(), e.coef().end())),
+                    Where(path, "Polynomial"));
+    }
+    case K::kSign:
+      return stax::Sign().layer();
+    case K::kExpNormalized: {
+      const auto& e = l.exp_normalized();
+      return Finish(
+          stax::ExpNormalized(e.has_gamma() ? e.gamma() : 1.0, e.has_shift() ? e.shift() : -1.0, e.do_clip()),
+          Where(path, "ExpNormalized"));
+    }
     default:
       break;
   }

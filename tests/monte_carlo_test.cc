@@ -68,6 +68,22 @@ std::vector<McCase> Cases() {
                           FanInSum(), Relu(), Dense(w))},
       {"Standard",
        serial(Dense(w, 1.3, 0.2, 0, -1, "standard"), Relu(), Dense(w, 1.0, 0.1, 0, -1, "standard"))},
+      {"Sin", serial(Dense(w, 1.2, 0.3), Sin(1.1, 0.9, 0.4), Dense(w))},
+      {"Cos", serial(Dense(w, 1.0, 0.2), Cos(0.8, 1.3, -0.3), Dense(w, 1.0, 0.2))},
+      {"Exp", serial(Dense(w, 0.8, 0.2), Exp(0.7, 0.6), Dense(w))},
+      {"Gaussian", serial(Dense(w, 1.2, 0.3), Gaussian(1.5, -0.7), Dense(w))},
+      {"Rbf", serial(Dense(w, 1.0, 0.2), Rbf(0.5), Dense(w))},
+      {"Gelu", serial(Dense(w, 1.5, 0.2), Gelu(), Dense(w))},
+      // The kernel is the exact GELU's; the tanh form differs from it by ~1e-4 here.
+      {"GeluApproximate", serial(Dense(w, 1.5, 0.2), Gelu(true), Dense(w))},
+      {"Gabor", serial(Dense(w, 1.3, 0.2), Gabor(), Dense(w, 1.0, 0.1))},
+      {"Monomial2", serial(Dense(w, 1.0, 0.2), Monomial(2), Dense(w))},
+      {"Monomial3", serial(Dense(w, 0.8), Monomial(3), Dense(w))},
+      {"RectifiedMonomial0", serial(Dense(w, 1.0, 0.3), RectifiedMonomial(0), Dense(w))},
+      {"RectifiedMonomial2", serial(Dense(w, 1.1, 0.2), RectifiedMonomial(2), Dense(w))},
+      {"Polynomial", serial(Dense(w, 1.0, 0.2), Polynomial({0.2, 1.0, -0.3, 0.1}), Dense(w))},
+      {"Sign", serial(Dense(w, 1.0, 0.1), Sign(), Dense(w, 1.0, 0.2))},
+      // Hermite (unit variances only) has its own test below; ExpNormalized has no finite network.
   };
 }
 
@@ -81,8 +97,31 @@ TEST_P(MonteCarloTest, AnalyticNngpMatchesFiniteNetworks) {
   for (int64_t e = 0; e < k.size(); ++e) ExpectAgrees(mc, k, e, c.name);
 }
 
-INSTANTIATE_TEST_SUITE_P(Layers, MonteCarloTest, ::testing::Range(0, 8),
+INSTANTIATE_TEST_SUITE_P(Layers, MonteCarloTest, ::testing::Range(0, static_cast<int>(Cases().size())),
                          [](const ::testing::TestParamInfo<int>& i) { return Cases()[i.param].name; });
+
+// Hermite's kernel assumes unit variances (as upstream): inputs of squared norm d through Dense(W_std=1)
+// without bias give exactly that.
+TEST(MonteCarloHermiteTest, UnitVarianceInputsMatchFiniteNetworks) {
+  auto unit = [](Array x) {
+    const int64_t n = x.dim(0), d = x.dim(1);
+    for (int64_t i = 0; i < n; ++i) {
+      double sq = 0;
+      for (int64_t c = 0; c < d; ++c) sq += x[i * d + c] * x[i * d + c];
+      for (int64_t c = 0; c < d; ++c) x[i * d + c] *= std::sqrt(d / sq);
+    }
+    return x;
+  };
+  const Array x1 = unit(RngKey(1).Normal({3, 5})), x2 = unit(RngKey(2).Normal({2, 5}));
+  for (int degree : {0, 1, 2, 3}) {
+    Net net = serial(Dense(1024), Hermite(degree), Dense(1024, 1.0, 0.1));
+    auto analytic = net.kernel_fn(x1, &x2, {"nngp"});
+    ASSERT_TRUE(analytic.ok()) << analytic.status();
+    const Array& k = *analytic->Find("nngp");
+    const McEstimate mc = MonteCarloNngp(net, x1, x2, 32);
+    for (int64_t e = 0; e < k.size(); ++e) ExpectAgrees(mc, k, e, "Hermite(" + std::to_string(degree) + ")");
+  }
+}
 
 // Masking end to end: the analytic kernel with mask_constant agrees with finite networks whose masked
 // inputs and outputs are handled as upstream's supports_masking / unmask_fn do.
