@@ -1,6 +1,8 @@
 #include "core/stax.h"
 
+#include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "core/abrelu.h"
@@ -10,11 +12,13 @@
 #include "core/erf.h"
 #include "core/exp.h"
 #include "core/exp_normalized.h"
+#include "core/expression.h"
 #include "core/gabor.h"
 #include "core/gaussian.h"
 #include "core/gelu.h"
 #include "core/hermite.h"
 #include "core/monomial.h"
+#include "core/numerical_activation.h"
 #include "core/polynomial.h"
 #include "core/rbf.h"
 #include "core/rectified_monomial.h"
@@ -214,6 +218,117 @@ Net Hermite(int degree) {
   return Net(std::make_shared<HermiteLayer>(degree));
 }
 Net Sign() { return Net(std::make_shared<SignLayer>()); }
+
+namespace {
+
+Net Numerical(const std::string& name, int deg, NumericalActivationLayer::BatchFn phi,
+              NumericalActivationLayer::BatchFn dphi) {
+  if (absl::Status st = ValidateQuadratureDegree(name, deg); !st.ok()) return Invalid(st, name);
+  return Net(std::make_shared<NumericalActivationLayer>(name, std::move(phi), std::move(dphi), deg));
+}
+
+// 1 / (1 + e^-x) without overflow.
+inline double Sigmoid(double x) {
+  const double e = std::exp(-std::abs(x));
+  return x >= 0 ? 1 / (1 + e) : e / (1 + e);
+}
+
+}  // namespace
+
+// Accuracy of the default degree (64) against degree 256 (tests/numerical_activation_test.cc,
+// AccuracyOfDefaultDegree): largest absolute error of T (and T_diag) / of Tdot over variances q11, q22 up
+// to the bound and all correlations in [-1, 1]:
+//
+//   deg 64    | q <= 1          | q <= 4          | q <= 9
+//   Tanh      | 3e-9 / 1e-7     | 9e-5 / 9e-4     | 2e-3 / 1e-2
+//   Softplus  | 4e-15 / 2e-15   | 6e-11 / 7e-10   | 1e-7 / 7e-7
+//   Swish     | 1e-15 / 2e-15   | 6e-9 / 6e-8     | 6e-6 / 3e-5
+//
+// tanh(sqrt(q) z) nears a step as q grows, which Gauss-Hermite resolves slowly: for Tanh with pre-activation
+// variances above ~1 pass a larger deg (128: 7e-7 / 1.4e-5 at q <= 4; 256: 6e-10 / 3e-8 at q <= 4 and
+// 1e-6 / 2e-5 at q <= 9). The cost is 2 deg^2 evaluations of phi (and of phi') per kernel entry.
+Net Tanh(int deg) {
+  return Numerical(
+      "Tanh", deg,
+      [](const double* x, int64_t n, double* y) {
+        for (int64_t i = 0; i < n; ++i) y[i] = std::tanh(x[i]);
+      },
+      [](const double* x, int64_t n, double* y) {
+        for (int64_t i = 0; i < n; ++i) {
+          const double th = std::tanh(x[i]);
+          y[i] = 1 - th * th;
+        }
+      });
+}
+Net Softplus(int deg) {
+  return Numerical(
+      "Softplus", deg,
+      [](const double* x, int64_t n, double* y) {
+        // log(1 + e^x) = max(x, 0) + log1p(e^-|x|).
+        for (int64_t i = 0; i < n; ++i) y[i] = std::max(x[i], 0.0) + std::log1p(std::exp(-std::abs(x[i])));
+      },
+      [](const double* x, int64_t n, double* y) {
+        for (int64_t i = 0; i < n; ++i) y[i] = Sigmoid(x[i]);
+      });
+}
+Net Swish(int deg) {
+  return Numerical(
+      "Swish", deg,
+      [](const double* x, int64_t n, double* y) {
+        for (int64_t i = 0; i < n; ++i) y[i] = x[i] * Sigmoid(x[i]);
+      },
+      [](const double* x, int64_t n, double* y) {
+        for (int64_t i = 0; i < n; ++i) {
+          const double s = Sigmoid(x[i]);
+          y[i] = s * (1 + x[i] * (1 - s));
+        }
+      });
+}
+Net ElementwiseNumerical(const std::string& fn, int deg, std::optional<std::string> df) {
+  const std::string name = "ElementwiseNumerical";
+  if (absl::Status st = ValidateQuadratureDegree(name, deg); !st.ok()) return Invalid(st, name);
+  auto f = Expression::Parse(name, "fn", fn, {"x"});
+  if (!f.ok()) return Invalid(f.status(), name);
+  ExpressionPtr d;
+  if (df) {
+    auto parsed = Expression::Parse(name, "df", *df, {"x"});
+    if (!parsed.ok()) return Invalid(parsed.status(), name);
+    d = *std::move(parsed);
+  }
+  NumericalActivationLayer::BatchFn phi = [f = *f](const double* x, int64_t n, double* y) {
+    f->Eval1(x, n, y);
+  };
+  NumericalActivationLayer::BatchFn dphi;
+  if (d) {
+    dphi = [d](const double* x, int64_t n, double* y) { d->Eval1(x, n, y); };
+  } else {
+    dphi = [f = *f](const double* x, int64_t n, double* y) { f->Diff(0, &x, nullptr, n, y); };
+  }
+  return Net(std::make_shared<NumericalActivationLayer>(name, std::move(phi), std::move(dphi), deg));
+}
+
+Net Elementwise(std::optional<std::string> fn, std::optional<std::string> nngp_fn,
+                std::optional<std::string> d_nngp_fn) {
+  const std::string name = "Elementwise";
+  if (!fn && !nngp_fn) {
+    return Invalid(LayerError(name, "fn", "fn or nngp_fn is required (both are None)"), name);
+  }
+  ExpressionPtr f, t, dt;
+  if (fn) {
+    auto e = Expression::Parse(name, "fn", *fn, {"x"});
+    if (!e.ok()) return Invalid(e.status(), name);
+    f = *std::move(e);
+  }
+  for (auto [text, field, out] :
+       {std::tuple{&nngp_fn, "nngp_fn", &t}, std::tuple{&d_nngp_fn, "d_nngp_fn", &dt}}) {
+    if (!*text) continue;
+    auto e = Expression::Parse(name, field, **text, {"cov12", "var1", "var2"});
+    if (!e.ok()) return Invalid(e.status(), name);
+    *out = *std::move(e);
+  }
+  return Net(std::make_shared<ElementwiseExpressionLayer>(std::move(f), std::move(t), std::move(dt)));
+}
+
 Net ExpNormalized(double gamma, double shift, bool do_clip) {
   if (absl::Status st = CheckAllFinite("ExpNormalized", {{"gamma", gamma}, {"shift", shift}}); !st.ok()) {
     return Invalid(st, "ExpNormalized");

@@ -81,6 +81,20 @@ Net RectifiedMonomial(int degree);
 Net Polynomial(std::vector<double> coef);
 Net Hermite(int degree);
 Net Sign();
+// Activations with the kernel by Gauss-Hermite quadrature of degree `deg` (deg x deg nodes per kernel entry;
+// deg in [1, 512]). The default degree's accuracy is documented at the factories in stax.cc.
+constexpr int kDefaultQuadratureDegree = 64;
+Net Tanh(int deg = kDefaultQuadratureDegree);
+Net Softplus(int deg = kDefaultQuadratureDegree);  // log(1 + e^x).
+Net Swish(int deg = kDefaultQuadratureDegree);     // x sigmoid(x) (SiLU).
+// Text expressions (core/expression.h; muparser syntax). ElementwiseNumerical: fn and df of `x`, the kernel
+// by quadrature of degree deg; without df, fn's derivative by finite differences.
+Net ElementwiseNumerical(const std::string& fn, int deg, std::optional<std::string> df = std::nullopt);
+// Elementwise: fn of `x`; nngp_fn and d_nngp_fn of `cov12`, `var1`, `var2` (fn or nngp_fn required;
+// without d_nngp_fn, d nngp_fn / d cov12 by finite differences).
+Net Elementwise(std::optional<std::string> fn = std::nullopt,
+                std::optional<std::string> nngp_fn = std::nullopt,
+                std::optional<std::string> d_nngp_fn = std::nullopt);
 // Kernel only: apply_fn reports UNIMPLEMENTED.
 Net ExpNormalized(double gamma = 1.0, double shift = -1.0, bool do_clip = false);
 

@@ -4,11 +4,11 @@
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
-RUNTIME_PKGS=(libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libtbb12 libopenblas0-pthread libre2-9 libc-ares2 zlib1g ca-certificates)
+RUNTIME_PKGS=(libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libtbb12 libopenblas0-pthread libre2-9 libc-ares2 zlib1g libmuparser2v5 ca-certificates)
 BUILD_PKGS=(g++ cmake ninja-build pkg-config ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libeigen3-dev libtbb-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libopenblas-dev nlohmann-json3-dev zlib1g-dev
+  libopenblas-dev nlohmann-json3-dev zlib1g-dev libmuparser-dev
   python3-grpcio python3-protobuf python3-numpy)
 if [ "${1:-}" = "--runtime" ]; then PKGS=("${RUNTIME_PKGS[@]}"); else PKGS=("${BUILD_PKGS[@]}"); fi
 missing=()

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/numerical_activation.h"
 #include "core/stax.h"
 
 namespace nt::server {
@@ -182,6 +183,40 @@ absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, 
     }
     case K::kSign:
       return stax::Sign().layer();
+    case K::kTanh:
+    case K::kSoftplus:
+    case K::kSwish: {
+      const bool tanh = l.kind_case() == K::kTanh, softplus = l.kind_case() == K::kSoftplus;
+      const std::string name = tanh ? "Tanh" : softplus ? "Softplus" : "Swish";
+      const bool has = tanh ? l.tanh().has_deg() : softplus ? l.softplus().has_deg() : l.swish().has_deg();
+      const int64_t d = tanh ? l.tanh().deg() : softplus ? l.softplus().deg() : l.swish().deg();
+      if (has) {
+        if (absl::Status st = ValidateQuadratureDegree(name, d); !st.ok())
+          return Prefix(st, Where(path, name));
+      }
+      const int deg = has ? static_cast<int>(d) : stax::kDefaultQuadratureDegree;
+      const Net net = tanh ? stax::Tanh(deg) : softplus ? stax::Softplus(deg) : stax::Swish(deg);
+      return Finish(net, Where(path, name));
+    }
+    case K::kElementwiseNumerical: {
+      const auto& e = l.elementwise_numerical();
+      const std::string name = "ElementwiseNumerical";
+      if (!e.has_fn()) return Invalid(path, name, "fn", "is required");
+      if (!e.has_deg()) return Invalid(path, name, "deg", "is required");
+      if (absl::Status st = ValidateQuadratureDegree(name, e.deg()); !st.ok())
+        return Prefix(st, Where(path, name));
+      std::optional<std::string> df;
+      if (e.has_df()) df = e.df();
+      return Finish(stax::ElementwiseNumerical(e.fn(), static_cast<int>(e.deg()), df), Where(path, name));
+    }
+    case K::kElementwise: {
+      const auto& e = l.elementwise();
+      std::optional<std::string> fn, nngp_fn, d_nngp_fn;
+      if (e.has_fn()) fn = e.fn();
+      if (e.has_nngp_fn()) nngp_fn = e.nngp_fn();
+      if (e.has_d_nngp_fn()) d_nngp_fn = e.d_nngp_fn();
+      return Finish(stax::Elementwise(fn, nngp_fn, d_nngp_fn), Where(path, "Elementwise"));
+    }
     case K::kExpNormalized: {
       const auto& e = l.exp_normalized();
       return Finish(

@@ -83,6 +83,16 @@ std::vector<McCase> Cases() {
       {"RectifiedMonomial2", serial(Dense(w, 1.1, 0.2), RectifiedMonomial(2), Dense(w))},
       {"Polynomial", serial(Dense(w, 1.0, 0.2), Polynomial({0.2, 1.0, -0.3, 0.1}), Dense(w))},
       {"Sign", serial(Dense(w, 1.0, 0.1), Sign(), Dense(w, 1.0, 0.2))},
+      {"Tanh", serial(Dense(w, 1.5, 0.2), Tanh(), Dense(w, 1.0, 0.1))},
+      {"Softplus", serial(Dense(w, 1.2, 0.3), Softplus(), Dense(w))},
+      {"Swish", serial(Dense(w, 1.4, 0.2), Swish(), Dense(w, 1.0, 0.1))},
+      // Text expressions: quadrature without df, and a closed-form dual (Sin's) without d_nngp_fn.
+      {"ElementwiseNumerical",
+       serial(Dense(w, 1.2, 0.3), ElementwiseNumerical("tanh(x) + 0.3 * x", 64), Dense(w))},
+      {"Elementwise",
+       serial(Dense(w, 1.2, 0.3),
+              Elementwise("sin(x)", "(exp(cov12 - (var1 + var2) / 2) - exp(-cov12 - (var1 + var2) / 2)) / 2"),
+              Dense(w))},
       // Hermite (unit variances only) has its own test below; ExpNormalized has no finite network.
   };
 }
