@@ -111,6 +111,18 @@ def _layer_with_empty_child():
 
 _DENSE4 = {'layer': 'Dense', 'args': {'out_dim': 4}}
 
+
+def _polynomial_with_nan():
+  # Built on the proto: the JSON converter already refuses NaN, the server must refuse it too.
+  layer = _proto.Layer()
+  layer.serial.layers.add().CopyFrom(_layer(_DENSE4))
+  layer.serial.layers.add().polynomial.coef.extend([1.0, float('nan')])
+  return layer
+
+
+def _after_dense(layer):
+  return _request(_serial(_DENSE4, layer))
+
 # (name, rpc, request factory, status code, substrings the message must contain).
 CATALOGUE = [
     ('missing_architecture', 'kernel', lambda: _request(arch=None), INVALID, ['architecture', 'required']),
@@ -195,6 +207,25 @@ CATALOGUE = [
      UNIMPLEMENTED, ['architecture.layers[2]', 'LayerNorm']),
     ('aggregate_pattern', 'kernel', lambda: _request(pattern1=tensors.to_tensor(np.ones((4, 1, 1)))),
      UNIMPLEMENTED, ['pattern']),
+    ('monomial_negative_degree', 'kernel', lambda: _after_dense({'layer': 'Monomial', 'args': {'degree': -1}}),
+     INVALID, ['layers[1] (Monomial)', 'degree', '-1']),
+    ('hermite_negative_degree', 'kernel', lambda: _after_dense({'layer': 'Hermite', 'args': {'degree': -2}}),
+     INVALID, ['layers[1] (Hermite)', 'degree', '-2']),
+    ('polynomial_nan_coefficient', 'kernel', lambda: _request(_polynomial_with_nan()), INVALID,
+     ['Polynomial', 'coef']),
+    ('sin_infinite_a', 'kernel', lambda: _after_dense({'layer': 'Sin', 'args': {'a': 'inf'}}), INVALID,
+     ['Sin', '.a:', 'finite']),
+    ('expression_does_not_parse', 'kernel',
+     lambda: _after_dense({'layer': 'ElementwiseNumerical', 'args': {'fn': 'sin(x', 'deg': 8}}), INVALID,
+     ['ElementwiseNumerical', '.fn:', 'sin(x']),
+    ('expression_unknown_variable', 'kernel',
+     lambda: _after_dense({'layer': 'Elementwise', 'args': {'fn': 'x', 'nngp_fn': 'cov13'}}), INVALID,
+     ['Elementwise', 'nngp_fn', 'cov13', 'cov12, var1, var2']),
+    ('quadrature_degree_zero', 'kernel',
+     lambda: _after_dense({'layer': 'ElementwiseNumerical', 'args': {'fn': 'sin(x)', 'deg': 0}}), INVALID,
+     ['ElementwiseNumerical', 'deg', 'got 0']),
+    ('tanh_degree_zero', 'kernel', lambda: _after_dense({'layer': 'Tanh', 'args': {'deg': 0}}), INVALID,
+     ['Tanh', 'deg', 'got 0']),
     ('describe_missing_architecture', 'describe', lambda: _describe(arch=None), INVALID, ['architecture']),
     ('describe_empty_x1_shape', 'describe', lambda: _describe(x1_shape=()), INVALID, ['x1_shape', 'required']),
     ('describe_negative_dim', 'describe', lambda: _describe(x1_shape=(3, -1)), INVALID,
