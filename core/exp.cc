@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "core/fast_math.h"
+
 namespace nt {
 
 void ExpLayer::PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
@@ -11,18 +13,18 @@ void ExpLayer::PairMap(const double* q11, const double* q12, const double* q22, 
   const double a2 = a_ * a_, b2 = b_ * b_;
   if (tdot) {
     for (int64_t i = 0; i < n; ++i) {
-      const double t0 = std::exp(b2 * ((q11[i] + q22[i]) / 2 + q12[i]));
+      const double t0 = Exp(b2 * ((q11[i] + q22[i]) / 2 + q12[i]));
       t[i] = a2 * t0;
       tdot[i] = a2 * b2 * t0;
     }
   } else {
-    for (int64_t i = 0; i < n; ++i) t[i] = a2 * std::exp(b2 * ((q11[i] + q22[i]) / 2 + q12[i]));
+    for (int64_t i = 0; i < n; ++i) t[i] = a2 * Exp(b2 * ((q11[i] + q22[i]) / 2 + q12[i]));
   }
 }
 
 void ExpLayer::DiagMap(const double* q, int64_t n, double* t) const {
   const double a2 = a_ * a_, b2 = b_ * b_;
-  for (int64_t i = 0; i < n; ++i) t[i] = a2 * std::exp(2 * b2 * q[i]);
+  for (int64_t i = 0; i < n; ++i) t[i] = a2 * Exp(2 * b2 * q[i]);
 }
 
 }  // namespace nt

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/fast_math.h"
+
 namespace nt {
 
 absl::StatusOr<ArrayFlow> ExpNormalizedLayer::Apply(const Params&, const ArrayFlow&) const {
@@ -18,7 +20,7 @@ void ExpNormalizedLayer::PairMap(const double* q11, const double* q12, const dou
   const double hi = do_clip_ ? 1.0 : std::numeric_limits<double>::infinity();
   for (int64_t i = 0; i < n; ++i) {
     const double s = std::sqrt(std::max(q11[i] * q22[i], 1e-30));
-    const double e = std::exp(g * (std::clamp(q12[i] / s, lo, hi) + sh));
+    const double e = Exp(g * (std::clamp(q12[i] / s, lo, hi) + sh));
     t[i] = s * e;
     if (tdot) tdot[i] = g * e;
   }

@@ -4,6 +4,8 @@
 #define NT_CORE_FAST_MATH_H_
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 namespace nt {
 
@@ -41,6 +43,42 @@ inline double Atan2NonNegative(double y, double x) {
 
 // atan2(y, x) for any sign of y (x = y = 0 gives +-pi/2).
 inline double Atan2(double y, double x) { return std::copysign(Atan2NonNegative(std::fabs(y), x), y); }
+
+// 2^k for integral k in [-1022, 1023] without a double-to-int64 conversion (which AVX2 lacks): adding
+// 2^52 puts k + 1023 in the low mantissa bits, which then become the exponent field.
+inline double Pow2(double k) {
+  const double shifted = k + 1023.0 + 4503599627370496.0;
+  uint64_t bits;
+  std::memcpy(&bits, &shifted, sizeof(bits));
+  bits <<= 52;
+  double out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+// exp(x): Cephes' reduction x = n ln 2 + r with a Pade form for exp(r), times 2^n in two factors so
+// that subnormal results and n = 1024 are exact. +-inf and NaN behave as std::exp.
+inline double Exp(double x) {
+  constexpr double kLog2e = 1.4426950408889634073599, kC1 = 6.93145751953125e-1,
+                   kC2 = 1.42860682030941723212e-6;  // ln 2 = kC1 + kC2, kC1 exact in few bits.
+  constexpr double kP0 = 1.26177193074810590878e-4, kP1 = 3.02994407707441961300e-2,
+                   kP2 = 9.99999999999999999910e-1;
+  constexpr double kQ0 = 3.00198505138664455042e-6, kQ1 = 2.52448340349684104192e-3,
+                   kQ2 = 2.27265548208155028766e-1, kQ3 = 2.00000000000000000009e0;
+  const double xc = x > 709.8 ? 709.8 : (x < -745.2 ? -745.2 : x);
+  const double n = std::floor(kLog2e * xc + 0.5);
+  double r = xc - n * kC1;
+  r -= n * kC2;
+  const double rr = r * r;
+  const double p = r * ((kP0 * rr + kP1) * rr + kP2);
+  const double q = ((kQ0 * rr + kQ1) * rr + kQ2) * rr + kQ3;
+  const double e = 1.0 + 2.0 * p / (q - p);
+  const double n1 = std::floor(0.5 * n);
+  double out = (e * Pow2(n1)) * Pow2(n - n1);
+  out = x > 709.782712893384 ? INFINITY : out;
+  out = x < -745.1332191019412 ? 0.0 : out;
+  return out;
+}
 
 }  // namespace nt
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/fast_math.h"
+
 namespace nt {
 
 void GaborLayer::PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
@@ -17,8 +19,8 @@ void GaborLayer::PairMap(const double* q11, const double* q12, const double* q22
     const double delta = 4 * (p - c * c);
     const double d = 1 + 2 * s + delta;
     const double sd = std::sqrt(std::max(d, 0.0));
-    const double l = std::exp(-(s + delta + 2 * c) / (2 * d));
-    const double r = std::exp(2 * c / d);
+    const double l = Exp(-(s + delta + 2 * c) / (2 * d));
+    const double r = Exp(2 * c / d);
     t[i] = l * (r - 1) / (2 * sd);
     if (tdot) {
       const double a = 1 + 2 * s + 4 * (c * c + p), b = 4 * c * (delta + 3 * s + 2);
@@ -30,7 +32,7 @@ void GaborLayer::PairMap(const double* q11, const double* q12, const double* q22
 void GaborLayer::DiagMap(const double* q, int64_t n, double* t) const {
   for (int64_t i = 0; i < n; ++i) {
     const double d = 1 + 4 * q[i];
-    t[i] = (1 - std::exp(-2 * q[i] / d)) / (2 * std::sqrt(std::max(d, 0.0)));
+    t[i] = (1 - Exp(-2 * q[i] / d)) / (2 * std::sqrt(std::max(d, 0.0)));
   }
 }
 

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "core/fast_math.h"
+
 namespace nt {
 
 void RbfLayer::PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
@@ -10,11 +12,11 @@ void RbfLayer::PairMap(const double* q11, const double* q12, const double* q22, 
   const double g = gamma_;
   if (tdot) {
     for (int64_t i = 0; i < n; ++i) {
-      t[i] = std::exp(-g * (q11[i] + q22[i] - 2 * q12[i]));
+      t[i] = Exp(-g * (q11[i] + q22[i] - 2 * q12[i]));
       tdot[i] = 2 * g * t[i];
     }
   } else {
-    for (int64_t i = 0; i < n; ++i) t[i] = std::exp(-g * (q11[i] + q22[i] - 2 * q12[i]));
+    for (int64_t i = 0; i < n; ++i) t[i] = Exp(-g * (q11[i] + q22[i] - 2 * q12[i]));
   }
 }
 

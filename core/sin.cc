@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "core/fast_math.h"
+
 namespace nt {
 
 void SinLayer::PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
@@ -13,22 +15,22 @@ void SinLayer::PairMap(const double* q11, const double* q12, const double* q22, 
   if (tdot) {
     for (int64_t i = 0; i < n; ++i) {
       const double half_s = (q11[i] + q22[i]) / 2;
-      const double em = std::exp(b2 * (q12[i] - half_s));
-      const double ep = cos2c * std::exp(-b2 * (q12[i] + half_s));
+      const double em = Exp(b2 * (q12[i] - half_s));
+      const double ep = cos2c * Exp(-b2 * (q12[i] + half_s));
       t[i] = h * (em - ep);
       tdot[i] = h * b2 * (em + ep);
     }
   } else {
     for (int64_t i = 0; i < n; ++i) {
       const double half_s = (q11[i] + q22[i]) / 2;
-      t[i] = h * (std::exp(b2 * (q12[i] - half_s)) - cos2c * std::exp(-b2 * (q12[i] + half_s)));
+      t[i] = h * (Exp(b2 * (q12[i] - half_s)) - cos2c * Exp(-b2 * (q12[i] + half_s)));
     }
   }
 }
 
 void SinLayer::DiagMap(const double* q, int64_t n, double* t) const {
   const double b2 = b_ * b_, h = a_ * a_ / 2, cos2c = std::cos(2 * c_);
-  for (int64_t i = 0; i < n; ++i) t[i] = h * (1 - cos2c * std::exp(-2 * b2 * q[i]));
+  for (int64_t i = 0; i < n; ++i) t[i] = h * (1 - cos2c * Exp(-2 * b2 * q[i]));
 }
 
 }  // namespace nt

@@ -42,5 +42,28 @@ TEST(FastMathTest, Atan2EdgeCases) {
   EXPECT_NEAR(Atan2NonNegative(1.0, tiny), M_PI_2, 1e-16);
 }
 
+TEST(FastMathTest, ExpMatchesLibmWithinTwoUlps) {
+  const Array u = RngKey(5).Uniform({200000});
+  double worst = 0;
+  for (int64_t i = 0; i < u.size(); ++i) {
+    const double x = i % 2 ? 1490 * u[i] - 745 : 20 * u[i] - 10;  // Whole range, and the common one.
+    worst = std::max(worst, Ulps(Exp(x), std::exp(x)));
+  }
+  EXPECT_LE(worst, 2.0);
+}
+
+TEST(FastMathTest, ExpEdgeCases) {
+  EXPECT_EQ(Exp(0.0), 1.0);
+  EXPECT_EQ(Exp(-0.0), 1.0);
+  EXPECT_EQ(Exp(710.0), INFINITY);
+  EXPECT_EQ(Exp(INFINITY), INFINITY);
+  EXPECT_EQ(Exp(-INFINITY), 0.0);
+  EXPECT_EQ(Exp(-746.0), 0.0);
+  EXPECT_TRUE(std::isnan(Exp(NAN)));
+  EXPECT_EQ(Exp(709.78), std::exp(709.78));  // Largest finite results.
+  EXPECT_EQ(Exp(-720.0), std::exp(-720.0));  // Subnormal results.
+  EXPECT_EQ(Exp(-745.13), std::exp(-745.13));
+}
+
 }  // namespace
 }  // namespace nt
