@@ -8,6 +8,7 @@
 #include "core/abrelu.h"
 #include "core/branching.h"
 #include "core/combinators.h"
+#include "core/conv.h"
 #include "core/dense.h"
 #include "core/erf.h"
 #include "core/exp.h"
@@ -134,6 +135,54 @@ Net Dense(int64_t out_dim, double W_std, std::optional<double> b_std, int batch_
   DenseOptions o{out_dim, W_std, b_std, batch_axis, channel_axis, *p, s};
   if (absl::Status st = DenseLayer::Validate(o); !st.ok()) return Invalid(st, "Dense");
   return Net(std::make_shared<DenseLayer>(o));
+}
+
+namespace {
+
+Net MakeConv(ConvKind kind, const std::string& name, int64_t out_chan, std::vector<int64_t> filter_shape,
+             std::vector<int64_t> strides, const std::string& padding, double W_std,
+             std::optional<double> b_std, std::array<std::string, 3> dimension_numbers,
+             const std::string& parameterization, std::array<double, 2> s) {
+  auto p = ParseParameterization(name, parameterization);
+  if (!p.ok()) return Invalid(p.status(), name);
+  auto pad = ParsePadding(name, padding);
+  if (!pad.ok()) return Invalid(pad.status(), name);
+  ConvOptions o{out_chan,
+                std::move(filter_shape),
+                std::move(strides),
+                *pad,
+                W_std,
+                b_std,
+                std::move(dimension_numbers),
+                *p,
+                s};
+  if (absl::Status st = ConvLayer::Validate(kind, o); !st.ok()) return Invalid(st, name);
+  return Net(std::make_shared<ConvLayer>(kind, std::move(o)));
+}
+
+}  // namespace
+
+Net Conv(int64_t out_chan, std::vector<int64_t> filter_shape, std::vector<int64_t> strides,
+         const std::string& padding, double W_std, std::optional<double> b_std,
+         std::array<std::string, 3> dimension_numbers, const std::string& parameterization,
+         std::array<double, 2> s) {
+  return MakeConv(ConvKind::kConv, "Conv", out_chan, std::move(filter_shape), std::move(strides), padding,
+                  W_std, b_std, std::move(dimension_numbers), parameterization, s);
+}
+Net ConvTranspose(int64_t out_chan, std::vector<int64_t> filter_shape, std::vector<int64_t> strides,
+                  const std::string& padding, double W_std, std::optional<double> b_std,
+                  std::array<std::string, 3> dimension_numbers, const std::string& parameterization,
+                  std::array<double, 2> s) {
+  return MakeConv(ConvKind::kTranspose, "ConvTranspose", out_chan, std::move(filter_shape),
+                  std::move(strides), padding, W_std, b_std, std::move(dimension_numbers), parameterization,
+                  s);
+}
+Net ConvLocal(int64_t out_chan, std::vector<int64_t> filter_shape, std::vector<int64_t> strides,
+              const std::string& padding, double W_std, std::optional<double> b_std,
+              std::array<std::string, 3> dimension_numbers, const std::string& parameterization,
+              std::array<double, 2> s) {
+  return MakeConv(ConvKind::kLocal, "ConvLocal", out_chan, std::move(filter_shape), std::move(strides),
+                  padding, W_std, b_std, std::move(dimension_numbers), parameterization, s);
 }
 
 Net ABRelu(double a, double b, bool do_stabilize) {

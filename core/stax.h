@@ -63,6 +63,21 @@ Net FanInSum();
 Net Dense(int64_t out_dim, double W_std = 1.0, std::optional<double> b_std = std::nullopt, int batch_axis = 0,
           int channel_axis = -1, const std::string& parameterization = "ntk",
           std::array<double, 2> s = {1.0, 1.0});
+// Convolutions (linear.md 5.3). filter_shape and strides follow rhs_spec's spatial letters; empty strides:
+// ones; dimension_numbers (lhs_spec, rhs_spec, out_spec), all empty: NHWC / HWIO / NHWC.
+Net Conv(int64_t out_chan, std::vector<int64_t> filter_shape, std::vector<int64_t> strides = {},
+         const std::string& padding = "VALID", double W_std = 1.0, std::optional<double> b_std = std::nullopt,
+         std::array<std::string, 3> dimension_numbers = {}, const std::string& parameterization = "ntk",
+         std::array<double, 2> s = {1.0, 1.0});
+Net ConvTranspose(int64_t out_chan, std::vector<int64_t> filter_shape, std::vector<int64_t> strides = {},
+                  const std::string& padding = "VALID", double W_std = 1.0,
+                  std::optional<double> b_std = std::nullopt,
+                  std::array<std::string, 3> dimension_numbers = {},
+                  const std::string& parameterization = "ntk", std::array<double, 2> s = {1.0, 1.0});
+Net ConvLocal(int64_t out_chan, std::vector<int64_t> filter_shape, std::vector<int64_t> strides = {},
+              const std::string& padding = "VALID", double W_std = 1.0,
+              std::optional<double> b_std = std::nullopt, std::array<std::string, 3> dimension_numbers = {},
+              const std::string& parameterization = "ntk", std::array<double, 2> s = {1.0, 1.0});
 Net ABRelu(double a, double b, bool do_stabilize = false);
 Net Relu(bool do_stabilize = false);
 Net LeakyRelu(double alpha, bool do_stabilize = false);

@@ -50,6 +50,53 @@ absl::StatusOr<LayerPtr> Finish(const Net& net, const std::string& path) {
   return net.layer();
 }
 
+// Conv, ConvTranspose and ConvLocal share their fields.
+template <typename M>
+absl::StatusOr<LayerPtr> BuildConv(const M& c, const std::string& name, const std::string& path) {
+  if (!c.has_out_chan()) return Invalid(path, name, "out_chan", "is required");
+  if (c.out_chan() <= 0 || c.out_chan() > (int64_t{1} << 30))
+    return Invalid(path, name, "out_chan", absl::StrCat("must be in [1, 2^30], got ", c.out_chan()));
+  if (c.filter_shape_size() > 8) return Invalid(path, name, "filter_shape", "at most 8 spatial dimensions");
+  // Bounds keep the per-axis tap tables small; real filters and strides are far smaller.
+  for (int64_t f : c.filter_shape()) {
+    if (f < 1 || f > 4096)
+      return Invalid(path, name, "filter_shape", absl::StrCat("entries must be in [1, 4096], got ", f));
+  }
+  if (c.strides_size() != 0 && c.strides_size() != c.filter_shape_size())
+    return Invalid(path, name, "strides",
+                   absl::StrCat("must have one entry per filter dimension (", c.filter_shape_size(),
+                                "), got ", c.strides_size()));
+  for (int64_t st : c.strides()) {
+    if (st < 1 || st > 4096)
+      return Invalid(path, name, "strides", absl::StrCat("entries must be in [1, 4096], got ", st));
+  }
+  std::array<double, 2> s = {1.0, 1.0};
+  if (c.s_size() != 0 && c.s_size() != 2) return Invalid(path, name, "s", "must have two entries (s0, s1)");
+  if (c.s_size() == 2) s = {double(c.s(0)), double(c.s(1))};
+  std::optional<double> b_std;
+  if (c.has_b_std()) b_std = c.b_std();
+  std::string padding = "VALID";
+  if (c.padding() == nt::v1::SAME) padding = "SAME";
+  if (c.padding() == nt::v1::CIRCULAR) padding = "CIRCULAR";
+  if (!nt::v1::Padding_IsValid(c.padding()))
+    return Invalid(path, name, "padding", absl::StrCat("unknown value ", int(c.padding())));
+  std::array<std::string, 3> dn;
+  if (c.has_dimension_numbers()) {
+    dn = {c.dimension_numbers().lhs_spec(), c.dimension_numbers().rhs_spec(),
+          c.dimension_numbers().out_spec()};
+  }
+  std::vector<int64_t> filter(c.filter_shape().begin(), c.filter_shape().end());
+  std::vector<int64_t> strides(c.strides().begin(), c.strides().end());
+  const double w_std = c.has_w_std() ? c.w_std() : 1.0;
+  const std::string param = c.has_parameterization() ? c.parameterization() : "ntk";
+  const Net net =
+      name == "Conv" ? stax::Conv(c.out_chan(), filter, strides, padding, w_std, b_std, dn, param, s)
+      : name == "ConvTranspose"
+          ? stax::ConvTranspose(c.out_chan(), filter, strides, padding, w_std, b_std, dn, param, s)
+          : stax::ConvLocal(c.out_chan(), filter, strides, padding, w_std, b_std, dn, param, s);
+  return Finish(net, Where(path, name));
+}
+
 absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, int depth) {
   // gRPC's protobuf parser already stops at 100 message levels (two per combinator level).
   if (depth > kMaxDepth) {
@@ -109,6 +156,12 @@ absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, 
                                 d.has_parameterization() ? d.parameterization() : "ntk", s),
                     Where(path, "Dense"));
     }
+    case K::kConv:
+      return BuildConv(l.conv(), "Conv", path);
+    case K::kConvTranspose:
+      return BuildConv(l.conv_transpose(), "ConvTranspose", path);
+    case K::kConvLocal:
+      return BuildConv(l.conv_local(), "ConvLocal", path);
     case K::kRelu:
       return stax::Relu(l.relu().do_stabilize()).layer();
     case K::kAbRelu: {

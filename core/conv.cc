@@ -1,0 +1,579 @@
+#include "core/conv.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "Eigen/Core"
+#include "absl/strings/str_cat.h"
+
+namespace nt {
+
+namespace {
+
+// Spatial letters of the default dimension numbers (uppercase without N, C, I, O).
+constexpr char kSpatialLetters[] = "ABDEFGHJKLMPQRSTUVWXYZ";
+
+std::string SpatialLetters(const std::string& spec, const std::string& skip) {
+  std::string out;
+  for (char c : spec) {
+    if (skip.find(c) == std::string::npos) out += c;
+  }
+  return out;
+}
+
+std::array<std::string, 3> DefaultDimensionNumbers(size_t s) {
+  const std::string l(kSpatialLetters, s);
+  return {"N" + l + "C", l + "IO", "N" + l + "C"};
+}
+
+std::array<std::string, 3> Specs(const ConvOptions& o) {
+  const auto& d = o.dimension_numbers;
+  if (d[0].empty() && d[1].empty() && d[2].empty()) return DefaultDimensionNumbers(o.filter_shape.size());
+  return d;
+}
+
+using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// Odometer over a multi-index with the given sizes (row-major).
+bool Next(const std::vector<int64_t>& sizes, std::vector<int64_t>* idx) {
+  for (int d = static_cast<int>(sizes.size()) - 1; d >= 0; --d) {
+    if (++(*idx)[d] < sizes[d]) return true;
+    (*idx)[d] = 0;
+  }
+  return false;
+}
+
+// The spatial diagonal (lead..., s1, ..., sS) of a full-layout array (lead..., s1, s1', ...).
+Array SpatialDiagonal(const Array& t, int lead, const std::vector<int64_t>& sizes) {
+  Shape shape(t.shape().begin(), t.shape().begin() + lead);
+  const int64_t outer = NumElements(shape);
+  shape.insert(shape.end(), sizes.begin(), sizes.end());
+  Array out = Array::Uninitialized(shape);
+  const int64_t p = NumElements(sizes);
+  std::vector<int64_t> step(sizes.size());  // Offset of (q, q) per unit of q_d.
+  int64_t inner = 1;
+  for (int d = static_cast<int>(sizes.size()) - 1; d >= 0; --d) {
+    step[d] = inner * (sizes[d] + 1);
+    inner *= sizes[d] * sizes[d];
+  }
+  for (int64_t o = 0; o < outer; ++o) {
+    std::vector<int64_t> q(sizes.size(), 0);
+    for (int64_t e = 0; e < p; ++e) {
+      int64_t off = 0;
+      for (size_t d = 0; d < sizes.size(); ++d) off += q[d] * step[d];
+      out[o * p + e] = t[o * inner + off];
+      Next(sizes, &q);
+    }
+  }
+  return out;
+}
+
+// The inverse embedding: a full-layout array, zero off the spatial diagonal.
+Array EmbedDiagonal(const Array& t, int lead, const std::vector<int64_t>& sizes) {
+  Shape shape(t.shape().begin(), t.shape().begin() + lead);
+  const int64_t outer = NumElements(shape);
+  for (int64_t s : sizes) {
+    shape.push_back(s);
+    shape.push_back(s);
+  }
+  Array out(shape, 0.0);
+  const int64_t p = NumElements(sizes);
+  std::vector<int64_t> step(sizes.size());
+  int64_t inner = 1;
+  for (int d = static_cast<int>(sizes.size()) - 1; d >= 0; --d) {
+    step[d] = inner * (sizes[d] + 1);
+    inner *= sizes[d] * sizes[d];
+  }
+  for (int64_t o = 0; o < outer; ++o) {
+    std::vector<int64_t> q(sizes.size(), 0);
+    for (int64_t e = 0; e < p; ++e) {
+      int64_t off = 0;
+      for (size_t d = 0; d < sizes.size(); ++d) off += q[d] * step[d];
+      out[o * inner + off] = t[o * p + e];
+      Next(sizes, &q);
+    }
+  }
+  return out;
+}
+
+// Adds `v` on the spatial diagonal (q = q' on every axis) of a full-layout array.
+void AddOnSpatialDiagonal(double v, int lead, const std::vector<int64_t>& sizes, Array* t) {
+  Array ones = EmbedDiagonal(Array(Shape{NumElements(sizes)}, 1.0), 0, sizes);
+  const int64_t inner = ones.size();
+  const int64_t outer = t->size() / std::max<int64_t>(inner, 1);
+  (void)lead;
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int64_t e = 0; e < inner; ++e) (*t)[o * inner + e] += v * ones[e];
+  }
+}
+
+}  // namespace
+
+ConvLayer::ConvLayer(ConvKind kind, ConvOptions o) : kind_(kind), o_(std::move(o)) {
+  const auto specs = Specs(o_);
+  lhs_ = specs[0];
+  rhs_ = specs[1];
+  out_ = specs[2];
+  const std::string lsp = SpatialLetters(lhs_, "NC"), rsp = SpatialLetters(rhs_, "IO");
+  for (char c : lsp) {
+    const size_t r = rsp.find(c);
+    rhs_of_lhs_.push_back(static_cast<int>(r == std::string::npos ? 0 : r));
+  }
+  for (int r : rhs_of_lhs_) {
+    k_.push_back(r < static_cast<int>(o_.filter_shape.size()) ? o_.filter_shape[r] : 1);
+    strides_.push_back(o_.strides.empty() || r >= static_cast<int>(o_.strides.size()) ? 1 : o_.strides[r]);
+  }
+}
+
+std::string ConvLayer::name() const {
+  switch (kind_) {
+    case ConvKind::kConv:
+      return "Conv";
+    case ConvKind::kTranspose:
+      return "ConvTranspose";
+    case ConvKind::kLocal:
+      return "ConvLocal";
+  }
+  return "Conv";
+}
+
+absl::Status ConvLayer::Validate(ConvKind kind, const ConvOptions& o) {
+  const std::string name = ConvLayer(kind, ConvOptions{}).name();
+  if (o.out_chan <= 0)
+    return LayerError(name, "out_chan", absl::StrCat("must be positive, got ", o.out_chan));
+  for (int64_t f : o.filter_shape) {
+    if (f <= 0) return LayerError(name, "filter_shape", absl::StrCat("entries must be positive, got ", f));
+  }
+  if (o.filter_shape.size() > 8) {
+    return LayerError(name, "filter_shape", "at most 8 spatial dimensions are supported");
+  }
+  if (!o.strides.empty()) {
+    auto st = PerAxis(name, "strides", o.strides, o.filter_shape.size(), 1);
+    if (!st.ok()) return st.status();
+  }
+  if (!std::isfinite(o.W_std)) return LayerError(name, "W_std", "must be finite");
+  if (o.b_std && !std::isfinite(*o.b_std)) return LayerError(name, "b_std", "must be finite");
+  if (o.parameterization == Parameterization::kStandard) {
+    for (int i = 0; i < 2; ++i) {
+      if (!(o.s[i] > 0) || !std::isfinite(o.s[i])) {
+        return LayerError(name, "s", absl::StrCat("entries must be positive, got s[", i, "] = ", o.s[i]));
+      }
+    }
+  }
+  const auto& dn = o.dimension_numbers;
+  const bool any = !dn[0].empty() || !dn[1].empty() || !dn[2].empty();
+  if (any) {
+    const size_t want = o.filter_shape.size() + 2;
+    const char* fields[3] = {"dimension_numbers.lhs_spec", "dimension_numbers.rhs_spec",
+                             "dimension_numbers.out_spec"};
+    const std::string special[3] = {"NC", "IO", "NC"};
+    std::set<char> letters;
+    for (char c : SpatialLetters(dn[1], "IO")) letters.insert(c);
+    for (int i = 0; i < 3; ++i) {
+      const std::string& s = dn[i];
+      if (s.size() != want) {
+        return LayerError(name, fields[i],
+                          absl::StrCat("must have ", want, " letters (filter_shape has ", want - 2,
+                                       " entries), got '", s, "'"));
+      }
+      std::set<char> seen(s.begin(), s.end());
+      if (seen.size() != s.size())
+        return LayerError(name, fields[i], absl::StrCat("repeats a letter: '", s, "'"));
+      for (char c : special[i]) {
+        if (!seen.count(c))
+          return LayerError(name, fields[i], absl::StrCat("must contain '", std::string(1, c), "', got '", s, "'"));
+      }
+      const std::string sp = SpatialLetters(s, special[i]);
+      if (std::set<char>(sp.begin(), sp.end()) != letters) {
+        return LayerError(name, fields[i],
+                          absl::StrCat("spatial letters of '", s, "' differ from rhs_spec '", dn[1], "'"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+int64_t ConvLayer::width() const {
+  // ConvLocal ignores s[1] (upstream quirk, linear.md 5.3).
+  if (kind_ != ConvKind::kLocal && o_.parameterization == Parameterization::kStandard) {
+    return static_cast<int64_t>(std::llround(o_.out_chan * o_.s[1]));
+  }
+  return o_.out_chan;
+}
+
+int64_t ConvLayer::filter_size() const {
+  int64_t f = 1;
+  for (int64_t k : k_) f *= k;
+  return f;
+}
+
+Requirements ConvLayer::requirements() const {
+  Requirements r;
+  r.diagonal_spatial = Diagonal{Bool::kYes, kind_ == ConvKind::kLocal ? Bool::kMaybe : Bool::kNo};
+  r.batch_axis = static_cast<int>(lhs_.find('N'));
+  r.channel_axis = static_cast<int>(lhs_.find('C'));
+  return r;
+}
+
+absl::StatusOr<ConvLayer::Geometry> ConvLayer::Resolve(const Shape& in) const {
+  const size_t rank = lhs_.size();
+  if (in.size() != rank) {
+    return LayerError(
+        name(), "input",
+        absl::StrCat("expects rank-", rank, " inputs ('", lhs_, "'), got shape ", ShapeToString(in)));
+  }
+  Geometry g;
+  g.n = in[lhs_.find('N')];
+  g.c_in = in[lhs_.find('C')];
+  const std::string lsp = SpatialLetters(lhs_, "NC");
+  for (size_t d = 0; d < lsp.size(); ++d) {
+    const int64_t n = in[lhs_.find(lsp[d])];
+    g.in.push_back(n);
+    if (kind_ == ConvKind::kTranspose) {
+      AxisTaps t = TransposeTaps(o_.padding, n, k_[d], strides_[d]);
+      g.out_before_fold.push_back(t.n_out);
+      g.out.push_back(TransposeGeometry(o_.padding, n, k_[d], strides_[d]).out);
+      g.taps.push_back(std::move(t));
+    } else {
+      if (o_.padding == Padding::kValid && n < k_[d]) {
+        return LayerError(name(), "filter_shape",
+                          absl::StrCat("filter size ", k_[d], " exceeds the input size ", n,
+                                       " of spatial axis '", std::string(1, lsp[d]), "' with VALID padding"));
+      }
+      AxisTaps t = ForwardTaps(o_.padding, n, k_[d], strides_[d]);
+      g.out_before_fold.push_back(t.n_out);
+      g.out.push_back(t.n_out);
+      g.taps.push_back(std::move(t));
+    }
+  }
+  return g;
+}
+
+absl::StatusOr<ShapeFlow> ConvLayer::OutputShape(const ShapeFlow& in) const {
+  if (absl::Status st = ExpectSingle(name(), in.is_list, in.items.size()); !st.ok()) return st;
+  auto g = Resolve(in.single());
+  if (!g.ok()) return g.status();
+  Shape out(out_.size());
+  out[out_.find('N')] = g->n;
+  out[out_.find('C')] = width();
+  const std::string lsp = SpatialLetters(lhs_, "NC");
+  for (size_t d = 0; d < lsp.size(); ++d) out[out_.find(lsp[d])] = g->out[d];
+  return ShapeFlow::Single(out);
+}
+
+Array ConvLayer::ToCanonical(const Array& x) const {
+  const std::string canon = "N" + SpatialLetters(lhs_, "NC") + "C";
+  if (canon == lhs_) return x;
+  std::vector<int> perm;
+  for (char c : canon) perm.push_back(static_cast<int>(lhs_.find(c)));
+  return Transpose(x, perm);
+}
+
+Array ConvLayer::FromCanonical(const Array& y) const {
+  const std::string canon = "N" + SpatialLetters(lhs_, "NC") + "C";
+  if (canon == out_) return y;
+  std::vector<int> perm;
+  for (char c : out_) perm.push_back(static_cast<int>(canon.find(c)));
+  return Transpose(y, perm);
+}
+
+absl::StatusOr<Params> ConvLayer::Init(const RngKey& key, const ShapeFlow& in) const {
+  auto out_shape = OutputShape(in);
+  if (!out_shape.ok()) return out_shape.status();
+  auto g = Resolve(in.single());
+  const std::vector<RngKey> keys = key.Split(2);
+  const std::string lsp = SpatialLetters(lhs_, "NC");
+  // Weights laid out by rhs_spec.
+  Shape ws;
+  for (char c : rhs_) {
+    if (c == 'O') {
+      ws.push_back(width());
+    } else if (c == 'I') {
+      ws.push_back(kind_ == ConvKind::kLocal ? g->c_in * filter_size() : g->c_in);
+    } else {
+      const size_t d = lsp.find(c);
+      ws.push_back(kind_ == ConvKind::kLocal ? g->out[d] : k_[d]);
+    }
+  }
+  Params p;
+  Array w = keys[0].Normal(ws);
+  if (o_.parameterization == Parameterization::kStandard) {
+    const double scale = o_.W_std / std::sqrt(double(g->c_in * filter_size()) / o_.s[0]);
+    for (double& v : w.vec()) v *= scale;
+  }
+  p.arrays.push_back(std::move(w));
+  if (o_.b_std) {
+    // Shared: one bias per output channel; ConvLocal: one per (location, channel).
+    Shape bs;
+    for (char c : out_) {
+      if (c == 'N') {
+        bs.push_back(1);
+      } else if (c == 'C') {
+        bs.push_back(width());
+      } else {
+        bs.push_back(kind_ == ConvKind::kLocal ? g->out[lsp.find(c)] : 1);
+      }
+    }
+    Array b = keys[1].Normal(bs);
+    if (o_.parameterization == Parameterization::kStandard) {
+      for (double& v : b.vec()) v *= *o_.b_std;
+    }
+    p.arrays.push_back(std::move(b));
+  }
+  return p;
+}
+
+absl::StatusOr<ArrayFlow> ConvLayer::Apply(const Params& params, const ArrayFlow& xf) const {
+  if (absl::Status st = ExpectSingle(name(), xf.is_list, xf.items.size()); !st.ok()) return st;
+  auto g = Resolve(xf.single().shape());
+  if (!g.ok()) return g.status();
+  const size_t want = o_.b_std ? 2 : 1;
+  if (params.arrays.size() != want) {
+    return LayerError(name(), "params",
+                      absl::StrCat("expected ", want, " arrays, got ", params.arrays.size()));
+  }
+  auto expected = Init(RngKey(0), ShapeFlow::Single(xf.single().shape()));
+  for (size_t i = 0; i < want; ++i) {
+    if (params.arrays[i].shape() != expected->arrays[i].shape()) {
+      return LayerError(
+          name(), "params",
+          absl::StrCat(i == 0 ? "W" : "b", " has shape ", ShapeToString(params.arrays[i].shape()),
+                       ", expected ", ShapeToString(expected->arrays[i].shape())));
+    }
+  }
+  const Array x = ToCanonical(xf.single());
+  const int s = static_cast<int>(g->in.size());
+  const int64_t n = g->n, c = g->c_in, o = width(), f_total = filter_size();
+  const std::vector<int64_t>& outs = g->out_before_fold;
+  const int64_t q_total = NumElements(outs);
+  const int64_t p_in = NumElements(g->in);
+  // Filter positions in lhs order; for ConvLocal the patch follows rhs letter order.
+  std::vector<int64_t> f_rhs_flat(f_total);
+  {
+    std::vector<int64_t> f(s, 0);
+    std::vector<int64_t> rhs_sizes(s);
+    for (int d = 0; d < s; ++d) rhs_sizes[rhs_of_lhs_[d]] = k_[d];
+    for (int64_t e = 0; e < f_total; ++e) {
+      std::vector<int64_t> fr(s);
+      for (int d = 0; d < s; ++d) fr[rhs_of_lhs_[d]] = f[d];
+      int64_t flat = 0;
+      for (int d = 0; d < s; ++d) flat = flat * rhs_sizes[d] + fr[d];
+      f_rhs_flat[e] = flat;
+      Next(k_, &f);
+    }
+  }
+  // Patches: rows (n, q), columns f * C + c (shared) or c * F + f_rhs (local).
+  RowMat patches = RowMat::Zero(n * q_total, f_total * c);
+  std::vector<int64_t> q(s, 0);
+  for (int64_t qi = 0; qi < q_total; ++qi) {
+    std::vector<int64_t> f(s, 0);
+    for (int64_t fi = 0; fi < f_total; ++fi) {
+      int64_t pos = 0;
+      bool inside = true;
+      for (int d = 0; d < s && inside; ++d) {
+        const int64_t i = g->taps[d].at(q[d], f[d]);
+        inside = i >= 0;
+        pos = pos * g->in[d] + i;
+      }
+      if (inside) {
+        for (int64_t b = 0; b < n; ++b) {
+          const double* src = x.data() + (b * p_in + pos) * c;
+          auto row = patches.row(b * q_total + qi);
+          if (kind_ == ConvKind::kLocal) {
+            for (int64_t ch = 0; ch < c; ++ch) row(ch * f_total + f_rhs_flat[fi]) = src[ch];
+          } else {
+            for (int64_t ch = 0; ch < c; ++ch) row(fi * c + ch) = src[ch];
+          }
+        }
+      }
+      Next(k_, &f);
+    }
+    Next(outs, &q);
+  }
+  // Weights to (F * C, O) per location in the patch order.
+  const std::string lsp = SpatialLetters(lhs_, "NC");
+  const std::string canon_w = lsp + "IO";
+  std::vector<int> wperm;
+  for (char ch : canon_w) wperm.push_back(static_cast<int>(rhs_.find(ch)));
+  const Array w = Transpose(params.arrays[0], wperm);
+  const double scale = o_.parameterization == Parameterization::kNtk
+                           ? o_.W_std / std::sqrt(double(c * f_total))
+                           : 1.0 / std::sqrt(o_.s[0]);
+  Shape y_shape{n};
+  y_shape.insert(y_shape.end(), outs.begin(), outs.end());
+  y_shape.push_back(o);
+  Array y = Array::Uninitialized(y_shape);
+  Eigen::Map<RowMat> ym(y.data(), n * q_total, o);
+  if (kind_ == ConvKind::kLocal) {
+    // One GEMM per location over the samples' patches (rows q_total apart).
+    const int64_t rows = f_total * c;
+    using Strided = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
+    using StridedOut = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
+    for (int64_t qi = 0; qi < q_total; ++qi) {
+      Eigen::Map<const RowMat> wq(w.data() + qi * rows * o, rows, o);
+      Strided pq(patches.data() + qi * rows, n, rows, Eigen::OuterStride<>(q_total * rows));
+      StridedOut yq(y.data() + qi * o, n, o, Eigen::OuterStride<>(q_total * o));
+      yq.noalias() = scale * (pq * wq);
+    }
+  } else {
+    Eigen::Map<const RowMat> wm(w.data(), f_total * c, o);
+    ym.noalias() = scale * (patches * wm);
+  }
+  if (kind_ == ConvKind::kTranspose && o_.padding == Padding::kCircular) {
+    for (int d = 0; d < s; ++d) y = ApplyAlongAxis(y, 1 + d, FoldMatrix(outs[d], g->out[d]));
+  }
+  if (o_.b_std) {
+    const double bscale = o_.parameterization == Parameterization::kNtk ? *o_.b_std : 1.0;
+    // The bias in canonical order: (1, output spatial sizes or ones, O).
+    std::vector<int> to_lhs;
+    for (char ch : lhs_) to_lhs.push_back(static_cast<int>(out_.find(ch)));
+    const Array b = ToCanonical(Transpose(params.arrays[1], to_lhs));
+    const int64_t per_sample = y.size() / n;
+    for (int64_t b0 = 0; b0 < n; ++b0) {
+      double* yb = y.data() + b0 * per_sample;
+      for (int64_t e = 0; e < per_sample; ++e) yb[e] += bscale * b[b.size() == o ? e % o : e];
+    }
+  }
+  return ArrayFlow::Single(FromCanonical(y));
+}
+
+absl::StatusOr<MaskFlow> ConvLayer::MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const {
+  MaskFlow out = masks;
+  for (size_t i = 0; i < out.items.size(); ++i) {
+    std::optional<Array>& m = out.items[i];
+    if (!m) continue;
+    if (m->rank() != static_cast<int>(lhs_.size()))
+      return LayerError(name(), "mask", "rank differs from the input's");
+    Array mc = ToCanonical(AllAlongAxis(*m, static_cast<int>(lhs_.find('C'))));
+    auto g = Resolve(shapes.items[i]);
+    if (!g.ok()) return g.status();
+    const int s = static_cast<int>(g->in.size());
+    for (int d = 0; d < s; ++d) {
+      const int64_t n = mc.dim(1 + d);
+      if (n != g->in[d]) continue;  // A broadcast (size-1) axis stays as it is.
+      AxisMatrix m_d;
+      if (kind_ == ConvKind::kTranspose) {
+        // Masked iff any contributing input is masked.
+        m_d = TapsMatrix(g->taps[d], 1.0);
+        if (o_.padding == Padding::kCircular) m_d = Then(m_d, FoldMatrix(g->out_before_fold[d], g->out[d]));
+      } else {
+        if (g->out[d] == n) continue;
+        // The input at the centre of each receptive field ((w - 1) // 2 from its start).
+        const Padding init = o_.padding == Padding::kCircular ? Padding::kSame : o_.padding;
+        const AxisGeometry geo = ForwardGeometry(init, n, k_[d], strides_[d]);
+        m_d = AxisMatrix{n, g->out[d], {}};
+        m_d.rows.resize(g->out[d]);
+        for (int64_t j = 0; j < g->out[d]; ++j) {
+          const int64_t src = std::clamp<int64_t>(strides_[d] * j - geo.lo + (k_[d] - 1) / 2, 0, n - 1);
+          m_d.rows[j].emplace_back(src, 1.0);
+        }
+      }
+      mc = ApplyAlongAxis(mc, 1 + d, m_d);
+      for (double& v : mc.vec()) v = v != 0.0 ? 1.0 : 0.0;
+    }
+    m = FromCanonical(mc);
+  }
+  return out;
+}
+
+AxisMatrix ConvLayer::DiagonalMatrix(const Geometry& g, int d) const {
+  AxisMatrix m = TapsMatrix(g.taps[d], 1.0 / double(k_[d]));
+  if (kind_ == ConvKind::kTranspose && o_.padding == Padding::kCircular) {
+    m = Then(m, FoldMatrix(g.out_before_fold[d], g.out[d]));
+  }
+  return m;
+}
+
+Array ConvLayer::Transform(const Array& t, int lead, bool diagonal_spatial, const Geometry& g) const {
+  const int s = static_cast<int>(g.in.size());
+  if (diagonal_spatial) {
+    Array out = t;
+    for (int d = 0; d < s; ++d) out = ApplyAlongAxis(out, lead + d, DiagonalMatrix(g, d));
+    return out;
+  }
+  if (kind_ == ConvKind::kLocal) {
+    Array diag = SpatialDiagonal(t, lead, g.in);
+    for (int d = 0; d < s; ++d) diag = ApplyAlongAxis(diag, lead + d, DiagonalMatrix(g, d));
+    return EmbedDiagonal(diag, lead, g.out);
+  }
+  Array out = t;
+  for (int d = 0; d < s; ++d) {
+    out = ApplyTapsToPair(out, lead + 2 * d, g.taps[d], 1.0 / double(k_[d]));
+    if (kind_ == ConvKind::kTranspose && o_.padding == Padding::kCircular) {
+      const AxisMatrix fold = FoldMatrix(g.out_before_fold[d], g.out[d]);
+      out = ApplyAlongAxis(out, lead + 2 * d, fold);
+      out = ApplyAlongAxis(out, lead + 2 * d + 1, fold);
+    }
+  }
+  return out;
+}
+
+absl::Status ConvLayer::TransformKernel(KernelFlow* kf, const KernelContext&) const {
+  Kernel& k = kf->single();
+  NaturalOrder(&k);
+  auto g = Resolve(k.shape1);
+  if (!g.ok()) return g.status();
+  const bool diag = k.diagonal_spatial;
+  const double w2 = o_.W_std * o_.W_std;
+  const double b2 = o_.b_std ? *o_.b_std * *o_.b_std : 0.0;
+  // Untied biases of ConvLocal are independent across locations: only q = q' gets them (full layout).
+  const bool bias_on_diagonal_only = kind_ == ConvKind::kLocal && !diag;
+  auto add = [&](double v, int lead, Array* a) {
+    if (v == 0.0) return;
+    if (bias_on_diagonal_only) {
+      AddOnSpatialDiagonal(v, lead, g->out, a);
+    } else {
+      for (double& e : a->vec()) e += v;
+    }
+  };
+  const Array nngp_t = Transform(k.nngp, 2, diag, *g);
+  if (k.ntk) {
+    Array ntk_in = k.ntk->rank() == 0 ? Array(k.nngp.shape(), (*k.ntk)[0]) : *k.ntk;
+    Array ntk_t = Transform(ntk_in, 2, diag, *g);
+    if (o_.parameterization == Parameterization::kNtk) {
+      // ntk' = W^2 K(ntk) + nngp'
+      for (int64_t i = 0; i < ntk_t.size(); ++i) ntk_t[i] = w2 * (ntk_t[i] + nngp_t[i]);
+      add(b2, 2, &ntk_t);
+    } else {
+      const double fan_in = double(g->c_in * filter_size()) / o_.s[0];
+      for (int64_t i = 0; i < ntk_t.size(); ++i) ntk_t[i] = fan_in * nngp_t[i] + w2 * ntk_t[i];
+      if (o_.b_std) add(1.0, 2, &ntk_t);
+    }
+    k.ntk = std::move(ntk_t);
+  }
+  auto affine = [&](Array&& a, int lead) {
+    for (double& e : a.vec()) e *= w2;
+    add(b2, lead, &a);
+    return std::move(a);
+  };
+  k.nngp = affine(Array(nngp_t), 2);
+  const int cb = CovBatchAxes(k);
+  k.cov1 = affine(Transform(k.cov1, cb, diag, *g), cb);
+  if (k.cov2) k.cov2 = affine(Transform(*k.cov2, cb, diag, *g), cb);
+  // Kernel spatial axes follow out_spec's letter order.
+  const std::string lsp = SpatialLetters(lhs_, "NC"), osp = SpatialLetters(out_, "NC");
+  if (lsp != osp) {
+    ForEachKernelArray(&k, [&](Array* a, int lead) {
+      std::vector<int> perm;
+      for (int i = 0; i < lead; ++i) perm.push_back(i);
+      for (char c : osp) {
+        const int d = static_cast<int>(lsp.find(c));
+        if (diag) {
+          perm.push_back(lead + d);
+        } else {
+          perm.push_back(lead + 2 * d);
+          perm.push_back(lead + 2 * d + 1);
+        }
+      }
+      *a = Transpose(*a, perm);
+    });
+  }
+  k.batch_axis = static_cast<int>(out_.find('N'));
+  k.channel_axis = static_cast<int>(out_.find('C'));
+  k.is_gaussian = true;
+  k.is_input = false;
+  return absl::OkStatus();
+}
+
+}  // namespace nt

@@ -1,0 +1,76 @@
+// Convolutions: Conv (shared weights), ConvTranspose (shared, transposed) and ConvLocal (unshared, "LCN"),
+// upstream's _Conv family (linear.md 5.3).
+#ifndef NT_CORE_CONV_H_
+#define NT_CORE_CONV_H_
+
+#include <array>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/dense.h"
+#include "core/layer.h"
+#include "core/spatial.h"
+
+namespace nt {
+
+enum class ConvKind { kConv, kTranspose, kLocal };
+
+struct ConvOptions {
+  int64_t out_chan = 0;
+  std::vector<int64_t> filter_shape;  // In the order of rhs_spec's spatial letters.
+  std::vector<int64_t> strides;       // Empty: ones. Same order as filter_shape.
+  Padding padding = Padding::kValid;
+  double W_std = 1.0;
+  std::optional<double> b_std;  // None: no bias.
+  // (lhs_spec, rhs_spec, out_spec), e.g. ("NHWC", "HWIO", "NHWC"); empty strings: the default.
+  std::array<std::string, 3> dimension_numbers;
+  Parameterization parameterization = Parameterization::kNtk;
+  std::array<double, 2> s = {1.0, 1.0};
+};
+
+class ConvLayer : public Layer {
+ public:
+  ConvLayer(ConvKind kind, ConvOptions o);
+  static absl::Status Validate(ConvKind kind, const ConvOptions& o);
+
+  std::string name() const override;
+  Requirements requirements() const override;
+  absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
+  absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
+  absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
+  bool remask_kernel() const override { return true; }
+
+ protected:
+  absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
+
+ private:
+  // Geometry resolved against an input shape (spatial axes in lhs order).
+  struct Geometry {
+    int64_t n = 0, c_in = 0;
+    std::vector<int64_t> in, out;  // Spatial sizes.
+    std::vector<AxisTaps> taps;    // Per spatial axis (transposed: before the CIRCULAR fold).
+    std::vector<int64_t> out_before_fold;
+  };
+  absl::StatusOr<Geometry> Resolve(const Shape& in) const;
+  int64_t width() const;
+  int64_t filter_size() const;
+  // Activation `x` in lhs layout -> (N, spatial in lhs order, C); and back from that order to out_spec.
+  Array ToCanonical(const Array& x) const;
+  Array FromCanonical(const Array& y) const;
+  // The per-axis linear map of the diagonal-layout transform (1/k taps, folded when CIRCULAR transposed).
+  AxisMatrix DiagonalMatrix(const Geometry& g, int d) const;
+  // The filter-averaged covariance transform of one kernel array (linear.md 5.3).
+  Array Transform(const Array& t, int lead, bool diagonal_spatial, const Geometry& g) const;
+
+  ConvKind kind_;
+  ConvOptions o_;
+  std::string lhs_, rhs_, out_;
+  std::vector<int64_t> k_, strides_;  // In lhs spatial order.
+  std::vector<int> rhs_of_lhs_;       // rhs spatial index of each lhs spatial axis.
+};
+
+}  // namespace nt
+
+#endif  // NT_CORE_CONV_H_

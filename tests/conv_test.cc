@@ -1,0 +1,265 @@
+// Conv, ConvTranspose and ConvLocal: exact identities between layouts and layers, Monte Carlo agreement of
+// finite CNNs (our init_fn/apply_fn) with the analytic NNGP, and argument errors.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/stax.h"
+#include "gtest/gtest.h"
+
+namespace nt {
+namespace {
+
+using namespace nt::stax;  // NOLINT: reads like upstream's examples.
+
+Array RandomInput(const Shape& shape, uint64_t seed) { return RngKey(seed).Normal(shape); }
+
+void ExpectArraysNear(const Array& a, const Array& b, double tol, const std::string& what) {
+  ASSERT_EQ(a.shape(), b.shape()) << what;
+  for (int64_t i = 0; i < a.size(); ++i) {
+    ASSERT_NEAR(a[i], b[i], tol * (1 + std::abs(b[i]))) << what << " entry " << i;
+  }
+}
+
+KernelResult Kernel(const Net& net, const Array& x1, const Array* x2, std::optional<bool> diagonal_spatial,
+                    int64_t tile_size = 0) {
+  KernelOptions o;
+  o.diagonal_spatial = diagonal_spatial;
+  o.tile_size = tile_size;
+  auto r = net.kernel_fn(x1, x2, {"nngp", "ntk", "cov1", "cov2"}, o);
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? *r : KernelResult{};
+}
+
+TEST(ConvTest, UnitFilterEqualsDenseInEveryLayout) {
+  const Array x1 = RandomInput({3, 4, 5, 2}, 1), x2 = RandomInput({2, 4, 5, 2}, 2);
+  for (bool diag : {false, true}) {
+    const Net conv =
+        serial(Conv(8, {1, 1}, {}, "SAME", 1.3, 0.4), Relu(), Conv(8, {1, 1}, {}, "VALID", 0.9, 0.1));
+    const Net dense = serial(Dense(8, 1.3, 0.4), Relu(), Dense(8, 0.9, 0.1));
+    const KernelResult a = Kernel(conv, x1, &x2, diag), b = Kernel(dense, x1, &x2, diag);
+    for (const char* name : {"nngp", "ntk", "cov1", "cov2"}) {
+      ExpectArraysNear(*a.Find(name), *b.Find(name), 1e-12, std::string(name) + (diag ? " diag" : " full"));
+    }
+  }
+}
+
+// The spatial diagonal (N1, N2, s1, s2) of a full-layout 2-d kernel (N1, N2, s1, s1', s2, s2').
+Array Diagonal2d(const Array& full) {
+  const int64_t n1 = full.dim(0), n2 = full.dim(1), h = full.dim(2), w = full.dim(4);
+  Array out({n1, n2, h, w});
+  for (int64_t a = 0; a < n1 * n2; ++a)
+    for (int64_t i = 0; i < h; ++i)
+      for (int64_t j = 0; j < w; ++j)
+        out[(a * h + i) * w + j] = full[((a * h + i) * h + i) * w * w + j * w + j];
+  return out;
+}
+
+TEST(ConvTest, FullLayoutDiagonalEqualsDiagonalLayout) {
+  const Array x1 = RandomInput({2, 6, 5, 3}, 3), x2 = RandomInput({3, 6, 5, 3}, 4);
+  for (const char* pad : {"VALID", "SAME", "CIRCULAR"}) {
+    for (std::vector<int64_t> strides : {std::vector<int64_t>{1, 1}, std::vector<int64_t>{2, 1}}) {
+      const Net net =
+          serial(Conv(4, {3, 2}, strides, pad, 1.5, 0.3), Erf(), Conv(4, {2, 3}, {}, pad, 0.8, 0.2));
+      const KernelResult full = Kernel(net, x1, &x2, false), diag = Kernel(net, x1, &x2, true);
+      for (const char* name : {"nngp", "ntk"}) {
+        ExpectArraysNear(Diagonal2d(*full.Find(name)), *diag.Find(name), 1e-12,
+                         std::string(pad) + " " + name);
+      }
+    }
+  }
+}
+
+TEST(ConvTest, ConvLocalFullLayoutIsDiagonalAndMatchesConv) {
+  const Array x1 = RandomInput({2, 7, 2}, 5), x2 = RandomInput({2, 7, 2}, 6);
+  for (const char* pad : {"VALID", "SAME", "CIRCULAR"}) {
+    const Net local =
+        serial(ConvLocal(4, {3}, {}, pad, 1.2, 0.5), Relu(), ConvLocal(4, {2}, {2}, pad, 1.1, 0.5));
+    const Net conv = serial(Conv(4, {3}, {}, pad, 1.2, 0.5), Relu(), Conv(4, {2}, {2}, pad, 1.1, 0.5));
+    const Array lf = *Kernel(local, x1, &x2, false).Find("nngp");
+    const Array cd = *Kernel(conv, x1, &x2, true).Find("nngp");
+    const int64_t w = lf.dim(2);
+    for (int64_t a = 0; a < 4; ++a) {
+      for (int64_t i = 0; i < w; ++i) {
+        for (int64_t j = 0; j < w; ++j) {
+          const double v = lf[(a * w + i) * w + j];
+          if (i != j) {
+            EXPECT_EQ(v, 0.0) << pad;
+          } else {
+            EXPECT_NEAR(v, cd[a * w + i], 1e-12) << pad;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(ConvTest, DimensionNumbersPermuteAxesConsistently) {
+  // Channels first (NCW) with an OIW filter equals the default NWC layout on transposed inputs.
+  const Array x = RandomInput({3, 7, 2}, 7);
+  const Array x_ncw = Transpose(x, std::vector<int>{0, 2, 1});
+  const Net nwc = serial(Conv(3, {3}, {2}, "SAME", 1.4, 0.2), Relu(), Conv(3, {2}, {}, "VALID"));
+  const Net ncw = serial(Conv(3, {3}, {2}, "SAME", 1.4, 0.2, std::array<std::string, 3>{"NCA", "OIA", "NCA"}),
+                         Relu(), Conv(3, {2}, {}, "VALID", 1.0, std::nullopt, {"NCA", "AIO", "NAC"}));
+  const KernelResult a = Kernel(nwc, x, nullptr, false), b = Kernel(ncw, x_ncw, nullptr, false);
+  for (const char* name : {"nngp", "ntk", "cov1"})
+    ExpectArraysNear(*a.Find(name), *b.Find(name), 1e-12, name);
+  // apply_fn lays the output out by out_spec.
+  auto init = ncw.init_fn(RngKey(1), x_ncw.shape());
+  ASSERT_TRUE(init.ok()) << init.status();
+  EXPECT_EQ(init->first, (Shape{3, 3, 3}));
+  auto y = ncw.apply_fn(init->second, x_ncw);
+  ASSERT_TRUE(y.ok()) << y.status();
+  EXPECT_EQ(y->shape(), (Shape{3, 3, 3}));
+}
+
+TEST(ConvTest, OutputShapesFollowPaddingRules) {
+  struct Case {
+    Net net;
+    Shape in, out;
+  };
+  const std::vector<Case> cases = {
+      {Conv(5, {3}, {2}, "VALID"), {1, 8, 2}, {1, 3, 5}},
+      {Conv(5, {3}, {2}, "SAME"), {1, 8, 2}, {1, 4, 5}},
+      {Conv(5, {4}, {3}, "CIRCULAR"), {1, 8, 2}, {1, 3, 5}},
+      {ConvTranspose(5, {3}, {2}, "VALID"), {1, 4, 2}, {1, 9, 5}},
+      {ConvTranspose(5, {3}, {2}, "SAME"), {1, 4, 2}, {1, 8, 5}},
+      {ConvTranspose(5, {3}, {2}, "CIRCULAR"), {1, 4, 2}, {1, 8, 5}},
+      {ConvLocal(5, {2, 3}, {1, 2}, "SAME"), {1, 4, 5, 2}, {1, 4, 3, 5}},
+      {Conv(5, {}, {}, "VALID"), {2, 3}, {2, 5}},
+  };
+  for (const Case& c : cases) {
+    auto init = c.net.init_fn(RngKey(3), c.in);
+    ASSERT_TRUE(init.ok()) << init.status();
+    EXPECT_EQ(init->first, c.out) << c.net.layer()->name();
+    auto y = c.net.apply_fn(init->second, RandomInput(c.in, 4));
+    ASSERT_TRUE(y.ok()) << y.status();
+    EXPECT_EQ(y->shape(), c.out) << c.net.layer()->name();
+    auto k = c.net.kernel_fn(RandomInput(c.in, 5), nullptr, {"nngp"});
+    ASSERT_TRUE(k.ok()) << k.status();
+  }
+}
+
+TEST(ConvTest, BadArgumentsAreRefusedNamingTheField) {
+  const Array x = RandomInput({2, 5, 3}, 8);
+  struct Case {
+    Net net;
+    std::string needle;
+  };
+  const std::vector<Case> cases = {
+      {Conv(0, {3}), "out_chan"},
+      {Conv(4, {0}), "filter_shape"},
+      {Conv(4, {3}, {1, 1}), "strides"},
+      {Conv(4, {3}, {}, "same"), "padding"},
+      {Conv(4, {3}, {}, "VALID", 1.0, std::nullopt, {}, "xavier"), "parameterization"},
+      {Conv(4, {3}, {}, "VALID", 1.0, std::nullopt, {"NHC", "HIO", "NWC"}), "dimension_numbers"},
+      {Conv(4, {3}, {}, "VALID", 1.0, std::nullopt, {"NHC", "HIO", "NHWC"}), "dimension_numbers"},
+      {Conv(4, {9}, {}, "VALID"), "filter_shape"},  // Larger than the input with VALID.
+      {Conv(4, {3, 3}), "input"},                   // Rank mismatch.
+  };
+  for (const Case& c : cases) {
+    auto r = c.net.kernel_fn(x, nullptr, {"nngp"});
+    ASSERT_FALSE(r.ok()) << c.needle;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+    EXPECT_NE(r.status().message().find(c.needle), std::string::npos) << r.status();
+  }
+}
+
+TEST(ConvTest, DiagonalSpatialRequestRefusedWhenNotAllowed) {
+  // ConvLocal's output may be diagonal (MAYBE); a later shared Conv turns that into a full-layout need
+  // only for pooling readouts, so a plain Conv network accepts diagonal_spatial=True ...
+  const Array x = RandomInput({2, 5, 3}, 9);
+  KernelOptions o;
+  o.diagonal_spatial = true;
+  EXPECT_TRUE(Conv(4, {3}).kernel_fn(x, nullptr, {"nngp"}, o).ok());
+  // ... and by default keeps the full layout (Conv declares output NO).
+  auto r = Conv(4, {3}).kernel_fn(x, nullptr, {"nngp"});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->Find("nngp")->shape(), (Shape{2, 2, 3, 3}));
+}
+
+// Monte Carlo: the empirical NNGP of finite networks, full spatial layout of a 1-d output
+// (N1, N2, s, s'), averaged over independently initialised networks.
+struct Mc {
+  Array mean, se;
+};
+
+Mc MonteCarloNngp1d(const Net& net, const Array& x1, const Array& x2, int samples) {
+  std::vector<RngKey> keys = RngKey(11).Split(samples);
+  Array mean, sq;
+  for (int s = 0; s < samples; ++s) {
+    auto init = net.init_fn(keys[s], x1.shape());
+    EXPECT_TRUE(init.ok()) << init.status();
+    auto f1 = net.apply_fn(init->second, x1);
+    auto f2 = net.apply_fn(init->second, x2);
+    EXPECT_TRUE(f1.ok() && f2.ok());
+    const int64_t n1 = f1->dim(0), n2 = f2->dim(0), w = f1->dim(1), c = f1->dim(2);
+    if (s == 0) {
+      mean = Array({n1, n2, w, w});
+      sq = Array({n1, n2, w, w});
+    }
+    for (int64_t i = 0; i < n1; ++i)
+      for (int64_t j = 0; j < n2; ++j)
+        for (int64_t p = 0; p < w; ++p)
+          for (int64_t q = 0; q < w; ++q) {
+            double dot = 0;
+            for (int64_t ch = 0; ch < c; ++ch)
+              dot += (*f1)[(i * w + p) * c + ch] * (*f2)[(j * w + q) * c + ch];
+            dot /= c;
+            const int64_t e = ((i * n2 + j) * w + p) * w + q;
+            mean[e] += dot / samples;
+            sq[e] += dot * dot / samples;
+          }
+  }
+  Array se(mean.shape());
+  for (int64_t e = 0; e < se.size(); ++e)
+    se[e] = std::sqrt(std::max(sq[e] - mean[e] * mean[e], 0.0) / (samples - 1));
+  return {mean, se};
+}
+
+struct McCase {
+  std::string name;
+  Net net;
+};
+
+std::vector<McCase> McCases() {
+  const int w = 256;
+  std::vector<McCase> out;
+  for (std::string pad : {"VALID", "SAME", "CIRCULAR"}) {
+    out.push_back(
+        {"Conv_" + pad, serial(Conv(w, {3}, {}, pad, 1.5, 0.3), Relu(), Conv(w, {2}, {2}, pad, 1.2, 0.2))});
+    out.push_back({"ConvTranspose_" + pad, serial(ConvTranspose(w, {3}, {2}, pad, 1.5, 0.3), Relu(),
+                                                  ConvTranspose(w, {2}, {}, pad, 1.2, 0.2))});
+    out.push_back({"ConvLocal_" + pad, serial(ConvLocal(w, {3}, {}, pad, 1.5, 0.3), Relu(),
+                                              ConvLocal(w, {2}, {2}, pad, 1.2, 0.2))});
+    out.push_back({"ConvStandard_" + pad, serial(Conv(w, {3}, {}, pad, 1.5, 0.3, {}, "standard"), Erf(),
+                                                 Conv(w, {2}, {}, pad, 1.2, 0.2, {}, "standard"))});
+  }
+  return out;
+}
+
+class ConvMonteCarloTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(ConvMonteCarloTest, FiniteNetworksConvergeToTheNngp) {
+  const McCase c = McCases()[GetParam()];
+  const Array x1 = RandomInput({2, 6, 3}, 21), x2 = RandomInput({2, 6, 3}, 22);
+  const Mc mc = MonteCarloNngp1d(c.net, x1, x2, 100);
+  KernelOptions full;
+  full.diagonal_spatial = false;  // ConvLocal alone would pick the diagonal layout.
+  auto k = c.net.kernel_fn(x1, &x2, {"nngp"}, full);
+  ASSERT_TRUE(k.ok()) << k.status();
+  const Array& nngp = *k->Find("nngp");
+  ASSERT_EQ(nngp.shape(), mc.mean.shape()) << c.name;
+  for (int64_t e = 0; e < nngp.size(); ++e) {
+    EXPECT_NEAR(mc.mean[e], nngp[e], 5 * mc.se[e] + 0.03 * std::abs(nngp[e]) + 2e-3)
+        << c.name << " entry " << e;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllConvolutions, ConvMonteCarloTest, ::testing::Range(0, 12),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return McCases()[info.param].name;
+                         });
+
+}  // namespace
+}  // namespace nt
