@@ -8,6 +8,67 @@
 
 namespace nt {
 
+namespace {
+
+constexpr size_t kMinCachedBytes = size_t{1} << 18;       // 256 KiB.
+constexpr size_t kMaxCachedBytesPerThread = size_t{192} << 20;
+
+// Freed large blocks of this thread, reused for allocations of exactly the same size (a network's
+// layers allocate the same few sizes over and over).
+class BlockCache {
+ public:
+  ~BlockCache() {
+    for (const auto& [bytes, p] : blocks_) ::operator delete(p);
+  }
+  void* Take(size_t bytes) {
+    for (size_t i = blocks_.size(); i-- > 0;) {
+      if (blocks_[i].first == bytes) {
+        void* p = blocks_[i].second;
+        blocks_.erase(blocks_.begin() + static_cast<std::ptrdiff_t>(i));
+        cached_ -= bytes;
+        return p;
+      }
+    }
+    return nullptr;
+  }
+  bool Put(void* p, size_t bytes) {
+    if (bytes > kMaxCachedBytesPerThread) return false;
+    // Make room by dropping the oldest blocks.
+    while (cached_ + bytes > kMaxCachedBytesPerThread && !blocks_.empty()) {
+      ::operator delete(blocks_.front().second);
+      cached_ -= blocks_.front().first;
+      blocks_.erase(blocks_.begin());
+    }
+    blocks_.emplace_back(bytes, p);
+    cached_ += bytes;
+    return true;
+  }
+
+ private:
+  std::vector<std::pair<size_t, void*>> blocks_;
+  size_t cached_ = 0;
+};
+
+BlockCache& ThreadCache() {
+  thread_local BlockCache cache;
+  return cache;
+}
+
+}  // namespace
+
+void* AllocateBlock(size_t bytes) {
+  if (bytes >= kMinCachedBytes) {
+    if (void* p = ThreadCache().Take(bytes)) return p;
+  }
+  return ::operator new(bytes);
+}
+
+void FreeBlock(void* p, size_t bytes) {
+  if (p == nullptr) return;
+  if (bytes >= kMinCachedBytes && ThreadCache().Put(p, bytes)) return;
+  ::operator delete(p);
+}
+
 int64_t NumElements(absl::Span<const int64_t> shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;

@@ -182,7 +182,8 @@ absl::Status ConvLayer::Validate(ConvKind kind, const ConvOptions& o) {
         return LayerError(name, fields[i], absl::StrCat("repeats a letter: '", s, "'"));
       for (char c : special[i]) {
         if (!seen.count(c))
-          return LayerError(name, fields[i], absl::StrCat("must contain '", std::string(1, c), "', got '", s, "'"));
+          return LayerError(name, fields[i],
+                            absl::StrCat("must contain '", std::string(1, c), "', got '", s, "'"));
       }
       const std::string sp = SpatialLetters(s, special[i]);
       if (std::set<char>(sp.begin(), sp.end()) != letters) {
@@ -485,22 +486,28 @@ AxisMatrix ConvLayer::DiagonalMatrix(const Geometry& g, int d) const {
   return m;
 }
 
-Array ConvLayer::Transform(const Array& t, int lead, bool diagonal_spatial, const Geometry& g) const {
+Array ConvLayer::Transform(const Array& t, int lead, bool diagonal_spatial, const Geometry& g,
+                           double factor) const {
   const int s = static_cast<int>(g.in.size());
   if (diagonal_spatial) {
     Array out = t;
     for (int d = 0; d < s; ++d) out = ApplyAlongAxis(out, lead + d, DiagonalMatrix(g, d));
+    if (factor != 1.0) {
+      for (double& v : out.vec()) v *= factor;
+    }
     return out;
   }
   if (kind_ == ConvKind::kLocal) {
     Array diag = SpatialDiagonal(t, lead, g.in);
     for (int d = 0; d < s; ++d) diag = ApplyAlongAxis(diag, lead + d, DiagonalMatrix(g, d));
+    if (factor != 1.0) {
+      for (double& v : diag.vec()) v *= factor;
+    }
     return EmbedDiagonal(diag, lead, g.out);
   }
-  Array out = t;
-  for (int d = 0; d < s; ++d) {
-    out = ApplyTapsToPair(out, lead + 2 * d, g.taps[d], 1.0 / double(k_[d]));
-    if (kind_ == ConvKind::kTranspose && o_.padding == Padding::kCircular) {
+  Array out = ConvolvePairs(t, lead, g.taps, factor / double(filter_size()));
+  if (kind_ == ConvKind::kTranspose && o_.padding == Padding::kCircular) {
+    for (int d = 0; d < s; ++d) {
       const AxisMatrix fold = FoldMatrix(g.out_before_fold[d], g.out[d]);
       out = ApplyAlongAxis(out, lead + 2 * d, fold);
       out = ApplyAlongAxis(out, lead + 2 * d + 1, fold);
@@ -527,30 +534,32 @@ absl::Status ConvLayer::TransformKernel(KernelFlow* kf, const KernelContext&) co
       for (double& e : a->vec()) e += v;
     }
   };
-  const Array nngp_t = Transform(k.nngp, 2, diag, *g);
+  // The transform is linear: combine the NTK's inputs first and transform once.
   if (k.ntk) {
-    Array ntk_in = k.ntk->rank() == 0 ? Array(k.nngp.shape(), (*k.ntk)[0]) : *k.ntk;
-    Array ntk_t = Transform(ntk_in, 2, diag, *g);
+    Array& ntk = *k.ntk;
+    if (ntk.rank() == 0) ntk = Array(k.nngp.shape(), ntk[0]);
     if (o_.parameterization == Parameterization::kNtk) {
-      // ntk' = W^2 K(ntk) + nngp'
-      for (int64_t i = 0; i < ntk_t.size(); ++i) ntk_t[i] = w2 * (ntk_t[i] + nngp_t[i]);
-      add(b2, 2, &ntk_t);
+      // ntk' = W^2 K(ntk + nngp) + b^2
+      for (int64_t i = 0; i < ntk.size(); ++i) ntk[i] += k.nngp[i];
+      ntk = Transform(ntk, 2, diag, *g, w2);
+      add(b2, 2, &ntk);
     } else {
+      // ntk' = K(fan_in nngp + W^2 ntk) (+ 1 with a bias), with the finite fan-in.
       const double fan_in = double(g->c_in * filter_size()) / o_.s[0];
-      for (int64_t i = 0; i < ntk_t.size(); ++i) ntk_t[i] = fan_in * nngp_t[i] + w2 * ntk_t[i];
-      if (o_.b_std) add(1.0, 2, &ntk_t);
+      for (int64_t i = 0; i < ntk.size(); ++i) ntk[i] = fan_in * k.nngp[i] + w2 * ntk[i];
+      ntk = Transform(ntk, 2, diag, *g, 1.0);
+      if (o_.b_std) add(1.0, 2, &ntk);
     }
-    k.ntk = std::move(ntk_t);
   }
-  auto affine = [&](Array&& a, int lead) {
-    for (double& e : a.vec()) e *= w2;
-    add(b2, lead, &a);
-    return std::move(a);
-  };
-  k.nngp = affine(Array(nngp_t), 2);
+  k.nngp = Transform(k.nngp, 2, diag, *g, w2);
+  add(b2, 2, &k.nngp);
   const int cb = CovBatchAxes(k);
-  k.cov1 = affine(Transform(k.cov1, cb, diag, *g), cb);
-  if (k.cov2) k.cov2 = affine(Transform(*k.cov2, cb, diag, *g), cb);
+  k.cov1 = Transform(k.cov1, cb, diag, *g, w2);
+  add(b2, cb, &k.cov1);
+  if (k.cov2) {
+    k.cov2 = Transform(*k.cov2, cb, diag, *g, w2);
+    add(b2, cb, &*k.cov2);
+  }
   // Kernel spatial axes follow out_spec's letter order.
   const std::string lsp = SpatialLetters(lhs_, "NC"), osp = SpatialLetters(out_, "NC");
   if (lsp != osp) {

@@ -62,7 +62,8 @@ class ConvLayer : public Layer {
   // The per-axis linear map of the diagonal-layout transform (1/k taps, folded when CIRCULAR transposed).
   AxisMatrix DiagonalMatrix(const Geometry& g, int d) const;
   // The filter-averaged covariance transform of one kernel array (linear.md 5.3).
-  Array Transform(const Array& t, int lead, bool diagonal_spatial, const Geometry& g) const;
+  // `factor` multiplies the result.
+  Array Transform(const Array& t, int lead, bool diagonal_spatial, const Geometry& g, double factor) const;
 
   ConvKind kind_;
   ConvOptions o_;

@@ -83,8 +83,9 @@ absl::Status ElementwiseLayer::TransformKernel(KernelFlow* kf, const KernelConte
   const Array d2 = k.cov2 ? GetDiagonal(*k.cov2, cb, k.diagonal_spatial, s) : d1;
   const Shape sizes(d1.shape().begin() + 1, d1.shape().end());
   const int64_t p = NumElements(sizes);
-  std::vector<int64_t> off_l, off_r;
-  PairOffsets(sizes, k.diagonal_spatial, &off_l, &off_r);
+  const auto offsets = PairOffsetsFor(sizes, k.diagonal_spatial);
+  const std::vector<int64_t>& off_l = offsets->left;
+  const std::vector<int64_t>& off_r = offsets->right;
 
   Array* ntk = (k.ntk && k.ntk->rank() > 0) ? &*k.ntk : nullptr;  // A rank-0 NTK is 0 and stays 0.
   MapArray(*this, 2, d1, d2, off_l, off_r, p, &k.nngp, ntk);

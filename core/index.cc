@@ -1,5 +1,7 @@
 #include "core/index.h"
 
+#include <algorithm>
+#include <cstdlib>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -149,44 +151,27 @@ absl::Status IndexLayer::Validate(const IndexOptions& o) {
   return absl::OkStatus();
 }
 
-std::optional<IndexItem> IndexLayer::StaticBatchItem() const {
+bool IndexLayer::SelectsBatch() const {
+  // Without the rank, try every rank the batch item can depend on: activations have rank >= 2 and at least
+  // one axis per item; past `hi` the item at the batch axis no longer changes.
+  int items = 0;
+  for (const IndexItem& it : o_.idx) items += it.kind == IndexItem::kEllipsis ? 0 : 1;
   const int b = o_.batch_axis;
-  const int n = static_cast<int>(o_.idx.size());
-  int e = -1;
-  for (int i = 0; i < n; ++i) {
-    if (o_.idx[i].kind == IndexItem::kEllipsis) e = i;
+  const int lo = std::max({2, items, b >= 0 ? b + 1 : -b});
+  const int hi = lo + static_cast<int>(o_.idx.size()) + std::abs(b) + 1;
+  for (int rank = lo; rank <= hi; ++rank) {
+    auto idx = CanonicalIndex(name(), o_.idx, rank);
+    if (!idx.ok() || !(*idx)[(b % rank + rank) % rank].takes_all()) return true;
   }
-  if (e < 0) {
-    // Items fill the leading axes; trailing axes get `:`. A negative axis depends on the rank.
-    if (b >= 0) return b < n ? o_.idx[b] : IndexItem::Slice();
-    return std::nullopt;
-  }
-  const int after = n - e - 1;
-  if (b >= 0) {
-    if (b < e) return o_.idx[b];
-    if (after == 0) return IndexItem::Slice();  // Inside the Ellipsis.
-    return std::nullopt;
-  }
-  if (-b <= after) return o_.idx[n + b];
-  if (e == 0) return IndexItem::Slice();  // Inside the Ellipsis.
-  return std::nullopt;
+  return false;
 }
 
 Requirements IndexLayer::requirements() const {
   Requirements r;
   r.batch_axis = o_.batch_axis;
   r.channel_axis = o_.channel_axis;
-  // Batch slicing needs every sample at once, which tiles do not have (see the header). Where the
-  // batch item depends on the rank, any non-trivial item might land there.
-  bool slices_batch = false;
-  if (std::optional<IndexItem> item = StaticBatchItem()) {
-    slices_batch = !item->is_full_slice();
-  } else {
-    for (const IndexItem& it : o_.idx) {
-      if (it.kind != IndexItem::kEllipsis && !it.is_full_slice()) slices_batch = true;
-    }
-  }
-  if (slices_batch) r.diagonal_batch = false;
+  // Tiles of samples cannot be sliced independently: the engine then evaluates the batch in one piece.
+  r.selects_batch = SelectsBatch();
   return r;
 }
 

@@ -28,6 +28,10 @@ struct IndexItem {
   static IndexItem Ellipsis();
   // Exactly `:` (slice(None)); `::1` or `0:` are not.
   bool is_full_slice() const { return kind == kSlice && !start && !stop && !step; }
+  // Takes every entry of any axis in order (`:`, `0:`, `::1`, ...).
+  bool takes_all() const {
+    return kind == kSlice && start.value_or(0) == 0 && !stop && step.value_or(1) == 1;
+  }
   std::string ToString() const;
 };
 
@@ -61,8 +65,8 @@ class IndexLayer : public Layer {
   static absl::Status Validate(const IndexOptions& o);
 
   std::string name() const override { return "Index"; }
-  // Declares diagonal_batch=false when the batch item may be other than `:`: the tiled engine computes
-  // kernels in blocks of samples and cannot slice the batch (it refuses such networks).
+  // Declares selects_batch when the batch item may select samples (for some rank: requirements do not
+  // know it): the tiled engine then evaluates the whole batch in one tile.
   Requirements requirements() const override;
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
@@ -70,8 +74,8 @@ class IndexLayer : public Layer {
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
   bool remask_kernel() const override { return false; }
 
-  // The batch item when it is known without the activation rank; nullopt when it depends on it.
-  std::optional<IndexItem> StaticBatchItem() const;
+  // Whether the batch item may keep other than all samples in order, for some activation rank.
+  bool SelectsBatch() const;
 
  protected:
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;

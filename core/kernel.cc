@@ -108,6 +108,23 @@ void PairOffsets(const Shape& sizes, bool diagonal_spatial, std::vector<int64_t>
   }
 }
 
+std::shared_ptr<const PairOffsetTable> PairOffsetsFor(const Shape& sizes, bool diagonal_spatial) {
+  struct Entry {
+    Shape sizes;
+    bool diagonal;
+    std::shared_ptr<const PairOffsetTable> table;
+  };
+  thread_local std::vector<Entry> cache;  // Most recent last; a handful of entries.
+  for (const Entry& e : cache) {
+    if (e.diagonal == diagonal_spatial && e.sizes == sizes) return e.table;
+  }
+  auto table = std::make_shared<PairOffsetTable>();
+  PairOffsets(sizes, diagonal_spatial, &table->left, &table->right);
+  if (cache.size() >= 4) cache.erase(cache.begin());
+  cache.push_back(Entry{sizes, diagonal_spatial, table});
+  return table;
+}
+
 absl::StatusOr<Array> PositionMask(const Array& mask, const Kernel& k) {
   const int rank = mask.rank();
   if (rank != static_cast<int>(k.shape1.size())) {
@@ -172,8 +189,9 @@ absl::Status MaskKernel(const std::optional<Array>& m1, const std::optional<Arra
   if (!pm2.ok()) return pm2.status();
   const Shape sizes(pm1->shape().begin() + 1, pm1->shape().end());
   const int64_t p = NumElements(sizes);
-  std::vector<int64_t> off_l, off_r;
-  PairOffsets(sizes, k->diagonal_spatial, &off_l, &off_r);
+  const auto offsets = PairOffsetsFor(sizes, k->diagonal_spatial);
+  const std::vector<int64_t>& off_l = offsets->left;
+  const std::vector<int64_t>& off_r = offsets->right;
   ZeroMasked(*pm1, *pm2, 2, off_l, off_r, p, &k->nngp);
   if (k->ntk && k->ntk->rank() > 0) ZeroMasked(*pm1, *pm2, 2, off_l, off_r, p, &*k->ntk);
   const int cb = CovBatchAxes(*k);

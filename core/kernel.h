@@ -2,6 +2,7 @@
 #ifndef NT_CORE_KERNEL_H_
 #define NT_CORE_KERNEL_H_
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -56,6 +57,12 @@ Array GetDiagonal(const Array& cov, int batch_axes, bool diagonal_spatial, int n
 // its left and right member: interleaved pairs (s1, s1', ...) when full, single axes when diagonal.
 void PairOffsets(const Shape& sizes, bool diagonal_spatial, std::vector<int64_t>* left,
                  std::vector<int64_t>* right);
+
+// PairOffsets memoised per thread (a network's layers reuse a few layouts).
+struct PairOffsetTable {
+  std::vector<int64_t> left, right;
+};
+std::shared_ptr<const PairOffsetTable> PairOffsetsFor(const Shape& sizes, bool diagonal_spatial);
 
 // Per-position masks (N, s1, ..., sS) of an activation mask (1 = masked) whose channel size is 1, in the
 // kernel's spatial order (reversed when is_reversed).

@@ -1,5 +1,7 @@
 #include "core/kernel_fn.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -21,6 +23,17 @@ namespace {
 
 // Cheap; done per call because a caller may have raised it for its own GEMMs in between.
 void SingleThreadedBlas() { openblas_set_num_threads(1); }
+
+// Tiles allocate and free arrays of a few MB per layer; served by mmap (glibc's default above its
+// threshold) or trimmed back to the system, every one costs page faults that took a third of the time of
+// CNN kernels. Keep such blocks in the heap for reuse.
+void KeepLargeBlocksInHeap() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc caps it at 32 MiB on 64-bit.
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  });
+}
 
 constexpr int64_t kTileBytes = 4 << 20;                       // Target size of one tile's nngp block.
 constexpr int64_t kMaxPlannedRowElements = int64_t{1} << 27;  // 1 GiB of float64 per input.
@@ -271,7 +284,7 @@ int64_t SaturatingBytes(double bytes) {
 }
 
 std::string LayoutString(const KernelPlan& plan, const Shape& out_trailing) {
-  Shape nngp{plan.n1, plan.n2};
+  Shape nngp{plan.out_n1, plan.out_n2};
   nngp.insert(nngp.end(), out_trailing.begin(), out_trailing.end());
   return absl::StrCat(plan.diagonal_batch ? "diagonal_batch" : "full_batch", ", ",
                       out_trailing.empty()    ? "no spatial axes"
@@ -298,10 +311,10 @@ void SizePlan(const KernelOptions& options, int concurrency, KernelPlan* plan) {
   plan->arrays.clear();
   plan->output_bytes = 0;
   for (const std::string& g : plan->get) {
-    ArraySpec a{g, with({plan->n1, plan->n2}, out_trailing), 2};
+    ArraySpec a{g, with({plan->out_n1, plan->out_n2}, out_trailing), 2};
     if (g == "ntk" && plan->meta.ntk && plan->meta.ntk->rank() == 0) a = ArraySpec{g, Shape{}, 0};
     if (g == "cov1" || g == "cov2") {
-      const int64_t n = g == "cov1" ? plan->n1 : plan->n2;
+      const int64_t n = g == "cov1" ? plan->out_n1 : plan->out_n2;
       a = plan->diagonal_batch ? ArraySpec{g, with({n}, cov_trailing), 1}
                                : ArraySpec{g, with({n, n}, out_trailing), 2};
     }
@@ -316,8 +329,9 @@ void SizePlan(const KernelOptions& options, int concurrency, KernelPlan* plan) {
         std::clamp(std::sqrt(double(kTileBytes) / (8.0 * double(plan->cells_per_entry))), 1.0, 256.0));
   }
   plan->tile_size = std::min(t, std::max(plan->n1, plan->n2));
+  if (plan->whole_batch) plan->tile_size = std::max(plan->n1, plan->n2);
   CountTiles(plan);
-  const double entries = double(plan->n1) * double(plan->n2);
+  const double entries = double(plan->out_n1) * double(plan->out_n2);
   plan->estimated_flops = entries * (plan->gram_flops_per_entry +
                                      60.0 * double(plan->cells_per_entry) * double(plan->num_layers));
   const double tile_cells = double(plan->tile_size) * double(plan->tile_size) * double(plan->cells_per_entry);
@@ -358,6 +372,7 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
     net_diag_spatial = *options.diagonal_spatial;
   }
   plan.batch_axis = req.batch_axis.value_or(0);
+  plan.whole_batch = req.selects_batch;
   plan.flatten_input = req.flatten_input;
   plan.channel_axis = req.channel_axis.value_or(-1);
   // Flatten first forces the full spatial layout (there is none left).
@@ -399,14 +414,18 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
                                     : SameInputs(x1, *x2))
                      : true;
 
-  // Run the network on a 1 x 1 sample: validates it against the inputs and yields output layouts.
+  // Run the network on a 1 x 1 sample: validates it against the inputs and yields output layouts. A
+  // network that selects samples runs on all of them (a single sample may select none).
   const std::vector<Pass> passes = MakePasses(plan);
-  auto meta = RunTile(net, plan, *inputs, passes[0], 0, 1, 0, 1);
+  auto meta = plan.whole_batch ? RunTile(net, plan, *inputs, passes[0], 0, plan.n1, 0, plan.n2)
+                               : RunTile(net, plan, *inputs, passes[0], 0, 1, 0, 1);
   if (!meta.ok()) return meta.status();
   plan.meta = *std::move(meta);
   plan.meta.x1_is_x2 = plan.x1_is_x2;
   plan.meta.diagonal_batch = plan.diagonal_batch;
-  SetBatchSizes(plan.n1, plan.n2, &plan.meta);
+  plan.out_n1 = plan.whole_batch ? plan.meta.nngp.dim(0) : plan.n1;
+  plan.out_n2 = plan.whole_batch ? plan.meta.nngp.dim(1) : plan.n2;
+  SetBatchSizes(plan.out_n1, plan.out_n2, &plan.meta);
   const int64_t p_in = (*inputs)[0].p();
   plan.cells_per_entry = std::max<int64_t>(
       {1, NumElements(Trailing(plan.meta.nngp, 2)), plan.diagonal_spatial ? p_in : p_in * p_in});
@@ -460,14 +479,16 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
     }
   }
   // Plan on one-row stand-ins of the inputs (values do not change layouts), then scale up.
-  auto one_row = [](Shape s, int batch_axis) {
+  const Requirements req = net.requirements();
+  auto one_row = [&req](Shape s, int batch_axis) {
     const int r = static_cast<int>(s.size());
-    if (r >= 1) s[(batch_axis % r + r) % r] = 1;
+    if (r >= 1 && !req.selects_batch) s[(batch_axis % r + r) % r] = 1;
     Array a(s, 0.0);
     for (int64_t i = 0; i < a.size(); ++i) a[i] = 1.0 + 0.01 * static_cast<double>(i % 7);
     return a;
   };
-  const int b = net.requirements().batch_axis.value_or(0);
+  const int b = req.batch_axis.value_or(0);
+  // Networks that select samples are planned on every row (their output sizes depend on it).
   Array a1 = one_row(x1_shape, b);
   std::optional<Array> a2;
   if (x2_shape) a2 = one_row(*x2_shape, b);
@@ -481,7 +502,11 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
   KernelPlan out = *std::move(plan);
   out.n1 = n1;
   out.n2 = n2;
-  SetBatchSizes(n1, n2, &out.meta);
+  if (!out.whole_batch) {
+    out.out_n1 = n1;
+    out.out_n2 = n2;
+  }
+  SetBatchSizes(out.out_n1, out.out_n2, &out.meta);
   out.input_elements = NumElements(x1_shape) + (x2_shape ? NumElements(*x2_shape) : 0);
   SizePlan(options, concurrency, &out);
   return out;
@@ -490,6 +515,7 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
 absl::Status ComputeKernelTiles(const Layer& net, const Array& x1, const Array* x2, const KernelPlan& plan,
                                 const KernelOptions& options, const TileSink& sink) {
   SingleThreadedBlas();
+  KeepLargeBlocksInHeap();
   // The plan validated these inputs (PlanKernel's contract).
   auto inputs = PrepareInputs(x1, x2, plan, /*check_finite=*/false);
   if (!inputs.ok()) return inputs.status();

@@ -55,8 +55,11 @@ struct KernelPlan {
   int batch_axis = 0;
   int channel_axis = -1;
   std::vector<ArraySpec> arrays;  // Requested arrays with their full (natural-order) shapes.
-  Kernel meta;  // Output metadata with the real batch sizes in shape1/2 (arrays: a 1 x 1 sample).
-  int64_t n1 = 0, n2 = 0;
+  Kernel meta;             // Output metadata with the real batch sizes in shape1/2 (arrays: a 1 x 1 sample).
+  int64_t n1 = 0, n2 = 0;  // Input batch sizes (tiles cut these).
+  int64_t out_n1 = 0, out_n2 = 0;  // Batch sizes of the output arrays (differ after Index on the batch).
+  // Evaluate all samples in one tile: the network selects samples (Requirements::selects_batch).
+  bool whole_batch = false;
   int64_t tile_size = 0;
   int64_t num_tiles = 0;          // Tile computations (mirrored tiles once).
   int64_t num_tile_messages = 0;  // Blocks emitted in total.

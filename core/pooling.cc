@@ -302,7 +302,7 @@ absl::StatusOr<Layer::Masked> GlobalPoolLayer::ApplyMasked(const Params& params,
   return Masked{ArrayFlow::Single(*std::move(y)), *std::move(out_masks)};
 }
 
-absl::StatusOr<MaskFlow> GlobalPoolLayer::MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const {
+absl::StatusOr<MaskFlow> GlobalPoolLayer::MaskFn(const MaskFlow& masks, const ShapeFlow& /*shapes*/) const {
   MaskFlow out = masks;
   for (size_t idx = 0; idx < out.items.size(); ++idx) {
     std::optional<Array>& m = out.items[idx];
@@ -322,7 +322,6 @@ absl::StatusOr<MaskFlow> GlobalPoolLayer::MaskFn(const MaskFlow& masks, const Sh
     const auto [lo, hi] = std::minmax(b, c);
     m = std::move(r).Reshaped({m->dim(lo), m->dim(hi)});
   }
-  (void)shapes;
   return out;
 }
 

@@ -45,6 +45,7 @@ Requirements Fold(const Requirements& a, const Requirements& b, bool serial) {
     r.flatten_input = b.flatten_input;
   }
   r.use_dropout = a.use_dropout ? a.use_dropout : b.use_dropout;
+  r.selects_batch = a.selects_batch || b.selects_batch;
   return r;
 }
 

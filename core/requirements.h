@@ -35,6 +35,9 @@ struct Requirements {
   std::optional<int> channel_axis;
   bool flatten_input = false;
   std::optional<bool> use_dropout;
+  // The network keeps only some samples (Index on the batch axis): our own flag, not upstream's. Tiles of
+  // samples cannot be evaluated independently then, so the engine evaluates the batch in one piece.
+  bool selects_batch = false;
 
   bool declares_channel() const { return channel_axis.has_value() || flatten_input; }
 };

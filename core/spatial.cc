@@ -5,6 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/layer.h"
+#include "tbb/blocked_range.h"
+#include "tbb/parallel_for.h"
 
 namespace nt {
 
@@ -161,45 +163,169 @@ Array ApplyAlongAxis(const Array& t, int axis, const AxisMatrix& m) {
   return out;
 }
 
-Array ApplyTapsToPair(const Array& t, int axis, const AxisTaps& taps, double scale) {
-  Shape shape = t.shape();
-  const int64_t outer = NumElements(absl::MakeConstSpan(shape).subspan(0, axis));
-  const int64_t inner = NumElements(absl::MakeConstSpan(shape).subspan(axis + 2));
-  const int64_t n = taps.n_in, m = taps.n_out, k = taps.k;
-  shape[axis] = m;
-  shape[axis + 1] = m;
-  Array out(shape, 0.0);
-  const double* src = t.data();
-  double* dst = out.data();
-  for (int64_t o = 0; o < outer; ++o) {
-    const double* so = src + o * n * n * inner;
-    double* dobase = dst + o * m * m * inner;
+namespace {
+
+// Runs of one tap across the output index j': input index i0 + step * (j' - j0) for j' in [j0, j1).
+struct Segment {
+  int64_t j0, j1, i0, step;
+};
+
+struct PairAxis {
+  const AxisTaps* taps;
+  std::vector<std::vector<Segment>> segments;  // Per tap.
+};
+
+PairAxis MakePairAxis(const AxisTaps& t) {
+  PairAxis a{&t, std::vector<std::vector<Segment>>(t.k)};
+  for (int64_t f = 0; f < t.k; ++f) {
+    auto& segs = a.segments[f];
+    for (int64_t j = 0; j < t.n_out; ++j) {
+      const int64_t i = t.at(j, f);
+      if (i < 0) continue;
+      if (!segs.empty()) {
+        Segment& s = segs.back();
+        const int64_t len = s.j1 - s.j0;
+        if (s.j1 == j && (len == 1 ? i > s.i0 : i == s.i0 + s.step * len)) {
+          if (len == 1) s.step = i - s.i0;
+          ++s.j1;
+          continue;
+        }
+      }
+      segs.push_back(Segment{j, j + 1, i, 1});
+    }
+  }
+  return a;
+}
+
+struct PairConv {
+  std::vector<PairAxis> axes;
+  std::vector<int64_t> in_block, out_block;  // Elements of the pairs after d (d + 1 .. S - 1).
+  double scale;
+
+  // in: (n_d, n_d, rest_in), out: (m_d, m_d, rest_out); scratch: one buffer per level.
+  void Run(const double* in, double* out, int d, std::vector<std::vector<double>>* scratch) const {
+    const AxisTaps& t = *axes[d].taps;
+    const int64_t n = t.n_in, m = t.n_out, k = t.k;
+    if (d + 1 == static_cast<int>(axes.size())) {
+      for (int64_t j = 0; j < m; ++j) RunRow(in, out + j * m, j, d);
+      return;
+    }
+    double* s = (*scratch)[d].data();
+    const int64_t ib = in_block[d], ob = out_block[d];
     for (int64_t j = 0; j < m; ++j) {
-      for (int64_t f = 0; f < k; ++f) {
-        const int64_t i = taps.at(j, f);
-        if (i < 0) continue;
-        const double* srow = so + i * n * inner;
-        double* drow = dobase + j * m * inner;
-        if (inner == 1) {
-          for (int64_t jp = 0; jp < m; ++jp) {
-            const int64_t ip = taps.index[jp * k + f];
-            if (ip >= 0) drow[jp] += srow[ip];
+      for (int64_t jp = 0; jp < m; ++jp) {
+        bool any = false;
+        for (int64_t f = 0; f < k; ++f) {
+          const int64_t r = t.at(j, f), rp = t.at(jp, f);
+          if (r < 0 || rp < 0) continue;
+          const double* src = in + (r * n + rp) * ib;
+          if (!any) {
+            std::copy(src, src + ib, s);
+          } else {
+            for (int64_t e = 0; e < ib; ++e) s[e] += src[e];
           }
+          any = true;
+        }
+        double* dst = out + (j * m + jp) * ob;
+        if (any) {
+          Run(s, dst, d + 1, scratch);
         } else {
-          for (int64_t jp = 0; jp < m; ++jp) {
-            const int64_t ip = taps.index[jp * k + f];
-            if (ip < 0) continue;
-            const double* s = srow + ip * inner;
-            double* d = drow + jp * inner;
-            for (int64_t e = 0; e < inner; ++e) d[e] += s[e];
-          }
+          std::fill(dst, dst + ob, 0.0);
         }
       }
     }
   }
-  if (scale != 1.0) {
-    for (double& v : out.vec()) v *= scale;
+
+  // Row j of the last pair: out[j'] = scale * sum_f in[taps(j, f), taps(j', f)].
+  void RunRow(const double* in, double* orow, int64_t j, int d) const {
+    const AxisTaps& t = *axes[d].taps;
+    const int64_t n = t.n_in, m = t.n_out;
+    std::fill(orow, orow + m, 0.0);
+    for (int64_t f = 0; f < t.k; ++f) {
+      const int64_t r = t.at(j, f);
+      if (r < 0) continue;
+      const double* irow = in + r * n;
+      for (const Segment& sg : axes[d].segments[f]) {
+        const double* src = irow + sg.i0 - sg.step * sg.j0;
+        if (sg.step == 1) {
+          for (int64_t jp = sg.j0; jp < sg.j1; ++jp) orow[jp] += src[jp];
+        } else {
+          for (int64_t jp = sg.j0; jp < sg.j1; ++jp) orow[jp] += src[sg.step * jp];
+        }
+      }
+    }
+    for (int64_t jp = 0; jp < m; ++jp) orow[jp] *= scale;
   }
+};
+
+}  // namespace
+
+Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps, double scale) {
+  const int s = static_cast<int>(taps.size());
+  Shape shape(t.shape().begin(), t.shape().begin() + lead);
+  const int64_t outer = NumElements(shape);
+  if (s == 0) {
+    Array out = t;
+    for (double& v : out.vec()) v *= scale;
+    return out;
+  }
+  PairConv pc;
+  pc.scale = scale;
+  pc.in_block.assign(s, 1);
+  pc.out_block.assign(s, 1);
+  for (int d = s - 1; d >= 0; --d) {
+    pc.axes.insert(pc.axes.begin(), MakePairAxis(taps[d]));
+    if (d + 1 < s) {
+      pc.in_block[d] = pc.in_block[d + 1] * taps[d + 1].n_in * taps[d + 1].n_in;
+      pc.out_block[d] = pc.out_block[d + 1] * taps[d + 1].n_out * taps[d + 1].n_out;
+    }
+  }
+  for (const AxisTaps& a : taps) {
+    shape.push_back(a.n_out);
+    shape.push_back(a.n_out);
+  }
+  Array out = Array::Uninitialized(shape);
+  const int64_t in_total = pc.in_block[0] * taps[0].n_in * taps[0].n_in;
+  const int64_t out_total = pc.out_block[0] * taps[0].n_out * taps[0].n_out;
+  const int64_t m0 = taps[0].n_out;
+  // Parallel over (outer entry, first output index): independent output slabs.
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, outer * m0), [&](const tbb::blocked_range<int64_t>& r) {
+    std::vector<std::vector<double>> scratch(s);
+    for (int d = 0; d < s; ++d) scratch[d].resize(pc.in_block[d]);
+    for (int64_t e = r.begin(); e != r.end(); ++e) {
+      const int64_t o = e / m0, j = e % m0;
+      const double* in = t.data() + o * in_total;
+      double* dst = out.data() + o * out_total;
+      if (s == 1) {
+        pc.RunRow(in, dst + j * m0, j, 0);
+        continue;
+      }
+      // Level 0 restricted to row j.
+      const AxisTaps& a = taps[0];
+      const int64_t n = a.n_in, ib = pc.in_block[0], ob = pc.out_block[0];
+      double* sc = scratch[0].data();
+      for (int64_t jp = 0; jp < m0; ++jp) {
+        bool any = false;
+        for (int64_t f = 0; f < a.k; ++f) {
+          const int64_t ri = a.at(j, f), rp = a.at(jp, f);
+          if (ri < 0 || rp < 0) continue;
+          const double* src = in + (ri * n + rp) * ib;
+          if (!any) {
+            std::copy(src, src + ib, sc);
+          } else {
+            for (int64_t x = 0; x < ib; ++x) sc[x] += src[x];
+          }
+          any = true;
+        }
+        double* o_blk = dst + (j * m0 + jp) * ob;
+        if (any) {
+          pc.Run(sc, o_blk, 1, &scratch);
+        } else {
+          std::fill(o_blk, o_blk + ob, 0.0);
+        }
+      }
+    }
+  });
   return out;
 }
 

@@ -63,9 +63,11 @@ AxisMatrix DenseAxisMatrix(int64_t n_out, int64_t n_in, const std::vector<double
 
 // `t` with axis `axis` replaced by m applied along it.
 Array ApplyAlongAxis(const Array& t, int axis, const AxisMatrix& m);
-// Shared-weight convolution of a full-layout axis pair (axis, axis + 1), both of length taps.n_in:
-// out[j, j'] = scale * sum_f t[taps(j, f), taps(j', f)] (the same tap on both sides).
-Array ApplyTapsToPair(const Array& t, int axis, const AxisTaps& taps, double scale);
+// Shared-weight convolution of every full-layout spatial axis pair after `lead` leading axes (pair d of
+// length taps[d].n_in): out[.., j_d, j_d', ..] = scale * sum over taps f of t[.., taps_d(j_d, f_d),
+// taps_d(j_d', f_d), ..] (the same tap on both sides of a pair). Runs block-wise so that the work on
+// the inner pairs stays in cache, in parallel over the outer pair.
+Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps, double scale);
 
 // Calls fn(array, leading batch axes) for nngp, ntk (unless it is the rank-0 input value), cov1 and
 // cov2 (when present).

@@ -14,13 +14,16 @@
 #include "core/exp.h"
 #include "core/exp_normalized.h"
 #include "core/expression.h"
+#include "core/flatten.h"
 #include "core/gabor.h"
 #include "core/gaussian.h"
 #include "core/gelu.h"
 #include "core/hermite.h"
+#include "core/image_resize.h"
 #include "core/monomial.h"
 #include "core/numerical_activation.h"
 #include "core/polynomial.h"
+#include "core/pooling.h"
 #include "core/rbf.h"
 #include "core/rectified_monomial.h"
 #include "core/sign.h"
@@ -183,6 +186,45 @@ Net ConvLocal(int64_t out_chan, std::vector<int64_t> filter_shape, std::vector<i
               std::array<double, 2> s) {
   return MakeConv(ConvKind::kLocal, "ConvLocal", out_chan, std::move(filter_shape), std::move(strides),
                   padding, W_std, b_std, std::move(dimension_numbers), parameterization, s);
+}
+
+Net AvgPool(std::vector<int64_t> window_shape, std::vector<int64_t> strides, const std::string& padding,
+            bool normalize_edges, int batch_axis, int channel_axis) {
+  auto pad = ParsePadding("AvgPool", padding);
+  if (!pad.ok()) return Invalid(pad.status(), "AvgPool");
+  PoolOptions o{std::move(window_shape), std::move(strides), *pad, normalize_edges, batch_axis, channel_axis};
+  if (absl::Status st = PoolLayer::Validate(PoolKind::kAvg, o); !st.ok()) return Invalid(st, "AvgPool");
+  return Net(std::make_shared<PoolLayer>(PoolKind::kAvg, std::move(o)));
+}
+Net SumPool(std::vector<int64_t> window_shape, std::vector<int64_t> strides, const std::string& padding,
+            int batch_axis, int channel_axis) {
+  auto pad = ParsePadding("SumPool", padding);
+  if (!pad.ok()) return Invalid(pad.status(), "SumPool");
+  PoolOptions o{std::move(window_shape), std::move(strides), *pad, false, batch_axis, channel_axis};
+  if (absl::Status st = PoolLayer::Validate(PoolKind::kSum, o); !st.ok()) return Invalid(st, "SumPool");
+  return Net(std::make_shared<PoolLayer>(PoolKind::kSum, std::move(o)));
+}
+Net GlobalAvgPool(int batch_axis, int channel_axis) {
+  return Net(std::make_shared<GlobalPoolLayer>(PoolKind::kAvg, GlobalPoolOptions{batch_axis, channel_axis}));
+}
+Net GlobalSumPool(int batch_axis, int channel_axis) {
+  return Net(std::make_shared<GlobalPoolLayer>(PoolKind::kSum, GlobalPoolOptions{batch_axis, channel_axis}));
+}
+Net Flatten(int batch_axis, int batch_axis_out) {
+  FlattenOptions o{batch_axis, batch_axis_out};
+  if (absl::Status st = FlattenLayer::Validate(o); !st.ok()) return Invalid(st, "Flatten");
+  return Net(std::make_shared<FlattenLayer>(o));
+}
+Net ImageResize(std::vector<int64_t> shape, const std::string& method, bool antialias,
+                const std::string& precision, int batch_axis, int channel_axis) {
+  ImageResizeOptions o{std::move(shape), method, antialias, precision, batch_axis, channel_axis};
+  if (absl::Status st = ImageResizeLayer::Validate(o); !st.ok()) return Invalid(st, "ImageResize");
+  return Net(std::make_shared<ImageResizeLayer>(std::move(o)));
+}
+Net Index(std::vector<IndexItem> idx, int batch_axis, int channel_axis) {
+  IndexOptions o{std::move(idx), batch_axis, channel_axis};
+  if (absl::Status st = IndexLayer::Validate(o); !st.ok()) return Invalid(st, "Index");
+  return Net(std::make_shared<IndexLayer>(std::move(o)));
 }
 
 Net ABRelu(double a, double b, bool do_stabilize) {

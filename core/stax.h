@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/index.h"
 #include "core/kernel_fn.h"
 #include "core/layer.h"
 
@@ -78,6 +79,21 @@ Net ConvLocal(int64_t out_chan, std::vector<int64_t> filter_shape, std::vector<i
               const std::string& padding = "VALID", double W_std = 1.0,
               std::optional<double> b_std = std::nullopt, std::array<std::string, 3> dimension_numbers = {},
               const std::string& parameterization = "ntk", std::array<double, 2> s = {1.0, 1.0});
+// Pooling (linear.md 5.4, 5.5); empty strides: ones (not the window).
+Net AvgPool(std::vector<int64_t> window_shape, std::vector<int64_t> strides = {},
+            const std::string& padding = "VALID", bool normalize_edges = false, int batch_axis = 0,
+            int channel_axis = -1);
+Net SumPool(std::vector<int64_t> window_shape, std::vector<int64_t> strides = {},
+            const std::string& padding = "VALID", int batch_axis = 0, int channel_axis = -1);
+Net GlobalAvgPool(int batch_axis = 0, int channel_axis = -1);
+Net GlobalSumPool(int batch_axis = 0, int channel_axis = -1);
+Net Flatten(int batch_axis = 0, int batch_axis_out = 0);
+// ImageResize (linear.md 5.10): `shape` has one entry per activation axis, -1 keeps it.
+Net ImageResize(std::vector<int64_t> shape, const std::string& method, bool antialias = true,
+                const std::string& precision = "HIGHEST", int batch_axis = 0, int channel_axis = -1);
+// Index (linear.md 5.11), e.g. Slice[:, 0, ...] = Index({IndexItem::Slice(), IndexItem::Int(0),
+// IndexItem::Ellipsis()}).
+Net Index(std::vector<IndexItem> idx, int batch_axis = 0, int channel_axis = -1);
 Net ABRelu(double a, double b, bool do_stabilize = false);
 Net Relu(bool do_stabilize = false);
 Net LeakyRelu(double alpha, bool do_stabilize = false);

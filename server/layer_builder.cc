@@ -50,6 +50,31 @@ absl::StatusOr<LayerPtr> Finish(const Net& net, const std::string& path) {
   return net.layer();
 }
 
+std::string PaddingString(nt::v1::Padding p) {
+  if (p == nt::v1::SAME) return "SAME";
+  if (p == nt::v1::CIRCULAR) return "CIRCULAR";
+  return "VALID";
+}
+
+// Pooling windows and strides: bounded like convolution filters.
+absl::Status CheckWindows(const std::string& path, const std::string& name, const std::string& field,
+                          const google::protobuf::RepeatedField<int64_t>& v) {
+  if (v.size() > 8) return Invalid(path, name, field, "at most 8 spatial dimensions");
+  for (int64_t x : v) {
+    if (x < 1 || x > 4096)
+      return Invalid(path, name, field, absl::StrCat("entries must be in [1, 4096], got ", x));
+  }
+  return absl::OkStatus();
+}
+
+// Axis arguments are small integers; anything else is a client error, not an int overflow.
+absl::StatusOr<int> Axis(const std::string& path, const std::string& name, const std::string& field, bool has,
+                         int64_t v, int def) {
+  if (!has) return def;
+  if (v < -64 || v > 64) return Invalid(path, name, field, absl::StrCat("must be in [-64, 64], got ", v));
+  return static_cast<int>(v);
+}
+
 // Conv, ConvTranspose and ConvLocal share their fields.
 template <typename M>
 absl::StatusOr<LayerPtr> BuildConv(const M& c, const std::string& name, const std::string& path) {
@@ -75,9 +100,7 @@ absl::StatusOr<LayerPtr> BuildConv(const M& c, const std::string& name, const st
   if (c.s_size() == 2) s = {double(c.s(0)), double(c.s(1))};
   std::optional<double> b_std;
   if (c.has_b_std()) b_std = c.b_std();
-  std::string padding = "VALID";
-  if (c.padding() == nt::v1::SAME) padding = "SAME";
-  if (c.padding() == nt::v1::CIRCULAR) padding = "CIRCULAR";
+  const std::string padding = PaddingString(c.padding());
   if (!nt::v1::Padding_IsValid(c.padding()))
     return Invalid(path, name, "padding", absl::StrCat("unknown value ", int(c.padding())));
   std::array<std::string, 3> dn;
@@ -162,6 +185,110 @@ absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, 
       return BuildConv(l.conv_transpose(), "ConvTranspose", path);
     case K::kConvLocal:
       return BuildConv(l.conv_local(), "ConvLocal", path);
+    case K::kAvgPool:
+    case K::kSumPool: {
+      const bool avg = l.kind_case() == K::kAvgPool;
+      const std::string name = avg ? "AvgPool" : "SumPool";
+      const auto& w = avg ? l.avg_pool().window_shape() : l.sum_pool().window_shape();
+      const auto& st = avg ? l.avg_pool().strides() : l.sum_pool().strides();
+      if (absl::Status e = CheckWindows(path, name, "window_shape", w); !e.ok()) return e;
+      if (absl::Status e = CheckWindows(path, name, "strides", st); !e.ok()) return e;
+      const nt::v1::Padding pad = avg ? l.avg_pool().padding() : l.sum_pool().padding();
+      if (!nt::v1::Padding_IsValid(pad))
+        return Invalid(path, name, "padding", absl::StrCat("unknown value ", int(pad)));
+      auto b =
+          avg ? Axis(path, name, "batch_axis", l.avg_pool().has_batch_axis(), l.avg_pool().batch_axis(), 0)
+              : Axis(path, name, "batch_axis", l.sum_pool().has_batch_axis(), l.sum_pool().batch_axis(), 0);
+      if (!b.ok()) return b.status();
+      auto c = avg ? Axis(path, name, "channel_axis", l.avg_pool().has_channel_axis(),
+                          l.avg_pool().channel_axis(), -1)
+                   : Axis(path, name, "channel_axis", l.sum_pool().has_channel_axis(),
+                          l.sum_pool().channel_axis(), -1);
+      if (!c.ok()) return c.status();
+      std::vector<int64_t> window(w.begin(), w.end()), strides(st.begin(), st.end());
+      return Finish(
+          avg ? stax::AvgPool(window, strides, PaddingString(pad), l.avg_pool().normalize_edges(), *b, *c)
+              : stax::SumPool(window, strides, PaddingString(pad), *b, *c),
+          Where(path, name));
+    }
+    case K::kGlobalAvgPool:
+    case K::kGlobalSumPool: {
+      const bool avg = l.kind_case() == K::kGlobalAvgPool;
+      const std::string name = avg ? "GlobalAvgPool" : "GlobalSumPool";
+      const bool has_b = avg ? l.global_avg_pool().has_batch_axis() : l.global_sum_pool().has_batch_axis();
+      const int64_t bv = avg ? l.global_avg_pool().batch_axis() : l.global_sum_pool().batch_axis();
+      const bool has_c =
+          avg ? l.global_avg_pool().has_channel_axis() : l.global_sum_pool().has_channel_axis();
+      const int64_t cv = avg ? l.global_avg_pool().channel_axis() : l.global_sum_pool().channel_axis();
+      auto b = Axis(path, name, "batch_axis", has_b, bv, 0);
+      if (!b.ok()) return b.status();
+      auto c = Axis(path, name, "channel_axis", has_c, cv, -1);
+      if (!c.ok()) return c.status();
+      return Finish(avg ? stax::GlobalAvgPool(*b, *c) : stax::GlobalSumPool(*b, *c), Where(path, name));
+    }
+    case K::kFlatten: {
+      const auto& f = l.flatten();
+      auto b = Axis(path, "Flatten", "batch_axis", f.has_batch_axis(), f.batch_axis(), 0);
+      if (!b.ok()) return b.status();
+      auto bo = Axis(path, "Flatten", "batch_axis_out", f.has_batch_axis_out(), f.batch_axis_out(), 0);
+      if (!bo.ok()) return bo.status();
+      return Finish(stax::Flatten(*b, *bo), Where(path, "Flatten"));
+    }
+    case K::kImageResize: {
+      const auto& r = l.image_resize();
+      if (r.shape_size() == 0) return Invalid(path, "ImageResize", "shape", "is required");
+      if (r.shape_size() > 10) return Invalid(path, "ImageResize", "shape", "at most 10 axes");
+      for (int64_t v : r.shape()) {
+        if (v != -1 && (v < 1 || v > (int64_t{1} << 20)))
+          return Invalid(path, "ImageResize", "shape",
+                         absl::StrCat("entries must be -1 or in [1, 2^20], got ", v));
+      }
+      if (!r.has_method()) return Invalid(path, "ImageResize", "method", "is required");
+      auto b = Axis(path, "ImageResize", "batch_axis", r.has_batch_axis(), r.batch_axis(), 0);
+      if (!b.ok()) return b.status();
+      auto c = Axis(path, "ImageResize", "channel_axis", r.has_channel_axis(), r.channel_axis(), -1);
+      if (!c.ok()) return c.status();
+      return Finish(stax::ImageResize(std::vector<int64_t>(r.shape().begin(), r.shape().end()), r.method(),
+                                      r.has_antialias() ? r.antialias() : true,
+                                      r.has_precision() ? r.precision() : "HIGHEST", *b, *c),
+                    Where(path, "ImageResize"));
+    }
+    case K::kIndex: {
+      const auto& ix = l.index();
+      if (ix.idx_size() == 0) return Invalid(path, "Index", "idx", "is required");
+      if (ix.idx_size() > 64) return Invalid(path, "Index", "idx", "at most 64 items");
+      std::vector<IndexItem> items;
+      for (int i = 0; i < ix.idx_size(); ++i) {
+        const auto& it = ix.idx(i);
+        const std::string field = absl::StrCat("idx[", i, "]");
+        switch (it.item_case()) {
+          case nt::v1::IndexItem::kSlice: {
+            const auto& sl = it.slice();
+            if (sl.has_step() && sl.step() == 0)
+              return Invalid(path, "Index", field + ".step", "must not be 0");
+            items.push_back(
+                IndexItem::Slice(sl.has_start() ? std::optional<int64_t>(sl.start()) : std::nullopt,
+                                 sl.has_stop() ? std::optional<int64_t>(sl.stop()) : std::nullopt,
+                                 sl.has_step() ? std::optional<int64_t>(sl.step()) : std::nullopt));
+            break;
+          }
+          case nt::v1::IndexItem::kIndex:
+            items.push_back(IndexItem::Int(it.index()));
+            break;
+          case nt::v1::IndexItem::kEllipsis:
+            if (!it.ellipsis()) return Invalid(path, "Index", field + ".ellipsis", "must be true when set");
+            items.push_back(IndexItem::Ellipsis());
+            break;
+          default:
+            return Invalid(path, "Index", field, "has no item set (slice, index or ellipsis)");
+        }
+      }
+      auto b = Axis(path, "Index", "batch_axis", ix.has_batch_axis(), ix.batch_axis(), 0);
+      if (!b.ok()) return b.status();
+      auto c = Axis(path, "Index", "channel_axis", ix.has_channel_axis(), ix.channel_axis(), -1);
+      if (!c.ok()) return c.status();
+      return Finish(stax::Index(std::move(items), *b, *c), Where(path, "Index"));
+    }
     case K::kRelu:
       return stax::Relu(l.relu().do_stabilize()).layer();
     case K::kAbRelu: {

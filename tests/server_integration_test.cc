@@ -148,8 +148,14 @@ TEST(ServerIntegrationTest, BadRequestsGetClearErrorsAndTheServerStaysUp) {
   nt::v1::KernelRequest conv = good;
   conv.mutable_architecture()->mutable_serial()->add_layers()->mutable_conv();
   r = client.ComputeKernel(conv);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("(Conv).out_chan: is required"), absl::string_view::npos) << r.status();
+
+  nt::v1::KernelRequest layer_norm = good;
+  layer_norm.mutable_architecture()->mutable_serial()->add_layers()->mutable_layer_norm();
+  r = client.ComputeKernel(layer_norm);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(r.status().message().find("Conv"), absl::string_view::npos) << r.status();
+  EXPECT_NE(r.status().message().find("LayerNorm"), absl::string_view::npos) << r.status();
 
   auto health = client.Health();
   ASSERT_TRUE(health.ok()) << health.status();

@@ -198,10 +198,47 @@ CATALOGUE = [
     ('get_empty_name', 'kernel', lambda: _request(get=['']), INVALID, ['get', 'empty']),
     ('output_dtype_bool', 'kernel', lambda: _request(output_dtype=DType.BOOL), INVALID, ['output_dtype']),
     ('negative_tile_size', 'kernel', lambda: _request(tile_size=-1), INVALID, ['tile_size', '>= 0']),
-    ('unimplemented_conv', 'kernel',
-     lambda: _request(_layer({'layer': 'Conv', 'args': {'out_chan': 4, 'filter_shape': [3]}}),
+    ('unimplemented_attention', 'kernel',
+     lambda: _request(_layer({'layer': 'GlobalSelfAttention',
+                              'args': {'n_chan_out': 4, 'n_chan_key': 4, 'n_chan_val': 4, 'n_heads': 1}}),
                       x1=np.ones((2, 5, 3))),
-     UNIMPLEMENTED, ['architecture', 'Conv', 'not implemented']),
+     UNIMPLEMENTED, ['architecture', 'GlobalSelfAttention', 'not implemented']),
+    ('conv_filter_zero', 'kernel',
+     lambda: _request(_layer({'layer': 'Conv', 'args': {'out_chan': 4, 'filter_shape': [0]}}),
+                      x1=np.ones((2, 5, 3))),
+     INVALID, ['architecture (Conv)', 'filter_shape', 'got 0']),
+    ('conv_filter_exceeds_valid_input', 'kernel',
+     lambda: _request(_layer({'layer': 'Conv', 'args': {'out_chan': 4, 'filter_shape': [9]}}),
+                      x1=np.ones((2, 5, 3))),
+     INVALID, ['Conv', 'filter_shape', '9', 'VALID']),
+    ('conv_strides_length', 'kernel',
+     lambda: _request(_layer({'layer': 'Conv', 'args': {'out_chan': 4, 'filter_shape': [3], 'strides': [1, 1]}}),
+                      x1=np.ones((2, 5, 3))),
+     INVALID, ['Conv', 'strides', 'one entry per filter dimension']),
+    ('conv_transpose_rank_mismatch', 'kernel',
+     lambda: _request(_layer({'layer': 'ConvTranspose', 'args': {'out_chan': 4, 'filter_shape': [3, 3]}}),
+                      x1=np.ones((2, 5, 3))),
+     INVALID, ['x1', 'channel_axis 3', 'rank 3']),
+    ('avgpool_window_zero', 'kernel',
+     lambda: _request(_serial({'layer': 'Conv', 'args': {'out_chan': 4, 'filter_shape': [3]}},
+                              {'layer': 'AvgPool', 'args': {'window_shape': [0]}}), x1=np.ones((2, 5, 3))),
+     INVALID, ['layers[1] (AvgPool)', 'window_shape']),
+    ('index_channel_axis', 'kernel',
+     lambda: _request(_serial({'layer': 'Conv', 'args': {'out_chan': 4, 'filter_shape': [3]}},
+                              {'layer': 'Index', 'args': {'idx': ['...', 0]}}), x1=np.ones((2, 5, 3))),
+     UNIMPLEMENTED, ['Index', 'channel']),
+    ('resize_cubic_kernel', 'kernel',
+     lambda: _request(_serial({'layer': 'Conv', 'args': {'out_chan': 4, 'filter_shape': [3]}},
+                              {'layer': 'ImageResize', 'args': {'shape': [-1, 6, -1], 'method': 'cubic'}}),
+                      x1=np.ones((2, 5, 3))),
+     UNIMPLEMENTED, ['ImageResize', 'cubic']),
+    ('pooling_readout_with_diagonal_spatial', 'kernel',
+     lambda: _request(_serial({'layer': 'Conv', 'args': {'out_chan': 4, 'filter_shape': [3]}}, {'layer': 'Relu'},
+                              {'layer': 'GlobalAvgPool'}), x1=np.ones((2, 5, 3)), diagonal_spatial=True),
+     INVALID, ['diagonal_spatial']),
+    ('flatten_batch_axis_out', 'kernel',
+     lambda: _request(_serial({'layer': 'Flatten', 'args': {'batch_axis_out': 3}}, _DENSE4), x1=np.ones((2, 5, 3))),
+     INVALID, ['Flatten', 'batch_axis_out']),
     ('unimplemented_nested_layer', 'kernel',
      lambda: _request(_serial(_DENSE4, {'layer': 'Relu'}, {'layer': 'LayerNorm'}, _DENSE4)),
      UNIMPLEMENTED, ['architecture.layers[2]', 'LayerNorm']),
@@ -233,8 +270,8 @@ CATALOGUE = [
     ('describe_zero_dim_x2', 'describe', lambda: _describe(x2_shape=[0, 3]), INVALID,
      ['x2_shape', 'positive']),
     ('describe_unimplemented_layer', 'describe',
-     lambda: _describe(_serial(_DENSE4, {'layer': 'GlobalAvgPool'}), x1_shape=(2, 5, 3)), UNIMPLEMENTED,
-     ['architecture.layers[1]', 'GlobalAvgPool']),
+     lambda: _describe(_serial(_DENSE4, {'layer': 'Dropout', 'args': {'rate': 0.5}}), x1_shape=(2, 5, 3)),
+     UNIMPLEMENTED, ['architecture.layers[1]', 'Dropout']),
     ('describe_unknown_get', 'describe', lambda: _describe(get=['ntk', 'bogus']), INVALID, ['get', 'bogus']),
 ]
 
@@ -271,13 +308,13 @@ class BadRequestsTest(server_fixture.ServerTestCase):
 
   # Through ntclient: same errors, raised as grpc.RpcError from kernel_fn / describe.
   def test_ntclient_unimplemented_layer(self):
-    _, _, kernel_fn = stax.serial(stax.Dense(4), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1))
+    _, _, kernel_fn = stax.serial(stax.Dense(4), stax.LayerNorm(), stax.Dense(1))
     with self.assertRaises(grpc.RpcError) as cm:
       kernel_fn(np.ones((2, 5, 3)), None, 'nngp', connection=self.conn, timeout=30)
-    _check_error(self, cm.exception, UNIMPLEMENTED, ['GlobalAvgPool'])
+    _check_error(self, cm.exception, UNIMPLEMENTED, ['LayerNorm'])
     with self.assertRaises(grpc.RpcError) as cm:
       kernel_fn.describe((2, 5, 3), connection=self.conn, timeout=30)
-    _check_error(self, cm.exception, UNIMPLEMENTED, ['GlobalAvgPool'])
+    _check_error(self, cm.exception, UNIMPLEMENTED, ['LayerNorm'])
 
   def test_ntclient_bad_inputs(self):
     _, _, kernel_fn = stax.serial(stax.Dense(4), stax.Erf())

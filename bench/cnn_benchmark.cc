@@ -1,0 +1,108 @@
+// Upstream's README CNN benchmark (spec/anchors.md 2.1): 21 x [Conv(1, (3, 3), (1, 1), 'SAME'), Relu] on
+// 32x32x3 inputs, topped by GlobalAvgPool (full spatial covariance) or by Flatten (diagonal layout),
+// NNGP + NTK of x1 against itself, float64. Reported per NTK entry (time / N^2), next to a floor measured
+// in the same process: the network's additions and multiplications at the rate of this machine's GEMM.
+//
+//   cnn_benchmark --n=8 --top=gap        (--top=flatten|gap|none, --depth=21, --size=32)
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "Eigen/Core"
+#include "benchmark/benchmark.h"
+#include "core/kernel_fn.h"
+#include "core/stax.h"
+
+extern "C" void openblas_set_num_threads(int num_threads);
+
+namespace {
+
+int64_t g_n = 4;
+int64_t g_size = 32;
+int g_depth = 21;
+std::string g_top = "gap";
+
+nt::stax::Net Network() {
+  std::vector<nt::stax::Net> layers;
+  for (int i = 0; i < g_depth; ++i) {
+    layers.push_back(nt::stax::Conv(1, {3, 3}, {1, 1}, "SAME"));
+    layers.push_back(nt::stax::Relu());
+  }
+  if (g_top == "gap") layers.push_back(nt::stax::GlobalAvgPool());
+  if (g_top == "flatten") layers.push_back(nt::stax::Flatten());
+  return nt::stax::serial(std::move(layers));
+}
+
+// Arithmetic of one NTK entry (x1 row i against x2 row j), counting only the unavoidable part: each
+// Conv reads its 3 taps on each of the two spatial axis pairs of the nngp and the ntk (full layout), or
+// the 9 taps of the diagonal (diagonal layout); the Relu maps and pooling are not counted.
+double FlopsPerEntry() {
+  const double p = double(g_size) * double(g_size);
+  const double per_array = g_top == "flatten" ? 2.0 * 9.0 * p : 2.0 * 2.0 * 3.0 * p * p;
+  return g_depth * 2.0 * per_array;
+}
+
+double g_gemm_gflops = 0;
+
+// The machine rate: a large double GEMM on all cores.
+void BM_GemmRate(benchmark::State& state) {
+  const int64_t n = 1536;
+  using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  RowMat a = RowMat::Random(n, n), b = RowMat::Random(n, n), c(n, n);
+  openblas_set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
+  for (auto _ : state) {
+    c.noalias() = a * b;
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * n * n * n * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+}
+
+void BM_CnnKernel(benchmark::State& state) {
+  const nt::Array x = nt::RngKey(42).Normal({g_n, g_size, g_size, 3});
+  const nt::stax::Net net = Network();
+  for (auto _ : state) {
+    auto k = net.kernel_fn(x, nullptr, {"nngp", "ntk"});
+    if (!k.ok()) {
+      state.SkipWithError(std::string(k.status().message()).c_str());
+      return;
+    }
+    benchmark::DoNotOptimize(k->arrays.front().second.data());
+  }
+  state.counters["ms_per_entry"] =
+      benchmark::Counter(double(g_n) * g_n * state.iterations() / 1e3,
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["flops_per_entry"] = FlopsPerEntry();
+}
+
+BENCHMARK(BM_GemmRate)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+BENCHMARK(BM_CnnKernel)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<char*> rest;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--n=", 4) == 0) {
+      g_n = std::atoll(argv[i] + 4);
+    } else if (std::strncmp(argv[i], "--size=", 7) == 0) {
+      g_size = std::atoll(argv[i] + 7);
+    } else if (std::strncmp(argv[i], "--depth=", 8) == 0) {
+      g_depth = std::atoi(argv[i] + 8);
+    } else if (std::strncmp(argv[i], "--top=", 6) == 0) {
+      g_top = argv[i] + 6;
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  int rc = static_cast<int>(rest.size());
+  benchmark::Initialize(&rc, rest.data());
+  benchmark::AddCustomContext("N", std::to_string(g_n));
+  benchmark::AddCustomContext("top", g_top);
+  benchmark::AddCustomContext("depth", std::to_string(g_depth));
+  benchmark::AddCustomContext("flops_per_entry", std::to_string(FlopsPerEntry()));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
