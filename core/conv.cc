@@ -44,27 +44,35 @@ bool Next(const std::vector<int64_t>& sizes, std::vector<int64_t>* idx) {
   return false;
 }
 
-// The spatial diagonal (lead..., s1, ..., sS) of a full-layout array (lead..., s1, s1', ...).
-Array SpatialDiagonal(const Array& t, int lead, const std::vector<int64_t>& sizes) {
-  Shape shape(t.shape().begin(), t.shape().begin() + lead);
-  const int64_t outer = NumElements(shape);
-  shape.insert(shape.end(), sizes.begin(), sizes.end());
-  Array out = Array::Uninitialized(shape);
-  const int64_t p = NumElements(sizes);
+// Offsets of the entries (q, q) of a full-layout block (s1, s1', ..., sS, sS'), in row-major order of q.
+std::vector<int64_t> DiagonalOffsets(const std::vector<int64_t>& sizes) {
   std::vector<int64_t> step(sizes.size());  // Offset of (q, q) per unit of q_d.
   int64_t inner = 1;
   for (int d = static_cast<int>(sizes.size()) - 1; d >= 0; --d) {
     step[d] = inner * (sizes[d] + 1);
     inner *= sizes[d] * sizes[d];
   }
+  std::vector<int64_t> out;
+  std::vector<int64_t> q(sizes.size(), 0);
+  for (int64_t e = 0, p = NumElements(sizes); e < p; ++e) {
+    int64_t off = 0;
+    for (size_t d = 0; d < sizes.size(); ++d) off += q[d] * step[d];
+    out.push_back(off);
+    Next(sizes, &q);
+  }
+  return out;
+}
+
+// The spatial diagonal (lead..., s1, ..., sS) of a full-layout array (lead..., s1, s1', ...).
+Array SpatialDiagonal(const Array& t, int lead, const std::vector<int64_t>& sizes) {
+  Shape shape(t.shape().begin(), t.shape().begin() + lead);
+  const int64_t outer = NumElements(shape);
+  shape.insert(shape.end(), sizes.begin(), sizes.end());
+  Array out = Array::Uninitialized(shape);
+  const std::vector<int64_t> offsets = DiagonalOffsets(sizes);
+  const int64_t p = static_cast<int64_t>(offsets.size()), block = t.size() / std::max<int64_t>(outer, 1);
   for (int64_t o = 0; o < outer; ++o) {
-    std::vector<int64_t> q(sizes.size(), 0);
-    for (int64_t e = 0; e < p; ++e) {
-      int64_t off = 0;
-      for (size_t d = 0; d < sizes.size(); ++d) off += q[d] * step[d];
-      out[o * p + e] = t[o * inner + off];
-      Next(sizes, &q);
-    }
+    for (int64_t e = 0; e < p; ++e) out[o * p + e] = t[o * block + offsets[e]];
   }
   return out;
 }
@@ -78,33 +86,21 @@ Array EmbedDiagonal(const Array& t, int lead, const std::vector<int64_t>& sizes)
     shape.push_back(s);
   }
   Array out(shape, 0.0);
-  const int64_t p = NumElements(sizes);
-  std::vector<int64_t> step(sizes.size());
-  int64_t inner = 1;
-  for (int d = static_cast<int>(sizes.size()) - 1; d >= 0; --d) {
-    step[d] = inner * (sizes[d] + 1);
-    inner *= sizes[d] * sizes[d];
-  }
+  const std::vector<int64_t> offsets = DiagonalOffsets(sizes);
+  const int64_t p = static_cast<int64_t>(offsets.size()), block = out.size() / std::max<int64_t>(outer, 1);
   for (int64_t o = 0; o < outer; ++o) {
-    std::vector<int64_t> q(sizes.size(), 0);
-    for (int64_t e = 0; e < p; ++e) {
-      int64_t off = 0;
-      for (size_t d = 0; d < sizes.size(); ++d) off += q[d] * step[d];
-      out[o * inner + off] = t[o * p + e];
-      Next(sizes, &q);
-    }
+    for (int64_t e = 0; e < p; ++e) out[o * block + offsets[e]] = t[o * p + e];
   }
   return out;
 }
 
 // Adds `v` on the spatial diagonal (q = q' on every axis) of a full-layout array.
-void AddOnSpatialDiagonal(double v, int lead, const std::vector<int64_t>& sizes, Array* t) {
-  Array ones = EmbedDiagonal(Array(Shape{NumElements(sizes)}, 1.0), 0, sizes);
-  const int64_t inner = ones.size();
-  const int64_t outer = t->size() / std::max<int64_t>(inner, 1);
-  (void)lead;
-  for (int64_t o = 0; o < outer; ++o) {
-    for (int64_t e = 0; e < inner; ++e) (*t)[o * inner + e] += v * ones[e];
+void AddOnSpatialDiagonal(double v, const std::vector<int64_t>& sizes, Array* t) {
+  const std::vector<int64_t> offsets = DiagonalOffsets(sizes);
+  int64_t block = 1;
+  for (int64_t s : sizes) block *= s * s;
+  for (int64_t o = 0; o < t->size() / block; ++o) {
+    for (int64_t off : offsets) (*t)[o * block + off] += v;
   }
 }
 
@@ -486,33 +482,44 @@ AxisMatrix ConvLayer::DiagonalMatrix(const Geometry& g, int d) const {
   return m;
 }
 
-Array ConvLayer::Transform(const Array& t, int lead, bool diagonal_spatial, const Geometry& g,
-                           double factor) const {
+Array ConvLayer::Transform(const Array& t, int lead, bool diagonal_spatial, const Geometry& g, double factor,
+                           double shift, const Array* plus) const {
   const int s = static_cast<int>(g.in.size());
+  const bool fused = !diagonal_spatial && kind_ != ConvKind::kLocal &&
+                     !(kind_ == ConvKind::kTranspose && o_.padding == Padding::kCircular);
+  if (fused) return ConvolvePairs(t, lead, g.taps, factor / double(filter_size()), shift, plus);
+  Array sum;
+  if (plus != nullptr) {
+    sum = t;
+    for (int64_t i = 0; i < sum.size(); ++i) sum[i] += (*plus)[i];
+  }
+  const Array& in = plus != nullptr ? sum : t;
+  auto affine = [&](Array* a) {
+    for (double& v : a->vec()) v = v * factor + shift;
+  };
   if (diagonal_spatial) {
-    Array out = t;
-    for (int d = 0; d < s; ++d) out = ApplyAlongAxis(out, lead + d, DiagonalMatrix(g, d));
-    if (factor != 1.0) {
-      for (double& v : out.vec()) v *= factor;
-    }
+    Array out = ApplyAlongAxis(in, lead, DiagonalMatrix(g, 0));
+    for (int d = 1; d < s; ++d) out = ApplyAlongAxis(out, lead + d, DiagonalMatrix(g, d));
+    affine(&out);
     return out;
   }
   if (kind_ == ConvKind::kLocal) {
-    Array diag = SpatialDiagonal(t, lead, g.in);
+    // Untied biases are independent across locations: only q = q' gets the shift.
+    Array diag = SpatialDiagonal(in, lead, g.in);
     for (int d = 0; d < s; ++d) diag = ApplyAlongAxis(diag, lead + d, DiagonalMatrix(g, d));
-    if (factor != 1.0) {
-      for (double& v : diag.vec()) v *= factor;
-    }
-    return EmbedDiagonal(diag, lead, g.out);
+    for (double& v : diag.vec()) v *= factor;
+    Array out = EmbedDiagonal(diag, lead, g.out);
+    if (shift != 0.0) AddOnSpatialDiagonal(shift, g.out, &out);
+    return out;
   }
-  Array out = ConvolvePairs(t, lead, g.taps, factor / double(filter_size()));
-  if (kind_ == ConvKind::kTranspose && o_.padding == Padding::kCircular) {
-    for (int d = 0; d < s; ++d) {
-      const AxisMatrix fold = FoldMatrix(g.out_before_fold[d], g.out[d]);
-      out = ApplyAlongAxis(out, lead + 2 * d, fold);
-      out = ApplyAlongAxis(out, lead + 2 * d + 1, fold);
-    }
+  // CIRCULAR transposed: convolve on the unfolded grid, then fold both copies of every axis.
+  Array out = ConvolvePairs(in, lead, g.taps, factor / double(filter_size()));
+  for (int d = 0; d < s; ++d) {
+    const AxisMatrix fold = FoldMatrix(g.out_before_fold[d], g.out[d]);
+    out = ApplyAlongAxis(out, lead + 2 * d, fold);
+    out = ApplyAlongAxis(out, lead + 2 * d + 1, fold);
   }
+  for (double& v : out.vec()) v += shift;
   return out;
 }
 
@@ -524,42 +531,30 @@ absl::Status ConvLayer::TransformKernel(KernelFlow* kf, const KernelContext&) co
   const bool diag = k.diagonal_spatial;
   const double w2 = o_.W_std * o_.W_std;
   const double b2 = o_.b_std ? *o_.b_std * *o_.b_std : 0.0;
-  // Untied biases of ConvLocal are independent across locations: only q = q' gets them (full layout).
-  const bool bias_on_diagonal_only = kind_ == ConvKind::kLocal && !diag;
-  auto add = [&](double v, int lead, Array* a) {
-    if (v == 0.0) return;
-    if (bias_on_diagonal_only) {
-      AddOnSpatialDiagonal(v, lead, g->out, a);
-    } else {
-      for (double& e : a->vec()) e += v;
-    }
-  };
-  // The transform is linear: combine the NTK's inputs first and transform once.
+  // The transform is linear: combine the NTK's inputs and transform once.
   if (k.ntk) {
     Array& ntk = *k.ntk;
-    if (ntk.rank() == 0) ntk = Array(k.nngp.shape(), ntk[0]);
-    if (o_.parameterization == Parameterization::kNtk) {
+    const double fan_in = double(g->c_in * filter_size()) / o_.s[0];  // Finite (standard param).
+    const double bias_ntk = o_.b_std ? 1.0 : 0.0;
+    if (ntk.rank() == 0 && ntk[0] != 0.0) ntk = Array(k.nngp.shape(), ntk[0]);
+    if (ntk.rank() == 0) {
+      // The input's NTK is 0: ntk' = nngp' (NTK parameterization) or fan_in K(nngp) (+ 1).
+      ntk = o_.parameterization == Parameterization::kNtk
+                ? Transform(k.nngp, 2, diag, *g, w2, b2, nullptr)
+                : Transform(k.nngp, 2, diag, *g, fan_in, bias_ntk, nullptr);
+    } else if (o_.parameterization == Parameterization::kNtk) {
       // ntk' = W^2 K(ntk + nngp) + b^2
-      for (int64_t i = 0; i < ntk.size(); ++i) ntk[i] += k.nngp[i];
-      ntk = Transform(ntk, 2, diag, *g, w2);
-      add(b2, 2, &ntk);
+      ntk = Transform(ntk, 2, diag, *g, w2, b2, &k.nngp);
     } else {
-      // ntk' = K(fan_in nngp + W^2 ntk) (+ 1 with a bias), with the finite fan-in.
-      const double fan_in = double(g->c_in * filter_size()) / o_.s[0];
+      // ntk' = K(fan_in nngp + W^2 ntk) (+ 1 with a bias).
       for (int64_t i = 0; i < ntk.size(); ++i) ntk[i] = fan_in * k.nngp[i] + w2 * ntk[i];
-      ntk = Transform(ntk, 2, diag, *g, 1.0);
-      if (o_.b_std) add(1.0, 2, &ntk);
+      ntk = Transform(ntk, 2, diag, *g, 1.0, bias_ntk, nullptr);
     }
   }
-  k.nngp = Transform(k.nngp, 2, diag, *g, w2);
-  add(b2, 2, &k.nngp);
+  k.nngp = Transform(k.nngp, 2, diag, *g, w2, b2, nullptr);
   const int cb = CovBatchAxes(k);
-  k.cov1 = Transform(k.cov1, cb, diag, *g, w2);
-  add(b2, cb, &k.cov1);
-  if (k.cov2) {
-    k.cov2 = Transform(*k.cov2, cb, diag, *g, w2);
-    add(b2, cb, &*k.cov2);
-  }
+  k.cov1 = Transform(k.cov1, cb, diag, *g, w2, b2, nullptr);
+  if (k.cov2) k.cov2 = Transform(*k.cov2, cb, diag, *g, w2, b2, nullptr);
   // Kernel spatial axes follow out_spec's letter order.
   const std::string lsp = SpatialLetters(lhs_, "NC"), osp = SpatialLetters(out_, "NC");
   if (lsp != osp) {

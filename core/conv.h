@@ -62,8 +62,9 @@ class ConvLayer : public Layer {
   // The per-axis linear map of the diagonal-layout transform (1/k taps, folded when CIRCULAR transposed).
   AxisMatrix DiagonalMatrix(const Geometry& g, int d) const;
   // The filter-averaged covariance transform of one kernel array (linear.md 5.3).
-  // `factor` multiplies the result.
-  Array Transform(const Array& t, int lead, bool diagonal_spatial, const Geometry& g, double factor) const;
+  // factor * K(t [+ plus]) + shift, the shift only on the spatial diagonal for ConvLocal's full layout.
+  Array Transform(const Array& t, int lead, bool diagonal_spatial, const Geometry& g, double factor,
+                  double shift, const Array* plus) const;
 
   ConvKind kind_;
   ConvOptions o_;

@@ -60,17 +60,11 @@ Requirements PoolLayer::requirements() const {
 absl::StatusOr<PoolLayer::Axes> PoolLayer::ResolveAxes(int rank) const {
   if (absl::Status st = Validate(kind_, o_); !st.ok()) return st;
   Axes a;
-  auto b = CanonicalAxis(name(), "batch_axis", o_.batch_axis, rank);
-  if (!b.ok()) return b.status();
-  auto c = CanonicalAxis(name(), "channel_axis", o_.channel_axis, rank);
-  if (!c.ok()) return c.status();
-  if (*b == *c) {
-    return LayerError(name(), "channel_axis",
-                      absl::StrCat("resolves to axis ", *c, ", the same as batch_axis"));
-  }
-  a.batch = *b;
-  a.channel = *c;
-  a.spatial = SpatialAxes(rank, *b, *c);
+  auto bc = BatchAndChannelAxes(name(), o_.batch_axis, o_.channel_axis, rank);
+  if (!bc.ok()) return bc.status();
+  a.batch = bc->first;
+  a.channel = bc->second;
+  a.spatial = SpatialAxes(rank, a.batch, a.channel);
   if (o_.window_shape.size() != a.spatial.size()) {
     return LayerError(name(), "window_shape",
                       absl::StrCat("has ", o_.window_shape.size(), " entries but inputs of rank ", rank,
@@ -228,15 +222,7 @@ Requirements GlobalPoolLayer::requirements() const {
 }
 
 absl::StatusOr<std::pair<int, int>> GlobalPoolLayer::ResolveAxes(int rank) const {
-  auto b = CanonicalAxis(name(), "batch_axis", o_.batch_axis, rank);
-  if (!b.ok()) return b.status();
-  auto c = CanonicalAxis(name(), "channel_axis", o_.channel_axis, rank);
-  if (!c.ok()) return c.status();
-  if (*b == *c) {
-    return LayerError(name(), "channel_axis",
-                      absl::StrCat("resolves to axis ", *c, ", the same as batch_axis"));
-  }
-  return std::make_pair(*b, *c);
+  return BatchAndChannelAxes(name(), o_.batch_axis, o_.channel_axis, rank);
 }
 
 absl::StatusOr<ShapeFlow> GlobalPoolLayer::OutputShape(const ShapeFlow& in) const {

@@ -200,7 +200,7 @@ PairAxis MakePairAxis(const AxisTaps& t) {
 struct PairConv {
   std::vector<PairAxis> axes;
   std::vector<int64_t> in_block, out_block;  // Elements of the pairs after d (d + 1 .. S - 1).
-  double scale;
+  double scale, shift;
 
   // in: (n_d, n_d, rest_in), out: (m_d, m_d, rest_out); scratch: one buffer per level.
   void Run(const double* in, double* out, int d, std::vector<std::vector<double>>* scratch) const {
@@ -230,7 +230,7 @@ struct PairConv {
         if (any) {
           Run(s, dst, d + 1, scratch);
         } else {
-          std::fill(dst, dst + ob, 0.0);
+          std::fill(dst, dst + ob, shift);
         }
       }
     }
@@ -254,23 +254,31 @@ struct PairConv {
         }
       }
     }
-    for (int64_t jp = 0; jp < m; ++jp) orow[jp] *= scale;
+    for (int64_t jp = 0; jp < m; ++jp) orow[jp] = orow[jp] * scale + shift;
   }
 };
 
 }  // namespace
 
-Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps, double scale) {
+Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps, double scale, double shift,
+                    const Array* plus) {
   const int s = static_cast<int>(taps.size());
   Shape shape(t.shape().begin(), t.shape().begin() + lead);
   const int64_t outer = NumElements(shape);
+  if (s < 2 && plus != nullptr) {
+    // No blocks to sum at the first level: add up front.
+    Array sum = t;
+    for (int64_t i = 0; i < sum.size(); ++i) sum[i] += (*plus)[i];
+    return ConvolvePairs(sum, lead, taps, scale, shift, nullptr);
+  }
   if (s == 0) {
     Array out = t;
-    for (double& v : out.vec()) v *= scale;
+    for (double& v : out.vec()) v = v * scale + shift;
     return out;
   }
   PairConv pc;
   pc.scale = scale;
+  pc.shift = shift;
   pc.in_block.assign(s, 1);
   pc.out_block.assign(s, 1);
   for (int d = s - 1; d >= 0; --d) {
@@ -295,6 +303,7 @@ Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps,
     for (int64_t e = r.begin(); e != r.end(); ++e) {
       const int64_t o = e / m0, j = e % m0;
       const double* in = t.data() + o * in_total;
+      const double* in2 = plus != nullptr ? plus->data() + o * in_total : nullptr;
       double* dst = out.data() + o * out_total;
       if (s == 1) {
         pc.RunRow(in, dst + j * m0, j, 0);
@@ -315,13 +324,17 @@ Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps,
           } else {
             for (int64_t x = 0; x < ib; ++x) sc[x] += src[x];
           }
+          if (in2 != nullptr) {
+            const double* src2 = in2 + (ri * n + rp) * ib;
+            for (int64_t x = 0; x < ib; ++x) sc[x] += src2[x];
+          }
           any = true;
         }
         double* o_blk = dst + (j * m0 + jp) * ob;
         if (any) {
           pc.Run(sc, o_blk, 1, &scratch);
         } else {
-          std::fill(o_blk, o_blk + ob, 0.0);
+          std::fill(o_blk, o_blk + ob, shift);
         }
       }
     }
@@ -334,6 +347,19 @@ void ForEachKernelArray(Kernel* k, const std::function<void(Array*, int)>& fn) {
   if (k->ntk && k->ntk->rank() > 0) fn(&*k->ntk, 2);
   fn(&k->cov1, CovBatchAxes(*k));
   if (k->cov2) fn(&*k->cov2, CovBatchAxes(*k));
+}
+
+absl::StatusOr<std::pair<int, int>> BatchAndChannelAxes(const std::string& layer, int batch_axis,
+                                                        int channel_axis, int rank) {
+  auto b = CanonicalAxis(layer, "batch_axis", batch_axis, rank);
+  if (!b.ok()) return b.status();
+  auto c = CanonicalAxis(layer, "channel_axis", channel_axis, rank);
+  if (!c.ok()) return c.status();
+  if (*b == *c) {
+    return LayerError(layer, "channel_axis",
+                      absl::StrCat("resolves to axis ", *c, ", the same as batch_axis"));
+  }
+  return std::make_pair(*b, *c);
 }
 
 std::vector<int> SpatialAxes(int rank, int batch_axis, int channel_axis) {

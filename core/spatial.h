@@ -66,8 +66,10 @@ Array ApplyAlongAxis(const Array& t, int axis, const AxisMatrix& m);
 // Shared-weight convolution of every full-layout spatial axis pair after `lead` leading axes (pair d of
 // length taps[d].n_in): out[.., j_d, j_d', ..] = scale * sum over taps f of t[.., taps_d(j_d, f_d),
 // taps_d(j_d', f_d), ..] (the same tap on both sides of a pair). Runs block-wise so that the work on
-// the inner pairs stays in cache, in parallel over the outer pair.
-Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps, double scale);
+// the inner pairs stays in cache, in parallel over the outer pair. The result is scale * (that) + shift;
+// with `plus` (same shape as t), t + plus is convolved without forming the sum.
+Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps, double scale,
+                    double shift = 0.0, const Array* plus = nullptr);
 
 // Calls fn(array, leading batch axes) for nngp, ntk (unless it is the rank-0 input value), cov1 and
 // cov2 (when present).
@@ -77,6 +79,10 @@ void ForEachKernelArray(Kernel* k, const std::function<void(Array*, int)>& fn);
 inline void NaturalOrder(Kernel* k) {
   if (k->is_reversed) k->Reverse();
 }
+
+// batch_axis and channel_axis resolved against an activation rank (distinct, non-negative).
+absl::StatusOr<std::pair<int, int>> BatchAndChannelAxes(const std::string& layer, int batch_axis,
+                                                        int channel_axis, int rank);
 
 // Axes of the activation other than batch and channel, in order.
 std::vector<int> SpatialAxes(int rank, int batch_axis, int channel_axis);
