@@ -10,7 +10,7 @@ namespace nt {
 
 namespace {
 
-constexpr size_t kMinCachedBytes = size_t{1} << 18;       // 256 KiB.
+constexpr size_t kMinCachedBytes = size_t{1} << 18;  // 256 KiB.
 constexpr size_t kMaxCachedBytesPerThread = size_t{192} << 20;
 
 // Freed large blocks of this thread, reused for allocations of exactly the same size (a network's

@@ -11,6 +11,7 @@ class IdentityLayer : public Layer {
   std::string name() const override { return "Identity"; }
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override { return in; }
   absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow& x) const override { return x; }
+  CovUse cov_use() const override { return CovUse::kDiagonal; }
 
  protected:
   absl::Status TransformKernel(KernelFlow*, const KernelContext&) const override { return absl::OkStatus(); }

@@ -33,6 +33,14 @@ SerialLayer::SerialLayer(std::vector<LayerPtr> layers) : layers_(std::move(layer
   for (const LayerPtr& l : layers_) req_ = FoldSerial(req_, l->requirements());
 }
 
+Layer::CovUse SerialLayer::cov_use() const {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const CovUse u = layers_[i]->cov_use();
+    if (u == CovUse::kFull || (u == CovUse::kReadout && i + 1 != layers_.size())) return CovUse::kFull;
+  }
+  return layers_.empty() ? CovUse::kDiagonal : layers_.back()->cov_use();
+}
+
 int64_t SerialLayer::NumLayers() const {
   int64_t n = 0;
   for (const LayerPtr& l : layers_) n += l->NumLayers();

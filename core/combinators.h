@@ -20,6 +20,8 @@ class SerialLayer : public Layer {
                                      const MaskFlow& masks) const override;
   const std::vector<LayerPtr>& layers() const { return layers_; }
   int64_t NumLayers() const override;
+  // kDiagonal when every layer is; kReadout when only the last one is a readout.
+  CovUse cov_use() const override;
 
  protected:
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
@@ -66,6 +68,9 @@ class RepeatLayer : public Layer {
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x,
                                      const MaskFlow& masks) const override;
   int64_t NumLayers() const override { return n_ * layer_->NumLayers(); }
+  CovUse cov_use() const override {
+    return layer_->cov_use() == CovUse::kDiagonal ? CovUse::kDiagonal : CovUse::kFull;
+  }
 
  protected:
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;

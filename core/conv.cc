@@ -475,7 +475,9 @@ absl::StatusOr<MaskFlow> ConvLayer::MaskFn(const MaskFlow& masks, const ShapeFlo
 }
 
 AxisMatrix ConvLayer::DiagonalMatrix(const Geometry& g, int d) const {
-  AxisMatrix m = TapsMatrix(g.taps[d], 1.0 / double(k_[d]));
+  // Unweighted (the 1/|F| goes with the final scaling): the same sums, in the same order, as
+  // ConvolvePairs on the full layout, so diagonal-only covariances match the nngp's diagonal bit for bit.
+  AxisMatrix m = TapsMatrix(g.taps[d], 1.0);
   if (kind_ == ConvKind::kTranspose && o_.padding == Padding::kCircular) {
     m = Then(m, FoldMatrix(g.out_before_fold[d], g.out[d]));
   }
@@ -494,8 +496,9 @@ Array ConvLayer::Transform(const Array& t, int lead, bool diagonal_spatial, cons
     for (int64_t i = 0; i < sum.size(); ++i) sum[i] += (*plus)[i];
   }
   const Array& in = plus != nullptr ? sum : t;
+  const double scale = factor / double(filter_size());
   auto affine = [&](Array* a) {
-    for (double& v : a->vec()) v = v * factor + shift;
+    for (double& v : a->vec()) v = v * scale + shift;
   };
   if (diagonal_spatial) {
     Array out = ApplyAlongAxis(in, lead, DiagonalMatrix(g, 0));
@@ -507,7 +510,7 @@ Array ConvLayer::Transform(const Array& t, int lead, bool diagonal_spatial, cons
     // Untied biases are independent across locations: only q = q' gets the shift.
     Array diag = SpatialDiagonal(in, lead, g.in);
     for (int d = 0; d < s; ++d) diag = ApplyAlongAxis(diag, lead + d, DiagonalMatrix(g, d));
-    for (double& v : diag.vec()) v *= factor;
+    for (double& v : diag.vec()) v *= scale;
     Array out = EmbedDiagonal(diag, lead, g.out);
     if (shift != 0.0) AddOnSpatialDiagonal(shift, g.out, &out);
     return out;
@@ -553,17 +556,19 @@ absl::Status ConvLayer::TransformKernel(KernelFlow* kf, const KernelContext&) co
   }
   k.nngp = Transform(k.nngp, 2, diag, *g, w2, b2, nullptr);
   const int cb = CovBatchAxes(k);
-  k.cov1 = Transform(k.cov1, cb, diag, *g, w2, b2, nullptr);
-  if (k.cov2) k.cov2 = Transform(*k.cov2, cb, diag, *g, w2, b2, nullptr);
+  const bool cov_diag = CovDiagonalSpatial(k);
+  k.cov1 = Transform(k.cov1, cb, cov_diag, *g, w2, b2, nullptr);
+  if (k.cov2) k.cov2 = Transform(*k.cov2, cb, cov_diag, *g, w2, b2, nullptr);
   // Kernel spatial axes follow out_spec's letter order.
   const std::string lsp = SpatialLetters(lhs_, "NC"), osp = SpatialLetters(out_, "NC");
   if (lsp != osp) {
     ForEachKernelArray(&k, [&](Array* a, int lead) {
       std::vector<int> perm;
       for (int i = 0; i < lead; ++i) perm.push_back(i);
+      const bool single = a->rank() - lead == static_cast<int>(osp.size());  // Diagonal layout.
       for (char c : osp) {
         const int d = static_cast<int>(lsp.find(c));
-        if (diag) {
+        if (single) {
           perm.push_back(lead + d);
         } else {
           perm.push_back(lead + 2 * d);

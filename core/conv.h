@@ -41,6 +41,8 @@ class ConvLayer : public Layer {
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
   bool remask_kernel() const override { return true; }
+  // The output's (q, q) entries read only (i, i) entries (the same tap on both sides).
+  CovUse cov_use() const override { return CovUse::kDiagonal; }
 
  protected:
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;

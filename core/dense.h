@@ -37,6 +37,7 @@ class DenseLayer : public Layer {
   // A position stays masked only if every input channel is masked.
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
   bool remask_kernel() const override { return true; }
+  CovUse cov_use() const override { return CovUse::kDiagonal; }  // Entrywise.
 
  protected:
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;

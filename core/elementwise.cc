@@ -79,8 +79,12 @@ absl::Status ElementwiseLayer::TransformKernel(KernelFlow* kf, const KernelConte
   }
   const int s = k.num_spatial();
   const int cb = CovBatchAxes(k);
-  const Array d1 = GetDiagonal(k.cov1, cb, k.diagonal_spatial, s);
-  const Array d2 = k.cov2 ? GetDiagonal(*k.cov2, cb, k.diagonal_spatial, s) : d1;
+  const bool cov_diagonal = CovDiagonalSpatial(k);
+  if (k.cov_diagonal_only && cb != 1) {
+    return absl::InternalError(absl::StrCat(name(), ": diagonal-only covariances need diagonal_batch"));
+  }
+  const Array d1 = GetDiagonal(k.cov1, cb, cov_diagonal, s);
+  const Array d2 = k.cov2 ? GetDiagonal(*k.cov2, cb, cov_diagonal, s) : d1;
   const Shape sizes(d1.shape().begin() + 1, d1.shape().end());
   const int64_t p = NumElements(sizes);
   const auto offsets = PairOffsetsFor(sizes, k.diagonal_spatial);
@@ -90,7 +94,7 @@ absl::Status ElementwiseLayer::TransformKernel(KernelFlow* kf, const KernelConte
   Array* ntk = (k.ntk && k.ntk->rank() > 0) ? &*k.ntk : nullptr;  // A rank-0 NTK is 0 and stays 0.
   MapArray(*this, 2, d1, d2, off_l, off_r, p, &k.nngp, ntk);
   auto map_cov = [&](Array* cov, const Array& d) {
-    if (cb == 1 && k.diagonal_spatial) {
+    if (cb == 1 && cov_diagonal) {
       DiagMap(cov->data(), cov->size(), cov->data());
     } else {
       MapArray(*this, cb, d, d, off_l, off_r, p, cov, nullptr);

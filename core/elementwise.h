@@ -14,6 +14,7 @@ class ElementwiseLayer : public Layer {
   Requirements requirements() const override;
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  CovUse cov_use() const override { return CovUse::kDiagonal; }
 
   // E[phi(u) phi(v)] (into t) and E[phi'(u) phi'(v)] (into tdot, when not null) for (u, v) centred
   // Gaussian with covariance [[q11, q12], [q12, q22]], for n entries.

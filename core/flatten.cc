@@ -100,6 +100,7 @@ absl::StatusOr<MaskFlow> FlattenLayer::MaskFn(const MaskFlow& masks, const Shape
 absl::Status FlattenLayer::TransformKernel(KernelFlow* kf, const KernelContext&) const {
   if (absl::Status st = ExpectSingle(name(), kf->is_list, kf->items.size()); !st.ok()) return st;
   Kernel& k = kf->single();
+  const int num_spatial = k.num_spatial();
   // The mean over positions of T[p, p] (full) or T[p] (diagonal) does not depend on the spatial order,
   // so a reversed kernel needs no transposition.
   auto reduce = [&](Array* t, int batch_axes) {
@@ -109,7 +110,7 @@ absl::Status FlattenLayer::TransformKernel(KernelFlow* kf, const KernelContext&)
     const int64_t inner = NumElements(trailing);
     // Offsets of the spatial diagonal inside one row's trailing block.
     std::vector<int64_t> diag;
-    if (k.diagonal_spatial) {
+    if (static_cast<int>(trailing.size()) == num_spatial) {  // Diagonal layout (also cov_diagonal_only).
       diag.resize(inner);
       for (int64_t e = 0; e < inner; ++e) diag[e] = e;
     } else {
@@ -137,6 +138,7 @@ absl::Status FlattenLayer::TransformKernel(KernelFlow* kf, const KernelContext&)
     *t = std::move(out);
   };
   ForEachKernelArray(&k, reduce);
+  k.cov_diagonal_only = false;
   const int b = batch_out();
   k.is_gaussian = false;  // Flattened features at different positions are not identically distributed.
   k.is_reversed = false;

@@ -25,6 +25,8 @@ class FlattenLayer : public Layer {
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
   // The mask broadcast to the activation and rearranged exactly like the values.
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
+  // The mean of the spatial diagonal.
+  CovUse cov_use() const override { return CovUse::kDiagonal; }
 
  protected:
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;

@@ -30,6 +30,10 @@ struct Kernel {
   bool is_input = false;
   bool diagonal_batch = true;
   bool diagonal_spatial = false;
+  // Engine-internal: cov1/cov2 hold only their spatial diagonal ((N,) + (s1, ..., sS)) while nngp/ntk are
+  // in the full layout. Set when nothing downstream reads the covariances' off-diagonal entries (see
+  // Layer::cov_use); saves the per-tile work on them, which is as large as the nngp's for 1 x 1 tiles.
+  bool cov_diagonal_only = false;
   Shape shape1;
   Shape shape2;
   int batch_axis = 0;
@@ -46,6 +50,9 @@ struct Kernel {
   // Multiplies nngp, ntk, cov1, cov2 by f (upstream's `k * a` with f = a^2).
   void Scale(double f);
 };
+
+// Whether cov1/cov2 are in the diagonal spatial layout (diagonal_spatial or cov_diagonal_only).
+inline bool CovDiagonalSpatial(const Kernel& k) { return k.diagonal_spatial || k.cov_diagonal_only; }
 
 // Number of leading batch axes of a covariance array in this kernel's layout.
 inline int CovBatchAxes(const Kernel& k) { return k.diagonal_batch ? 1 : 2; }

@@ -116,6 +116,12 @@ Kernel InputKernel(const KernelPlan& plan, const Inputs& in, const Pass& pass, i
   // Upstream's x1_is_x2 marks entries (i, i) of the same batch: only blocks on the diagonal qualify.
   k.x1_is_x2 = pass.symmetric ? same_block : (plan.x1_is_x2 && r0 == c0 && r1 == c1);
   if (k.x1_is_x2) MakeSelfConsistent(plan.diagonal_spatial, k.cov1, &k.nngp);
+  if (plan.cov_diagonal_only) {
+    const int s = static_cast<int>(a.spatial.size());
+    k.cov1 = GetDiagonal(k.cov1, 1, false, s);
+    if (k.cov2) k.cov2 = GetDiagonal(*k.cov2, 1, false, s);
+    k.cov_diagonal_only = true;
+  }
   k.diagonal_batch = true;
   k.diagonal_spatial = plan.diagonal_spatial;
   k.shape1 = a.shape;
@@ -407,6 +413,10 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
   }
   auto inputs = PrepareInputs(x1, x2, plan, /*check_finite=*/true);
   if (!inputs.ok()) return inputs.status();
+  // Covariances as spatial diagonals when no one needs more (see Kernel::cov_diagonal_only).
+  plan.cov_diagonal_only = !plan.diagonal_spatial && plan.diagonal_batch && !Wants(plan, "cov1") &&
+                           !Wants(plan, "cov2") && !plan.masked && !plan.flatten_input &&
+                           !(*inputs)[0].spatial.empty() && net.cov_use() != Layer::CovUse::kFull;
   plan.n1 = (*inputs)[0].n();
   plan.n2 = x2 ? (*inputs)[1].n() : plan.n1;
   plan.x1_is_x2 = x2 ? (plan.masked ? SameInputs(plan.masked->x[0], plan.masked->x[1]) &&

@@ -52,6 +52,8 @@ struct KernelPlan {
   bool diagonal_batch = true;
   bool diagonal_spatial = false;
   bool flatten_input = false;
+  // Tiles carry cov1/cov2 as their spatial diagonal only (Kernel::cov_diagonal_only).
+  bool cov_diagonal_only = false;
   int batch_axis = 0;
   int channel_axis = -1;
   std::vector<ArraySpec> arrays;  // Requested arrays with their full (natural-order) shapes.

@@ -65,6 +65,11 @@ absl::StatusOr<Layer::Masked> Layer::ApplyMasked(const Params& params, const Arr
 
 absl::Status Layer::ApplyKernel(KernelFlow* k, const KernelContext& ctx) const {
   if (is_combinator()) return TransformKernel(k, ctx);
+  for (const Kernel& in : k->items) {
+    if (in.cov_diagonal_only && cov_use() == CovUse::kFull) {
+      return absl::InternalError(absl::StrCat(name(), ": received covariances reduced to their diagonal"));
+    }
+  }
   const Requirements req = requirements();
   if (!k->is_list && k->items.size() == 1) {
     const Kernel& in = k->single();

@@ -76,6 +76,13 @@ class Layer {
   // Whether entries at masked positions are zeroed after this layer's kernel transform.
   virtual bool remask_kernel() const { return false; }
 
+  // How the layer uses the covariances cov1/cov2 of a full spatial layout: kDiagonal = the spatial
+  // diagonal of its output covariances depends only on that of its input ones, and it accepts kernels with
+  // cov_diagonal_only; kReadout = also accepts them, but its output covariances are then undefined (set to
+  // NaN), so it may only end a network whose covariances are not requested; kFull = needs them whole.
+  enum class CovUse { kFull, kDiagonal, kReadout };
+  virtual CovUse cov_use() const { return CovUse::kFull; }
+
   // apply_fn: the finite network's forward pass.
   virtual absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const = 0;
 

@@ -385,6 +385,15 @@ absl::Status GlobalPoolLayer::TransformKernel(KernelFlow* kf, const KernelContex
   const int cb = CovBatchAxes(k);
   pool(&k.cov1, cb, masked ? &pm1 : nullptr, masked ? &pm1 : nullptr);
   if (k.cov2) pool(&*k.cov2, cb, masked ? &pm2 : nullptr, masked ? &pm2 : nullptr);
+  if (k.cov_diagonal_only) {
+    // Their off-diagonal entries were never computed (the engine asks for this only as the last layer
+    // of a network whose covariances are not requested): make any use of them visible.
+    for (double& v : k.cov1.vec()) v = std::numeric_limits<double>::quiet_NaN();
+    if (k.cov2) {
+      for (double& v : k.cov2->vec()) v = std::numeric_limits<double>::quiet_NaN();
+    }
+    k.cov_diagonal_only = false;
+  }
   const bool batch_first = b < c;
   k.batch_axis = batch_first ? 0 : 1;
   k.channel_axis = batch_first ? 1 : 0;

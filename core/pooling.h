@@ -85,6 +85,7 @@ class GlobalPoolLayer : public Layer {
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x,
                                      const MaskFlow& masks) const override;
   // Channel-collapsed masks only; an output is masked iff all its positions are.
+  CovUse cov_use() const override { return CovUse::kReadout; }
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
 
  protected:

@@ -248,5 +248,40 @@ TEST(KernelFnTest, CancellationStopsWork) {
   EXPECT_EQ(k.status().code(), absl::StatusCode::kCancelled);
 }
 
+// Without cov1/cov2 in `get`, tiles carry the covariances as spatial diagonals where every layer allows it
+// (Kernel::cov_diagonal_only); the NNGP and NTK must not change.
+TEST(KernelFnTest, DiagonalOnlyCovariancesLeaveNngpAndNtkUnchanged) {
+  using namespace stax;  // NOLINT
+  const Array x1 = Normal({3, 6, 5, 2}, 21), x2 = Normal({2, 6, 5, 2}, 22);
+  const std::vector<Net> nets = {
+      serial(Conv(4, {3, 3}, {}, "SAME", 1.4, 0.2), Relu(), Conv(4, {2, 3}, {2, 1}, "VALID", 1.1, 0.1), Erf(),
+             GlobalAvgPool()),
+      serial(Conv(4, {3, 3}, {}, "CIRCULAR", 1.2, 0.3), Gelu(), Conv(4, {3, 3}, {}, "SAME"), GlobalSumPool()),
+      serial(ConvTranspose(4, {2, 2}, {2, 1}, "SAME", 1.3, 0.2), Relu(), Conv(4, {3, 3}, {}, "SAME"), Relu()),
+      serial(ConvLocal(4, {3, 3}, {}, "SAME", 1.3, 0.2), Relu(), Conv(4, {3, 3}, {}, "SAME"), Relu(),
+             Flatten(), Dense(3), Relu()),
+      serial(Dense(4, 1.2, 0.1), repeat(serial(Conv(4, {3, 3}, {}, "SAME"), Sin()), 2), GlobalAvgPool()),
+      // A pooling layer reads off-diagonal covariances: the engine keeps them whole here.
+      serial(Conv(4, {3, 3}, {}, "SAME"), Relu(), AvgPool({2, 2}), Conv(4, {2, 2}), Relu(), GlobalAvgPool()),
+  };
+  for (size_t i = 0; i < nets.size(); ++i) {
+    for (const Array* x2p : {&x2, static_cast<const Array*>(nullptr)}) {
+      KernelOptions o;
+      o.tile_size = 1;
+      auto lean = nets[i].kernel_fn(x1, x2p, {"nngp", "ntk"}, o);
+      auto whole = nets[i].kernel_fn(x1, x2p, {"nngp", "ntk", "cov1"}, o);
+      ASSERT_TRUE(lean.ok() && whole.ok()) << i << ": " << lean.status() << " " << whole.status();
+      for (const char* name : {"nngp", "ntk"}) {
+        const Array& a = *lean->Find(name);
+        const Array& b = *whole->Find(name);
+        ASSERT_EQ(a.shape(), b.shape());
+        for (int64_t e = 0; e < a.size(); ++e) {
+          ASSERT_NEAR(a[e], b[e], 1e-12 * (1 + std::abs(b[e]))) << "network " << i << " " << name << " " << e;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace nt
