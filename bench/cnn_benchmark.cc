@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "Eigen/Core"
+#include "bench/bench_util.h"
 #include "benchmark/benchmark.h"
 #include "core/kernel_fn.h"
 #include "core/stax.h"
@@ -62,14 +63,7 @@ void BM_GemmRate(benchmark::State& state) {
 void BM_CnnKernel(benchmark::State& state) {
   const nt::Array x = nt::RngKey(42).Normal({g_n, g_size, g_size, 3});
   const nt::stax::Net net = Network();
-  for (auto _ : state) {
-    auto k = net.kernel_fn(x, nullptr, {"nngp", "ntk"});
-    if (!k.ok()) {
-      state.SkipWithError(std::string(k.status().message()).c_str());
-      return;
-    }
-    benchmark::DoNotOptimize(k->arrays.front().second.data());
-  }
+  nt::bench::TimeKernel(state, net, x);
   state.counters["ms_per_entry"] =
       benchmark::Counter(double(g_n) * g_n * state.iterations() / 1e3,
                          benchmark::Counter::kIsRate | benchmark::Counter::kInvert);

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "Eigen/Core"
+#include "bench/bench_util.h"
 #include "benchmark/benchmark.h"
 #include "core/kernel_fn.h"
 #include "core/stax.h"
@@ -55,14 +56,7 @@ void BM_GramGemm(benchmark::State& state) {
 void BM_DeepReluKernel(benchmark::State& state) {
   const nt::Array& x = Inputs();
   const nt::stax::Net net = DeepRelu(static_cast<int>(state.range(0)));
-  for (auto _ : state) {
-    auto k = net.kernel_fn(x, nullptr, {"nngp", "ntk"});
-    if (!k.ok()) {
-      state.SkipWithError(std::string(k.status().message()).c_str());
-      return;
-    }
-    benchmark::DoNotOptimize(k->arrays.front().second.data());
-  }
+  nt::bench::TimeKernel(state, net, x);
   state.counters["entries/s"] =
       benchmark::Counter(double(g_n) * g_n * state.iterations(), benchmark::Counter::kIsRate);
 }

@@ -1,25 +1,19 @@
 // Conv, ConvTranspose and ConvLocal: exact identities between layouts and layers, Monte Carlo agreement of
 // finite CNNs (our init_fn/apply_fn) with the analytic NNGP, and argument errors.
-#include <cmath>
 #include <string>
 #include <vector>
 
 #include "core/stax.h"
 #include "gtest/gtest.h"
+#include "tests/layer_test_util.h"
 
 namespace nt {
 namespace {
 
 using namespace nt::stax;  // NOLINT: reads like upstream's examples.
+using testing_util::ExpectArraysNear;
 
 Array RandomInput(const Shape& shape, uint64_t seed) { return RngKey(seed).Normal(shape); }
-
-void ExpectArraysNear(const Array& a, const Array& b, double tol, const std::string& what) {
-  ASSERT_EQ(a.shape(), b.shape()) << what;
-  for (int64_t i = 0; i < a.size(); ++i) {
-    ASSERT_NEAR(a[i], b[i], tol * (1 + std::abs(b[i]))) << what << " entry " << i;
-  }
-}
 
 KernelResult Kernel(const Net& net, const Array& x1, const Array* x2, std::optional<bool> diagonal_spatial,
                     int64_t tile_size = 0) {
@@ -39,7 +33,7 @@ TEST(ConvTest, UnitFilterEqualsDenseInEveryLayout) {
     const Net dense = serial(Dense(8, 1.3, 0.4), Relu(), Dense(8, 0.9, 0.1));
     const KernelResult a = Kernel(conv, x1, &x2, diag), b = Kernel(dense, x1, &x2, diag);
     for (const char* name : {"nngp", "ntk", "cov1", "cov2"}) {
-      ExpectArraysNear(*a.Find(name), *b.Find(name), 1e-12, std::string(name) + (diag ? " diag" : " full"));
+      ExpectArraysNear(*b.Find(name), *a.Find(name), 1e-12, std::string(name) + (diag ? " diag" : " full"));
     }
   }
 }
@@ -63,7 +57,7 @@ TEST(ConvTest, FullLayoutDiagonalEqualsDiagonalLayout) {
           serial(Conv(4, {3, 2}, strides, pad, 1.5, 0.3), Erf(), Conv(4, {2, 3}, {}, pad, 0.8, 0.2));
       const KernelResult full = Kernel(net, x1, &x2, false), diag = Kernel(net, x1, &x2, true);
       for (const char* name : {"nngp", "ntk"}) {
-        ExpectArraysNear(Diagonal2d(*full.Find(name)), *diag.Find(name), 1e-12,
+        ExpectArraysNear(*diag.Find(name), Diagonal2d(*full.Find(name)), 1e-12,
                          std::string(pad) + " " + name);
       }
     }
@@ -103,7 +97,7 @@ TEST(ConvTest, DimensionNumbersPermuteAxesConsistently) {
                          Relu(), Conv(3, {2}, {}, "VALID", 1.0, std::nullopt, {"NCA", "AIO", "NAC"}));
   const KernelResult a = Kernel(nwc, x, nullptr, false), b = Kernel(ncw, x_ncw, nullptr, false);
   for (const char* name : {"nngp", "ntk", "cov1"})
-    ExpectArraysNear(*a.Find(name), *b.Find(name), 1e-12, name);
+    ExpectArraysNear(*b.Find(name), *a.Find(name), 1e-12, name);
   // apply_fn lays the output out by out_spec.
   auto init = ncw.init_fn(RngKey(1), x_ncw.shape());
   ASSERT_TRUE(init.ok()) << init.status();
@@ -178,45 +172,6 @@ TEST(ConvTest, DiagonalSpatialRequestRefusedWhenNotAllowed) {
   EXPECT_EQ(r->Find("nngp")->shape(), (Shape{2, 2, 3, 3}));
 }
 
-// Monte Carlo: the empirical NNGP of finite networks, full spatial layout of a 1-d output
-// (N1, N2, s, s'), averaged over independently initialised networks.
-struct Mc {
-  Array mean, se;
-};
-
-Mc MonteCarloNngp1d(const Net& net, const Array& x1, const Array& x2, int samples) {
-  std::vector<RngKey> keys = RngKey(11).Split(samples);
-  Array mean, sq;
-  for (int s = 0; s < samples; ++s) {
-    auto init = net.init_fn(keys[s], x1.shape());
-    EXPECT_TRUE(init.ok()) << init.status();
-    auto f1 = net.apply_fn(init->second, x1);
-    auto f2 = net.apply_fn(init->second, x2);
-    EXPECT_TRUE(f1.ok() && f2.ok());
-    const int64_t n1 = f1->dim(0), n2 = f2->dim(0), w = f1->dim(1), c = f1->dim(2);
-    if (s == 0) {
-      mean = Array({n1, n2, w, w});
-      sq = Array({n1, n2, w, w});
-    }
-    for (int64_t i = 0; i < n1; ++i)
-      for (int64_t j = 0; j < n2; ++j)
-        for (int64_t p = 0; p < w; ++p)
-          for (int64_t q = 0; q < w; ++q) {
-            double dot = 0;
-            for (int64_t ch = 0; ch < c; ++ch)
-              dot += (*f1)[(i * w + p) * c + ch] * (*f2)[(j * w + q) * c + ch];
-            dot /= c;
-            const int64_t e = ((i * n2 + j) * w + p) * w + q;
-            mean[e] += dot / samples;
-            sq[e] += dot * dot / samples;
-          }
-  }
-  Array se(mean.shape());
-  for (int64_t e = 0; e < se.size(); ++e)
-    se[e] = std::sqrt(std::max(sq[e] - mean[e] * mean[e], 0.0) / (samples - 1));
-  return {mean, se};
-}
-
 struct McCase {
   std::string name;
   Net net;
@@ -243,17 +198,10 @@ class ConvMonteCarloTest : public ::testing::TestWithParam<int> {};
 TEST_P(ConvMonteCarloTest, FiniteNetworksConvergeToTheNngp) {
   const McCase c = McCases()[GetParam()];
   const Array x1 = RandomInput({2, 6, 3}, 21), x2 = RandomInput({2, 6, 3}, 22);
-  const Mc mc = MonteCarloNngp1d(c.net, x1, x2, 100);
   KernelOptions full;
   full.diagonal_spatial = false;  // ConvLocal alone would pick the diagonal layout.
-  auto k = c.net.kernel_fn(x1, &x2, {"nngp"}, full);
-  ASSERT_TRUE(k.ok()) << k.status();
-  const Array& nngp = *k->Find("nngp");
-  ASSERT_EQ(nngp.shape(), mc.mean.shape()) << c.name;
-  for (int64_t e = 0; e < nngp.size(); ++e) {
-    EXPECT_NEAR(mc.mean[e], nngp[e], 5 * mc.se[e] + 0.03 * std::abs(nngp[e]) + 2e-3)
-        << c.name << " entry " << e;
-  }
+  // The empirical NNGP of the 1-d output in the full layout (N1, N2, s, s'), over 100 networks.
+  testing_util::ExpectNngpMatchesMonteCarlo(c.net, x1, x2, 100, /*seed=*/11, 2e-3, c.name, full);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllConvolutions, ConvMonteCarloTest, ::testing::Range(0, 12),

@@ -3,7 +3,6 @@
 // layout consistency, metadata, masks and argument errors.
 #include "core/flatten.h"
 
-#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,6 +10,7 @@
 #include "core/pooling.h"
 #include "core/stax.h"
 #include "gtest/gtest.h"
+#include "tests/layer_test_util.h"
 
 namespace nt {
 namespace {
@@ -21,103 +21,10 @@ Net Flatten(int batch_axis = 0, int batch_axis_out = 0) {
   return Net(std::make_shared<FlattenLayer>(FlattenOptions{batch_axis, batch_axis_out}));
 }
 
-Array Input(const Shape& shape, uint64_t seed, double scale = 1.0) {
-  Array x = RngKey(seed).Normal(shape);
-  for (double& v : x.vec()) v = scale * std::cos(v);
-  return x;
-}
-
-// Sum_c y1[n1, p, c] y2[n2, p', c] / C, full (zipped) layout (N1, N2, s1, s1', ...), or the spatially
-// diagonal layout (N1, N2, s1, ...).
-Array EmpiricalNngp(const Array& y1, const Array& y2, int batch_axis, int channel_axis,
-                    bool diagonal = false) {
-  const int rank = y1.rank();
-  const int b = (batch_axis + rank) % rank, c = (channel_axis + rank) % rank;
-  std::vector<int> perm{b};
-  Shape spatial;
-  for (int a = 0; a < rank; ++a) {
-    if (a != b && a != c) {
-      perm.push_back(a);
-      spatial.push_back(y1.dim(a));
-    }
-  }
-  perm.push_back(c);
-  const Array t1 = Transpose(y1, perm), t2 = Transpose(y2, perm);
-  const int64_t n1 = y1.dim(b), n2 = y2.dim(b), ch = y1.dim(c), p = NumElements(spatial);
-  Shape shape{n1, n2};
-  shape.insert(shape.end(), spatial.begin(), spatial.end());
-  if (!diagonal) shape.insert(shape.end(), spatial.begin(), spatial.end());
-  Array out(shape, 0.0);
-  for (int64_t i = 0; i < n1; ++i) {
-    for (int64_t j = 0; j < n2; ++j) {
-      for (int64_t q = 0; q < p; ++q) {
-        for (int64_t r = 0; r < p; ++r) {
-          if (diagonal && r != q) continue;
-          double s = 0;
-          for (int64_t k = 0; k < ch; ++k) s += t1[(i * p + q) * ch + k] * t2[(j * p + r) * ch + k];
-          out[(i * n2 + j) * (diagonal ? p : p * p) + (diagonal ? q : q * p + r)] = s / ch;
-        }
-      }
-    }
-  }
-  if (diagonal) return out;
-  const int S = static_cast<int>(spatial.size());
-  std::vector<int> zip{0, 1};
-  for (int d = 0; d < S; ++d) {
-    zip.push_back(2 + d);
-    zip.push_back(2 + S + d);
-  }
-  return Transpose(out, zip);
-}
-
-Array BatchDiagonal(const Array& a) {
-  const int64_t n = a.dim(0), inner = a.size() / (a.dim(0) * a.dim(1));
-  Shape s(a.shape().begin() + 1, a.shape().end());
-  s[0] = n;
-  Array out(s);
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t e = 0; e < inner; ++e) out[i * inner + e] = a[(i * a.dim(1) + i) * inner + e];
-  }
-  return out;
-}
-
-// The input Kernel of x1, x2 in either spatial layout, for the Kernel path.
-Kernel InputKernel(const Array& x1, const Array& x2, int batch_axis, int channel_axis, bool diagonal) {
-  Kernel k;
-  k.nngp = EmpiricalNngp(x1, x2, batch_axis, channel_axis, diagonal);
-  k.ntk = Array::Scalar(0.0);
-  k.cov1 = BatchDiagonal(EmpiricalNngp(x1, x1, batch_axis, channel_axis, diagonal));
-  k.cov2 = BatchDiagonal(EmpiricalNngp(x2, x2, batch_axis, channel_axis, diagonal));
-  k.diagonal_spatial = diagonal;
-  k.shape1 = x1.shape();
-  k.shape2 = x2.shape();
-  const int rank = x1.rank();
-  k.batch_axis = (batch_axis + rank) % rank;
-  k.channel_axis = (channel_axis + rank) % rank;
-  return k;
-}
-
-void ExpectArraysNear(const Array& expected, const Array& actual, double tol, const std::string& what) {
-  ASSERT_EQ(ShapeToString(expected.shape()), ShapeToString(actual.shape())) << what;
-  for (int64_t i = 0; i < expected.size(); ++i) {
-    ASSERT_NEAR(expected[i], actual[i], tol * (1 + std::abs(expected[i]))) << what << " entry " << i;
-  }
-}
-
-const Array& Get(const KernelResult& r, const std::string& name) {
-  const Array* a = r.Find(name);
-  EXPECT_NE(a, nullptr) << name;
-  static const Array kEmpty;
-  return a ? *a : kEmpty;
-}
-
-Array ApplyNet(const Net& net, const Array& x, std::optional<double> mask_constant = std::nullopt) {
-  auto init = net.init_fn(RngKey(0), x.shape());
-  EXPECT_TRUE(init.ok()) << init.status();
-  auto y = net.apply_fn(init->second, x, mask_constant);
-  EXPECT_TRUE(y.ok()) << y.status();
-  return y.ok() ? *y : Array();
-}
+using testing_util::ApplyNet;
+using testing_util::CosNormal;
+using testing_util::EmpiricalNngp;
+using testing_util::ExpectArraysNear;
 
 TEST(FlattenTest, ApplyMovesBatchFirstOrLastAndFlattensRowMajor) {
   Array x({2, 3, 4});
@@ -164,19 +71,22 @@ TEST(FlattenTest, KernelEqualsEmpiricalKernelOfFlattenedInputs) {
       {{3, 5}, {2, 5}, 0, 1},  // No spatial axes.
   };
   for (const Case& c : cases) {
-    const Array x1 = Input(c.s1, 1), x2 = Input(c.s2, 2, 2.0);
+    const Array x1 = CosNormal(c.s1, 1), x2 = CosNormal(c.s2, 2, 2.0);
     for (bool diagonal : {false, true}) {
       for (int out : {0, 1, -1, -2}) {
         const std::string what =
             ShapeToString(c.s1) + (diagonal ? " diagonal" : " full") + " out " + std::to_string(out);
         Net net = Flatten(c.batch_axis, out);
-        auto k = net.kernel_fn(InputKernel(x1, x2, c.batch_axis, c.channel_axis, diagonal));
+        auto k = net.kernel_fn(testing_util::InputKernel(x1, &x2, c.batch_axis, c.channel_axis,
+                                                         /*diagonal_batch=*/true, diagonal));
         ASSERT_TRUE(k.ok()) << what << ": " << k.status();
         const Array y1 = ApplyNet(net, x1), y2 = ApplyNet(net, x2);
         const int b = out == 0 || out == -2 ? 0 : 1;
         ExpectArraysNear(EmpiricalNngp(y1, y2, b, 1 - b), k->nngp, 1e-12, what + " nngp");
-        ExpectArraysNear(BatchDiagonal(EmpiricalNngp(y1, y1, b, 1 - b)), k->cov1, 1e-12, what + " cov1");
-        ExpectArraysNear(BatchDiagonal(EmpiricalNngp(y2, y2, b, 1 - b)), *k->cov2, 1e-12, what + " cov2");
+        ExpectArraysNear(testing_util::BatchDiagonal(EmpiricalNngp(y1, y1, b, 1 - b)), k->cov1, 1e-12,
+                         what + " cov1");
+        ExpectArraysNear(testing_util::BatchDiagonal(EmpiricalNngp(y2, y2, b, 1 - b)), *k->cov2, 1e-12,
+                         what + " cov2");
         EXPECT_EQ(k->ntk->rank(), 0) << what;
         EXPECT_EQ(k->batch_axis, b) << what;
         EXPECT_EQ(k->channel_axis, 1 - b) << what;
@@ -191,8 +101,8 @@ TEST(FlattenTest, KernelEqualsEmpiricalKernelOfFlattenedInputs) {
 }
 
 TEST(FlattenTest, ReversedKernelFlattensToTheSameValues) {
-  const Array x1 = Input({2, 3, 4, 2}, 3), x2 = Input({3, 3, 4, 2}, 4);
-  Kernel k = InputKernel(x1, x2, 0, 3, false);
+  const Array x1 = CosNormal({2, 3, 4, 2}, 3), x2 = CosNormal({3, 3, 4, 2}, 4);
+  Kernel k = testing_util::InputKernel(x1, &x2, 0, 3);
   auto a = Flatten().kernel_fn(k);
   k.Reverse();
   auto b = Flatten().kernel_fn(k);
@@ -208,7 +118,7 @@ TEST(FlattenTest, FlattenFirstThenDenseEqualsDenseOnFlattenedInputs) {
   using stax::Dense;
   using stax::Erf;
   using stax::serial;
-  const Array x1 = Input({4, 4, 3, 2}, 5), x2 = Input({2, 4, 3, 2}, 6);
+  const Array x1 = CosNormal({4, 4, 3, 2}, 5), x2 = CosNormal({2, 4, 3, 2}, 6);
   const Array f1 = x1.Reshaped({4, 24}), f2 = x2.Reshaped({2, 24});
   Net flat = serial(Flatten(), Dense(16, 1.7, 0.1), Erf(), Dense(4, 1.2, 0.3));
   Net fc = serial(Dense(16, 1.7, 0.1), Erf(), Dense(4, 1.2, 0.3));
@@ -242,7 +152,7 @@ TEST(FlattenTest, DiagonalAndFullLayoutsAgreeForNetworksEndingInFlatten) {
   using stax::Dense;
   using stax::Relu;
   using stax::serial;
-  const Array x1 = Input({3, 4, 3, 2}, 7), x2 = Input({2, 4, 3, 2}, 8, 2.0);
+  const Array x1 = CosNormal({3, 4, 3, 2}, 7), x2 = CosNormal({2, 4, 3, 2}, 8, 2.0);
   for (Net net :
        {serial(Dense(8, 1.5, 0.2), Relu(), Dense(8, 1.1), Flatten()),
         serial(Dense(8, 1.5, 0.2), Relu(), Dense(8), Flatten(), Dense(8, 1.3, 0.1), Relu(), Dense(2)),
@@ -265,7 +175,7 @@ TEST(FlattenTest, DiagonalAndFullLayoutsAgreeForNetworksEndingInFlatten) {
 }
 
 TEST(FlattenTest, ActivationDirectlyAfterFlattenIsRefused) {
-  const Array x = Input({2, 3, 2}, 9);
+  const Array x = CosNormal({2, 3, 2}, 9);
   auto k = stax::serial(stax::Dense(4), Flatten(), stax::Relu()).kernel_fn(x, nullptr, {"nngp"});
   EXPECT_EQ(k.status().code(), absl::StatusCode::kInvalidArgument) << k.status();
 }
@@ -286,7 +196,7 @@ TEST(FlattenTest, Requirements) {
 }
 
 TEST(FlattenTest, MaskedFlattenKernelEqualsEmpiricalKernelOfMaskedOutputs) {
-  Array x1 = Input({3, 4, 2}, 10), x2 = Input({2, 4, 2}, 11);
+  Array x1 = CosNormal({3, 4, 2}, 10), x2 = CosNormal({2, 4, 2}, 11);
   const double mc = -1.0;
   for (int64_t i : {0, 3, 9, 20}) x1[i] = mc;
   for (int64_t i = 8; i < 16; ++i) x2[i] = mc;  // Second sample fully masked.
@@ -297,20 +207,21 @@ TEST(FlattenTest, MaskedFlattenKernelEqualsEmpiricalKernelOfMaskedOutputs) {
   auto k = net.kernel_fn(x1, &x2, {"nngp", "cov1", "cov2"}, opts);
   ASSERT_TRUE(k.ok()) << k.status();
   const Array y1 = ApplyNet(net, x1, mc), y2 = ApplyNet(net, x2, mc);
-  ExpectArraysNear(EmpiricalNngp(y1, y2, 0, 1), Get(*k, "nngp"), 1e-12, "nngp");
-  ExpectArraysNear(BatchDiagonal(EmpiricalNngp(y2, y2, 0, 1)), Get(*k, "cov2"), 1e-12, "cov2");
-  EXPECT_EQ(Get(*k, "nngp")[1], 0.0);
+  ExpectArraysNear(EmpiricalNngp(y1, y2, 0, 1), testing_util::Get(*k, "nngp"), 1e-12, "nngp");
+  ExpectArraysNear(testing_util::BatchDiagonal(EmpiricalNngp(y2, y2, 0, 1)), testing_util::Get(*k, "cov2"),
+                   1e-12, "cov2");
+  EXPECT_EQ(testing_util::Get(*k, "nngp")[1], 0.0);
   // After a pooling layer (one input channel so masks are channel-collapsed): the output mask is the
   // input mask rearranged like the values.
-  Array z1 = Input({3, 5, 1}, 12), z2 = Input({2, 5, 1}, 13);
+  Array z1 = CosNormal({3, 5, 1}, 12), z2 = CosNormal({2, 5, 1}, 13);
   z1[2] = mc;
   for (int64_t i = 5; i < 10; ++i) z2[i] = mc;
   Net pooled = stax::serial(
       Net(std::make_shared<PoolLayer>(PoolKind::kAvg, PoolOptions{{2}, {1}, Padding::kSame})), Flatten());
   auto kp = pooled.kernel_fn(z1, &z2, {"nngp"}, opts);
   ASSERT_TRUE(kp.ok()) << kp.status();
-  ExpectArraysNear(EmpiricalNngp(ApplyNet(pooled, z1, mc), ApplyNet(pooled, z2, mc), 0, 1), Get(*kp, "nngp"),
-                   1e-12, "pooled nngp");
+  ExpectArraysNear(EmpiricalNngp(ApplyNet(pooled, z1, mc), ApplyNet(pooled, z2, mc), 0, 1),
+                   testing_util::Get(*kp, "nngp"), 1e-12, "pooled nngp");
 }
 
 TEST(FlattenTest, MaskFollowsTheValues) {

@@ -2,128 +2,25 @@
 // of the resized inputs (the layer is deterministic), masks, refusals, and Monte Carlo agreement.
 #include "core/image_resize.h"
 
-#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "core/stax.h"
 #include "gtest/gtest.h"
+#include "tests/layer_test_util.h"
 
 namespace nt {
 namespace {
 
 using stax::Net;
 
-// x with batch first and channel last (spatial axes keep their order).
-Array Canonical(const Array& x, int b, int c) {
-  std::vector<int> perm{b};
-  for (int i = 0; i < x.rank(); ++i) {
-    if (i != b && i != c) perm.push_back(i);
-  }
-  perm.push_back(c);
-  return Transpose(x, perm);
-}
+using testing_util::ExpectArraysNear;
+using testing_util::InputKernel;
 
-// (1/C) sum_c a[n1, p, c] b[n2, p', c] of canonical inputs, in the full (N1, N2, X1, X1', ...) or
-// diagonal (N1, N2, X1, ...) spatial layout.
-Array Gram(const Array& a, const Array& b, bool diagonal_spatial) {
-  const int s = a.rank() - 2;
-  const int64_t n1 = a.dim(0), n2 = b.dim(0), c = a.dim(a.rank() - 1);
-  const Shape sp(a.shape().begin() + 1, a.shape().end() - 1);
-  const int64_t p = NumElements(sp);
-  Shape out_shape{n1, n2};
-  if (diagonal_spatial) {
-    Array out({n1, n2, p});
-    for (int64_t i = 0; i < n1; ++i)
-      for (int64_t j = 0; j < n2; ++j)
-        for (int64_t q = 0; q < p; ++q) {
-          double sum = 0;
-          for (int64_t ch = 0; ch < c; ++ch) sum += a[(i * p + q) * c + ch] * b[(j * p + q) * c + ch];
-          out[(i * n2 + j) * p + q] = sum / c;
-        }
-    out_shape.insert(out_shape.end(), sp.begin(), sp.end());
-    return std::move(out).Reshaped(out_shape);
-  }
-  Array g({n1, n2, p, p});
-  for (int64_t i = 0; i < n1; ++i)
-    for (int64_t j = 0; j < n2; ++j)
-      for (int64_t q = 0; q < p; ++q)
-        for (int64_t r = 0; r < p; ++r) {
-          double sum = 0;
-          for (int64_t ch = 0; ch < c; ++ch) sum += a[(i * p + q) * c + ch] * b[(j * p + r) * c + ch];
-          g[((i * n2 + j) * p + q) * p + r] = sum / c;
-        }
-  out_shape.insert(out_shape.end(), sp.begin(), sp.end());
-  out_shape.insert(out_shape.end(), sp.begin(), sp.end());
-  std::vector<int> zip{0, 1};
-  for (int d = 0; d < s; ++d) {
-    zip.push_back(2 + d);
-    zip.push_back(2 + s + d);
-  }
-  return Transpose(std::move(g).Reshaped(out_shape), zip);
-}
-
-// Entries (n, n, ...) of a (N, N, ...) array.
-Array BatchDiagonal(const Array& g) {
-  const int64_t n = g.dim(0), inner = g.size() / std::max<int64_t>(n * n, 1);
-  Shape s(g.shape().begin() + 1, g.shape().end());
-  s[0] = n;
-  Array out(s);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t e = 0; e < inner; ++e) out[i * inner + e] = g[(i * n + i) * inner + e];
-  return out;
-}
-
-// The network's input kernel (linear.md 1.4) for activations with batch axis b and channel axis c.
-Kernel InputKernel(const Array& x1, const Array* x2, int b, int c, bool diagonal_batch,
-                   bool diagonal_spatial = false) {
-  const int rank = x1.rank();
-  b = (b + rank) % rank;
-  c = (c + rank) % rank;
-  const Array a1 = Canonical(x1, b, c);
-  const Array a2 = x2 ? Canonical(*x2, b, c) : a1;
-  auto cov = [&](const Array& a) {
-    Array g = Gram(a, a, diagonal_spatial);
-    return diagonal_batch ? BatchDiagonal(g) : g;
-  };
-  Kernel k;
-  k.nngp = Gram(a1, a2, diagonal_spatial);
-  k.ntk = Array::Scalar(0.0);
-  k.cov1 = cov(a1);
-  if (x2) k.cov2 = cov(a2);
-  k.x1_is_x2 = x2 == nullptr;
-  k.diagonal_batch = diagonal_batch;
-  k.diagonal_spatial = diagonal_spatial;
-  k.shape1 = x1.shape();
-  k.shape2 = x2 ? x2->shape() : x1.shape();
-  k.batch_axis = b;
-  k.channel_axis = c;
-  return k;
-}
-
-void ExpectArrayNear(const Array& got, const Array& want, const std::string& what, double tol = 1e-12) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  int failures = 0;
-  for (int64_t i = 0; i < got.size() && failures < 5; ++i) {
-    if (std::abs(got[i] - want[i]) > tol * (1 + std::abs(want[i]))) {
-      ADD_FAILURE() << what << " entry " << i << ": got " << got[i] << ", want " << want[i];
-      ++failures;
-    }
-  }
-}
-
+// Resizing keeps the natural spatial order: a reversed input kernel comes out unreversed.
 void ExpectKernelNear(const Kernel& got, const Kernel& want) {
-  ExpectArrayNear(got.nngp, want.nngp, "nngp");
-  ExpectArrayNear(got.cov1, want.cov1, "cov1");
-  ASSERT_EQ(got.cov2.has_value(), want.cov2.has_value());
-  if (want.cov2) ExpectArrayNear(*got.cov2, *want.cov2, "cov2");
-  ASSERT_TRUE(got.ntk.has_value());
-  EXPECT_EQ(got.ntk->rank(), 0);  // The input's scalar NTK passes through.
-  EXPECT_EQ(got.shape1, want.shape1);
-  EXPECT_EQ(got.shape2, want.shape2);
-  EXPECT_EQ(got.batch_axis, want.batch_axis);
-  EXPECT_EQ(got.channel_axis, want.channel_axis);
+  testing_util::ExpectKernelMatchesInputKernel(got, want);
   EXPECT_FALSE(got.is_reversed);
 }
 
@@ -159,9 +56,9 @@ TEST(ImageResizeHelperTest, InputKernelMatchesEngine) {
   auto r = stax::Identity().kernel_fn(x1, &x2, {"nngp", "cov1", "cov2"});
   ASSERT_TRUE(r.ok()) << r.status();
   const Kernel k = InputKernel(x1, &x2, 0, 3, true);
-  ExpectArrayNear(*r->Find("nngp"), k.nngp, "nngp");
-  ExpectArrayNear(*r->Find("cov1"), k.cov1, "cov1");
-  ExpectArrayNear(*r->Find("cov2"), *k.cov2, "cov2");
+  ExpectArraysNear(k.nngp, *r->Find("nngp"), 1e-12, "nngp");
+  ExpectArraysNear(k.cov1, *r->Find("cov1"), 1e-12, "cov1");
+  ExpectArraysNear(*k.cov2, *r->Find("cov2"), 1e-12, "cov2");
 }
 
 // Reference values of jax.image.resize on short vectors (derived from jax's compute_weight_mat).
@@ -208,7 +105,7 @@ TEST(ImageResizeApplyTest, ResizesEveryListedAxisSeparably) {
   EXPECT_EQ(y->shape(), (Shape{3, 2, 3, 2}));
   const Array want = ApplyAlongAxis(ApplyAlongAxis(x, 0, ResizeMatrix(ResizeMethod::kLinear, 2, 3, true)), 1,
                                     ResizeMatrix(ResizeMethod::kLinear, 4, 2, true));
-  ExpectArrayNear(*y, want, "resized");
+  ExpectArraysNear(want, *y, 1e-12, "resized");
   auto init = net.init_fn(RngKey(1), x.shape());
   ASSERT_TRUE(init.ok());
   EXPECT_EQ(init->first, (Shape{3, 2, 3, 2}));
@@ -271,9 +168,9 @@ TEST_P(ImageResizeExactTest, KernelEqualsInputKernelOfResizedInputs) {
       auto r = net.kernel_fn(x1, &x2, {"nngp", "cov1", "cov2"}, o);
       ASSERT_TRUE(r.ok()) << r.status();
       const Kernel want = InputKernel(*y1, &*y2, c.b, c.c, true);
-      ExpectArrayNear(*r->Find("nngp"), want.nngp, "engine nngp");
-      ExpectArrayNear(*r->Find("cov1"), want.cov1, "engine cov1");
-      ExpectArrayNear(*r->Find("cov2"), *want.cov2, "engine cov2");
+      ExpectArraysNear(want.nngp, *r->Find("nngp"), 1e-12, "engine nngp");
+      ExpectArraysNear(want.cov1, *r->Find("cov1"), 1e-12, "engine cov1");
+      ExpectArraysNear(*want.cov2, *r->Find("cov2"), 1e-12, "engine cov2");
     }
   }
 }
@@ -292,7 +189,7 @@ TEST(ImageResizeKernelTest, ResizesNtkLikeNngp) {
   ASSERT_TRUE(before.ok() && after.ok());
   const AxisMatrix m = ResizeMatrix(ResizeMethod::kLinear, 4, 7, true);
   const Array want = ApplyAlongAxis(ApplyAlongAxis(*before->ntk, 2, m), 3, m);
-  ExpectArrayNear(*after->ntk, want, "ntk");
+  ExpectArraysNear(want, *after->ntk, 1e-12, "ntk");
 }
 
 TEST(ImageResizeKernelTest, ReversedKernelIsResizedInNaturalOrder) {
@@ -366,7 +263,7 @@ TEST(ImageResizeMaskTest, MaskedKernelZeroesMaskedOutputPositions) {
         for (int64_t q = 0; q < 2; ++q) {
           if (om[i * 2 + p] != 0 || om[j * 2 + q] != 0) want.nngp[((i * 2 + j) * 2 + p) * 2 + q] = 0;
         }
-  ExpectArrayNear(*r->Find("nngp"), want.nngp, "masked nngp");
+  ExpectArraysNear(want.nngp, *r->Find("nngp"), 1e-12, "masked nngp");
   EXPECT_EQ((*r->Find("cov1"))[0 * 4 + 1 * 2 + 1], 0.0);  // Sample 0, output position 1.
 }
 
@@ -469,36 +366,6 @@ TEST(ImageResizeErrorTest, LayoutRefusals) {
 
 // Analytic NNGP of networks with ImageResize against the mean over finite networks (Dense acts per
 // position on the spatial inputs).
-struct McEstimate {
-  Array mean, stderr_;
-};
-
-McEstimate MonteCarloNngp(const Net& net, const Array& x1, const Array& x2, int samples) {
-  Array mean, sq;
-  std::vector<RngKey> keys = RngKey(7).Split(samples);
-  for (int s = 0; s < samples; ++s) {
-    auto init = net.init_fn(keys[s], x1.shape());
-    EXPECT_TRUE(init.ok()) << init.status();
-    auto f1 = net.apply_fn(init->second, x1);
-    auto f2 = net.apply_fn(init->second, x2);
-    EXPECT_TRUE(f1.ok() && f2.ok());
-    const Kernel emp = InputKernel(*f1, &*f2, 0, f1->rank() - 1, true);  // f1 f2^T / width.
-    if (s == 0) {
-      mean = Array(emp.nngp.shape());
-      sq = Array(emp.nngp.shape());
-    }
-    for (int64_t e = 0; e < mean.size(); ++e) {
-      mean[e] += emp.nngp[e] / samples;
-      sq[e] += emp.nngp[e] * emp.nngp[e] / samples;
-    }
-  }
-  Array se(mean.shape());
-  for (int64_t e = 0; e < se.size(); ++e) {
-    se[e] = std::sqrt(std::max(sq[e] - mean[e] * mean[e], 0.0) / (samples - 1));
-  }
-  return {mean, se};
-}
-
 class ImageResizeMonteCarloTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(ImageResizeMonteCarloTest, AnalyticNngpMatchesFiniteNetworks) {
@@ -512,19 +379,11 @@ TEST_P(ImageResizeMonteCarloTest, AnalyticNngpMatchesFiniteNetworks) {
                                 stax::Dense(w, 1.0, 0.3))},
   };
   const auto& [name, net] = nets[GetParam()];
-  SCOPED_TRACE(name);
   const Shape s = GetParam() == 2 ? Shape{3, 3, 2, 2} : Shape{3, 5, 2};
   Shape s2 = s;
   s2[0] = 2;
-  const Array x1 = RngKey(1).Normal(s), x2 = RngKey(2).Normal(s2);
-  auto analytic = net.kernel_fn(x1, &x2, {"nngp"});
-  ASSERT_TRUE(analytic.ok()) << analytic.status();
-  const Array& k = *analytic->Find("nngp");
-  const McEstimate mc = MonteCarloNngp(net, x1, x2, 200);
-  ASSERT_EQ(mc.mean.shape(), k.shape());
-  for (int64_t e = 0; e < k.size(); ++e) {
-    EXPECT_NEAR(mc.mean[e], k[e], 5 * mc.stderr_[e] + 0.03 * std::abs(k[e]) + 1e-3) << "entry " << e;
-  }
+  testing_util::ExpectNngpMatchesMonteCarlo(net, RngKey(1).Normal(s), RngKey(2).Normal(s2), 200, /*seed=*/7,
+                                            1e-3, name);
 }
 
 INSTANTIATE_TEST_SUITE_P(Nets, ImageResizeMonteCarloTest, ::testing::Range(0, 3));

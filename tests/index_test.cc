@@ -2,13 +2,13 @@
 // kernel sliced on both batch axes / both spatial copies), masks, refusals, and Monte Carlo agreement.
 #include "core/index.h"
 
-#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "core/stax.h"
 #include "gtest/gtest.h"
+#include "tests/layer_test_util.h"
 
 namespace nt {
 namespace {
@@ -16,116 +16,9 @@ namespace {
 using stax::Net;
 using It = IndexItem;
 
-// x with batch first and channel last (spatial axes keep their order).
-Array Canonical(const Array& x, int b, int c) {
-  std::vector<int> perm{b};
-  for (int i = 0; i < x.rank(); ++i) {
-    if (i != b && i != c) perm.push_back(i);
-  }
-  perm.push_back(c);
-  return Transpose(x, perm);
-}
-
-// (1/C) sum_c a[n1, p, c] b[n2, p', c] of canonical inputs, in the full (N1, N2, X1, X1', ...) or
-// diagonal (N1, N2, X1, ...) spatial layout.
-Array Gram(const Array& a, const Array& b, bool diagonal_spatial) {
-  const int s = a.rank() - 2;
-  const int64_t n1 = a.dim(0), n2 = b.dim(0), c = a.dim(a.rank() - 1);
-  const Shape sp(a.shape().begin() + 1, a.shape().end() - 1);
-  const int64_t p = NumElements(sp);
-  Shape out_shape{n1, n2};
-  if (diagonal_spatial) {
-    Array out({n1, n2, p});
-    for (int64_t i = 0; i < n1; ++i)
-      for (int64_t j = 0; j < n2; ++j)
-        for (int64_t q = 0; q < p; ++q) {
-          double sum = 0;
-          for (int64_t ch = 0; ch < c; ++ch) sum += a[(i * p + q) * c + ch] * b[(j * p + q) * c + ch];
-          out[(i * n2 + j) * p + q] = sum / c;
-        }
-    out_shape.insert(out_shape.end(), sp.begin(), sp.end());
-    return std::move(out).Reshaped(out_shape);
-  }
-  Array g({n1, n2, p, p});
-  for (int64_t i = 0; i < n1; ++i)
-    for (int64_t j = 0; j < n2; ++j)
-      for (int64_t q = 0; q < p; ++q)
-        for (int64_t r = 0; r < p; ++r) {
-          double sum = 0;
-          for (int64_t ch = 0; ch < c; ++ch) sum += a[(i * p + q) * c + ch] * b[(j * p + r) * c + ch];
-          g[((i * n2 + j) * p + q) * p + r] = sum / c;
-        }
-  out_shape.insert(out_shape.end(), sp.begin(), sp.end());
-  out_shape.insert(out_shape.end(), sp.begin(), sp.end());
-  std::vector<int> zip{0, 1};
-  for (int d = 0; d < s; ++d) {
-    zip.push_back(2 + d);
-    zip.push_back(2 + s + d);
-  }
-  return Transpose(std::move(g).Reshaped(out_shape), zip);
-}
-
-// Entries (n, n, ...) of a (N, N, ...) array.
-Array BatchDiagonal(const Array& g) {
-  const int64_t n = g.dim(0), inner = g.size() / std::max<int64_t>(n * n, 1);
-  Shape s(g.shape().begin() + 1, g.shape().end());
-  s[0] = n;
-  Array out(s);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t e = 0; e < inner; ++e) out[i * inner + e] = g[(i * n + i) * inner + e];
-  return out;
-}
-
-// The network's input kernel (linear.md 1.4) for activations with batch axis b and channel axis c.
-Kernel InputKernel(const Array& x1, const Array* x2, int b, int c, bool diagonal_batch,
-                   bool diagonal_spatial = false) {
-  const int rank = x1.rank();
-  b = (b + rank) % rank;
-  c = (c + rank) % rank;
-  const Array a1 = Canonical(x1, b, c);
-  const Array a2 = x2 ? Canonical(*x2, b, c) : a1;
-  auto cov = [&](const Array& a) {
-    Array g = Gram(a, a, diagonal_spatial);
-    return diagonal_batch ? BatchDiagonal(g) : g;
-  };
-  Kernel k;
-  k.nngp = Gram(a1, a2, diagonal_spatial);
-  k.ntk = Array::Scalar(0.0);
-  k.cov1 = cov(a1);
-  if (x2) k.cov2 = cov(a2);
-  k.x1_is_x2 = x2 == nullptr;
-  k.diagonal_batch = diagonal_batch;
-  k.diagonal_spatial = diagonal_spatial;
-  k.shape1 = x1.shape();
-  k.shape2 = x2 ? x2->shape() : x1.shape();
-  k.batch_axis = b;
-  k.channel_axis = c;
-  return k;
-}
-
-void ExpectArrayEq(const Array& got, const Array& want, const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  int failures = 0;
-  for (int64_t i = 0; i < got.size() && failures < 5; ++i) {
-    if (std::abs(got[i] - want[i]) > 1e-12 * (1 + std::abs(want[i]))) {
-      ADD_FAILURE() << what << " entry " << i << ": got " << got[i] << ", want " << want[i];
-      ++failures;
-    }
-  }
-}
-
-void ExpectKernelEq(const Kernel& got, const Kernel& want) {
-  ExpectArrayEq(got.nngp, want.nngp, "nngp");
-  ExpectArrayEq(got.cov1, want.cov1, "cov1");
-  ASSERT_EQ(got.cov2.has_value(), want.cov2.has_value());
-  if (want.cov2) ExpectArrayEq(*got.cov2, *want.cov2, "cov2");
-  ASSERT_TRUE(got.ntk.has_value());
-  EXPECT_EQ(got.ntk->rank(), 0);
-  EXPECT_EQ(got.shape1, want.shape1);
-  EXPECT_EQ(got.shape2, want.shape2);
-  EXPECT_EQ(got.batch_axis, want.batch_axis);
-  EXPECT_EQ(got.channel_axis, want.channel_axis);
-}
+using testing_util::ExpectArraysNear;
+using testing_util::ExpectKernelMatchesInputKernel;
+using testing_util::InputKernel;
 
 Net Index(std::vector<IndexItem> idx, int batch_axis = 0, int channel_axis = -1) {
   IndexOptions o{std::move(idx), batch_axis, channel_axis};
@@ -278,8 +171,8 @@ TEST_P(IndexExactTest, KernelEqualsInputKernelOfIndexedInputs) {
         const Array* x2p = same ? nullptr : &x2;
         auto out = net.kernel_fn(InputKernel(x1, x2p, c.b, c.c, diagonal_batch, diagonal_spatial));
         ASSERT_TRUE(out.ok()) << out.status();
-        ExpectKernelEq(*out, InputKernel(*y1, same ? nullptr : &*y2, c.b_out, c.c_out, diagonal_batch,
-                                         diagonal_spatial));
+        ExpectKernelMatchesInputKernel(*out, InputKernel(*y1, same ? nullptr : &*y2, c.b_out, c.c_out,
+                                                         diagonal_batch, diagonal_spatial));
       }
     }
   }
@@ -295,14 +188,14 @@ TEST_P(IndexExactTest, KernelEqualsInputKernelOfIndexedInputs) {
         auto r = net.kernel_fn(x1, &x2, {"nngp", "cov1", "cov2"}, o);
         ASSERT_TRUE(r.ok()) << r.status();
         const Kernel want = InputKernel(*y1, &*y2, c.b_out, c.c_out, diagonal_batch);
-        ExpectArrayEq(*r->Find("nngp"), want.nngp, "engine nngp");
-        ExpectArrayEq(*r->Find("cov1"), want.cov1, "engine cov1");
-        ExpectArrayEq(*r->Find("cov2"), *want.cov2, "engine cov2");
+        ExpectArraysNear(want.nngp, *r->Find("nngp"), 1e-12, "engine nngp");
+        ExpectArraysNear(want.cov1, *r->Find("cov1"), 1e-12, "engine cov1");
+        ExpectArraysNear(*want.cov2, *r->Find("cov2"), 1e-12, "engine cov2");
         auto r1 = net.kernel_fn(x1, nullptr, {"nngp", "cov1"}, o);
         ASSERT_TRUE(r1.ok()) << r1.status();
         const Kernel want1 = InputKernel(*y1, nullptr, c.b_out, c.c_out, diagonal_batch);
-        ExpectArrayEq(*r1->Find("nngp"), want1.nngp, "engine nngp (x2 = None)");
-        ExpectArrayEq(*r1->Find("cov1"), want1.cov1, "engine cov1 (x2 = None)");
+        ExpectArraysNear(want1.nngp, *r1->Find("nngp"), 1e-12, "engine nngp (x2 = None)");
+        ExpectArraysNear(want1.cov1, *r1->Find("cov1"), 1e-12, "engine cov1 (x2 = None)");
       }
     }
   }
@@ -366,7 +259,7 @@ TEST(IndexKernelTest, ReversedKernelIsIndexedInNaturalOrder) {
   EXPECT_FALSE(out->is_reversed);
   auto y1 = net.apply_fn(Params{}, x1);
   auto y2 = net.apply_fn(Params{}, x2);
-  ExpectKernelEq(*out, InputKernel(*y1, &*y2, 0, 3, true));
+  ExpectKernelMatchesInputKernel(*out, InputKernel(*y1, &*y2, 0, 3, true));
 }
 
 TEST(IndexKernelTest, LaterLayersSeeShiftedAxes) {
@@ -514,15 +407,15 @@ TEST(IndexEngineTest, BatchSliceEqualsNetworkOnSelectedSamples) {
     auto want = plain.kernel_fn(s1, &s2, {"nngp", "ntk", "cov1", "cov2"}, o);
     ASSERT_TRUE(got.ok() && want.ok()) << got.status() << want.status();
     for (const char* name : {"nngp", "ntk", "cov1", "cov2"}) {
-      ExpectArrayEq(*got->Find(name), *want->Find(name), name);
+      ExpectArraysNear(*want->Find(name), *got->Find(name), 1e-12, name);
     }
     EXPECT_EQ(got->meta.shape1, (Shape{2, 5, 3}));
     EXPECT_EQ(got->meta.shape2, (Shape{2, 5, 3}));
     // The Kernel path agrees.
     auto k = net.kernel_fn(InputKernel(x1, &x2, 0, 2, diagonal_batch));
     ASSERT_TRUE(k.ok()) << k.status();
-    ExpectArrayEq(k->nngp, *want->Find("nngp"), "Kernel path nngp");
-    ExpectArrayEq(k->cov1, *want->Find("cov1"), "Kernel path cov1");
+    ExpectArraysNear(*want->Find("nngp"), k->nngp, 1e-12, "Kernel path nngp");
+    ExpectArraysNear(*want->Find("cov1"), k->cov1, 1e-12, "Kernel path cov1");
   }
   // Shape-only planning reports the selected batch sizes.
   const Shape sh1 = x1.shape(), sh2 = x2.shape();
@@ -540,9 +433,9 @@ TEST(IndexEngineTest, RankDependentBatchSlicing) {
   auto engine = net.kernel_fn(x1, &x2, {"nngp", "cov1", "cov2"});
   ASSERT_TRUE(engine.ok()) << engine.status();
   const Kernel want = InputKernel(*y1, &*y2, 0, 1, true);
-  ExpectArrayEq(*engine->Find("nngp"), want.nngp, "nngp");
-  ExpectArrayEq(*engine->Find("cov1"), want.cov1, "cov1");
-  ExpectArrayEq(*engine->Find("cov2"), *want.cov2, "cov2");
+  ExpectArraysNear(want.nngp, *engine->Find("nngp"), 1e-12, "nngp");
+  ExpectArraysNear(want.cov1, *engine->Find("cov1"), 1e-12, "cov1");
+  ExpectArraysNear(*want.cov2, *engine->Find("cov2"), 1e-12, "cov2");
   // On (N, H, C) inputs the same index slices H.
   auto spatial = net.kernel_fn(RngKey(3).Normal({4, 5, 2}), nullptr, {"nngp"});
   ASSERT_TRUE(spatial.ok()) << spatial.status();
@@ -550,36 +443,6 @@ TEST(IndexEngineTest, RankDependentBatchSlicing) {
 }
 
 // Analytic NNGP of networks with Index against the mean over finite networks (Dense acts per position).
-struct McEstimate {
-  Array mean, stderr_;
-};
-
-McEstimate MonteCarloNngp(const Net& net, const Array& x1, const Array& x2, int samples) {
-  Array mean, sq;
-  std::vector<RngKey> keys = RngKey(7).Split(samples);
-  for (int s = 0; s < samples; ++s) {
-    auto init = net.init_fn(keys[s], x1.shape());
-    EXPECT_TRUE(init.ok()) << init.status();
-    auto f1 = net.apply_fn(init->second, x1);
-    auto f2 = net.apply_fn(init->second, x2);
-    EXPECT_TRUE(f1.ok() && f2.ok());
-    const Kernel emp = InputKernel(*f1, &*f2, 0, f1->rank() - 1, true);  // f1 f2^T / width.
-    if (s == 0) {
-      mean = Array(emp.nngp.shape());
-      sq = Array(emp.nngp.shape());
-    }
-    for (int64_t e = 0; e < mean.size(); ++e) {
-      mean[e] += emp.nngp[e] / samples;
-      sq[e] += emp.nngp[e] * emp.nngp[e] / samples;
-    }
-  }
-  Array se(mean.shape());
-  for (int64_t e = 0; e < se.size(); ++e) {
-    se[e] = std::sqrt(std::max(sq[e] - mean[e] * mean[e], 0.0) / (samples - 1));
-  }
-  return {mean, se};
-}
-
 class IndexMonteCarloTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(IndexMonteCarloTest, AnalyticNngpMatchesFiniteNetworks) {
@@ -591,19 +454,11 @@ TEST_P(IndexMonteCarloTest, AnalyticNngpMatchesFiniteNetworks) {
                                     stax::Dense(w, 1.0, 0.3))},
   };
   const auto& [name, net] = nets[GetParam()];
-  SCOPED_TRACE(name);
   const Shape s = GetParam() == 1 ? Shape{3, 3, 2, 2} : Shape{3, 5, 2};
   Shape s2 = s;
   s2[0] = 2;
-  const Array x1 = RngKey(1).Normal(s), x2 = RngKey(2).Normal(s2);
-  auto analytic = net.kernel_fn(x1, &x2, {"nngp"});
-  ASSERT_TRUE(analytic.ok()) << analytic.status();
-  const Array& k = *analytic->Find("nngp");
-  const McEstimate mc = MonteCarloNngp(net, x1, x2, 200);
-  ASSERT_EQ(mc.mean.shape(), k.shape());
-  for (int64_t e = 0; e < k.size(); ++e) {
-    EXPECT_NEAR(mc.mean[e], k[e], 5 * mc.stderr_[e] + 0.03 * std::abs(k[e]) + 1e-3) << "entry " << e;
-  }
+  testing_util::ExpectNngpMatchesMonteCarlo(net, RngKey(1).Normal(s), RngKey(2).Normal(s2), 200, /*seed=*/7,
+                                            1e-3, name);
 }
 
 INSTANTIATE_TEST_SUITE_P(Nets, IndexMonteCarloTest, ::testing::Range(0, 2));

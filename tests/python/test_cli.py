@@ -163,7 +163,7 @@ class CliTest(server_fixture.ServerTestCase):
                    '--x1', self.path('x1.npy'))
     self.assertEqual(proc.returncode, 1, proc.stderr)
     self.assertIn('UNIMPLEMENTED', proc.stderr)
-    self.assertIn('Conv', proc.stderr)
+    self.assertIn('LayerNorm', proc.stderr)
     # NaN input.
     x = _array(case['inputs']['x1'])
     x[0, 0] = np.nan
