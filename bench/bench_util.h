@@ -7,7 +7,7 @@
 #include "benchmark/benchmark.h"
 #include "core/stax.h"
 
-namespace nt::bench {
+namespace NT_CORE_NS::bench {
 
 // Times kernel_fn(x, None, ('nngp', 'ntk')) once per iteration; a failure ends the benchmark with its
 // message.
@@ -22,6 +22,6 @@ inline void TimeKernel(benchmark::State& state, const stax::Net& net, const Arra
   }
 }
 
-}  // namespace nt::bench
+}  // namespace NT_CORE_NS::bench
 
 #endif  // NT_BENCH_BENCH_UTIL_H_

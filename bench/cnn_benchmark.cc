@@ -1,6 +1,7 @@
 // Upstream's README CNN benchmark (spec/anchors.md 2.1): 21 x [Conv(1, (3, 3), (1, 1), 'SAME'), Relu] on
 // 32x32x3 inputs, topped by GlobalAvgPool (full spatial covariance) or by Flatten (diagonal layout),
-// NNGP + NTK of x1 against itself, float64. Reported per NTK entry (time / N^2), next to a floor measured
+// NNGP + NTK of x1 against itself, in float64 (cnn_benchmark, engine nt_core) or float32
+// (cnn_benchmark_f32, the same source built against nt_core_f32). Reported per NTK entry (time / N^2), next to a floor measured
 // in the same process: the network's additions and multiplications at the rate of this machine's GEMM.
 //
 //   cnn_benchmark --n=8 --top=gap        (--top=flatten|gap|none, --depth=21, --size=32)
@@ -24,15 +25,15 @@ int64_t g_size = 32;
 int g_depth = 21;
 std::string g_top = "gap";
 
-nt::stax::Net Network() {
-  std::vector<nt::stax::Net> layers;
+NT_CORE_NS::stax::Net Network() {
+  std::vector<NT_CORE_NS::stax::Net> layers;
   for (int i = 0; i < g_depth; ++i) {
-    layers.push_back(nt::stax::Conv(1, {3, 3}, {1, 1}, "SAME"));
-    layers.push_back(nt::stax::Relu());
+    layers.push_back(NT_CORE_NS::stax::Conv(1, {3, 3}, {1, 1}, "SAME"));
+    layers.push_back(NT_CORE_NS::stax::Relu());
   }
-  if (g_top == "gap") layers.push_back(nt::stax::GlobalAvgPool());
-  if (g_top == "flatten") layers.push_back(nt::stax::Flatten());
-  return nt::stax::serial(std::move(layers));
+  if (g_top == "gap") layers.push_back(NT_CORE_NS::stax::GlobalAvgPool());
+  if (g_top == "flatten") layers.push_back(NT_CORE_NS::stax::Flatten());
+  return NT_CORE_NS::stax::serial(std::move(layers));
 }
 
 // Arithmetic of one NTK entry (x1 row i against x2 row j), counting only the unavoidable part: each
@@ -49,7 +50,8 @@ double g_gemm_gflops = 0;
 // The machine rate: a large double GEMM on all cores.
 void BM_GemmRate(benchmark::State& state) {
   const int64_t n = 1536;
-  using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  // In the engine's precision: DGEMM for the float64 engine, SGEMM for the float32 one.
+  using RowMat = Eigen::Matrix<NT_CORE_NS::Real, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   RowMat a = RowMat::Random(n, n), b = RowMat::Random(n, n), c(n, n);
   openblas_set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
   for (auto _ : state) {
@@ -61,9 +63,9 @@ void BM_GemmRate(benchmark::State& state) {
 }
 
 void BM_CnnKernel(benchmark::State& state) {
-  const nt::Array x = nt::RngKey(42).Normal({g_n, g_size, g_size, 3});
-  const nt::stax::Net net = Network();
-  nt::bench::TimeKernel(state, net, x);
+  const NT_CORE_NS::Array x = NT_CORE_NS::RngKey(42).Normal({g_n, g_size, g_size, 3});
+  const NT_CORE_NS::stax::Net net = Network();
+  NT_CORE_NS::bench::TimeKernel(state, net, x);
   state.counters["ms_per_entry"] =
       benchmark::Counter(double(g_n) * g_n * state.iterations() / 1e3,
                          benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
@@ -93,6 +95,7 @@ int main(int argc, char** argv) {
   int rc = static_cast<int>(rest.size());
   benchmark::Initialize(&rc, rest.data());
   benchmark::AddCustomContext("N", std::to_string(g_n));
+  benchmark::AddCustomContext("precision", sizeof(NT_CORE_NS::Real) == 4 ? "float32" : "float64");
   benchmark::AddCustomContext("top", g_top);
   benchmark::AddCustomContext("depth", std::to_string(g_depth));
   benchmark::AddCustomContext("flops_per_entry", std::to_string(FlopsPerEntry()));

@@ -5,7 +5,7 @@
 
 #include "core/fast_math.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 void ABReluLayer::PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
                           double* tdot) const {
@@ -44,10 +44,10 @@ absl::Status ABReluLayer::TransformKernel(KernelFlow* kf, const KernelContext& c
   double f = 1e-12;
   for (double v : k.nngp.vec()) f = std::max(f, std::abs(v));
   auto scale = [&](double s) {
-    for (double& v : k.nngp.vec()) v *= s;
-    for (double& v : k.cov1.vec()) v *= s;
+    for (auto& v : k.nngp.vec()) v *= s;
+    for (auto& v : k.cov1.vec()) v *= s;
     if (k.cov2) {
-      for (double& v : k.cov2->vec()) v *= s;
+      for (auto& v : k.cov2->vec()) v *= s;
     }
   };
   scale(1 / f);
@@ -56,4 +56,4 @@ absl::Status ABReluLayer::TransformKernel(KernelFlow* kf, const KernelContext& c
   return st;
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

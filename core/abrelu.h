@@ -3,8 +3,9 @@
 #define NT_CORE_ABRELU_H_
 
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class ABReluLayer : public ElementwiseLayer {
  public:
@@ -27,6 +28,6 @@ class ABReluLayer : public ElementwiseLayer {
   std::string name_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_ABRELU_H_

@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_join.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
@@ -83,7 +83,7 @@ Array::Array(Shape shape, Storage data) : shape_(std::move(shape)), data_(std::m
   assert(static_cast<int64_t>(data_.size()) == NumElements(shape_));
 }
 
-Array::Array(Shape shape, const std::vector<double>& data)
+Array::Array(Shape shape, const std::vector<Real>& data)
     : shape_(std::move(shape)), data_(data.begin(), data.end()) {
   assert(static_cast<int64_t>(data_.size()) == NumElements(shape_));
 }
@@ -163,7 +163,7 @@ Array SliceAxis(const Array& a, int axis, int64_t begin, int64_t end) {
   Array out = Array::Uninitialized(out_shape);
   for (int64_t o = 0; o < outer; ++o) {
     std::memcpy(out.data() + o * (end - begin) * inner, a.data() + (o * n + begin) * inner,
-                sizeof(double) * (end - begin) * inner);
+                sizeof(Real) * (end - begin) * inner);
   }
   return out;
 }
@@ -180,8 +180,8 @@ Array Transpose(const Array& a, absl::Span<const int> perm) {
   std::vector<int64_t> stride(r);
   for (int i = 0; i < r; ++i) stride[i] = in_stride[perm[i]];
   std::vector<int64_t> idx(r, 0);
-  const double* src = a.data();
-  double* dst = out.data();
+  const Real* src = a.data();
+  Real* dst = out.data();
   const int64_t n = out.size();
   // Innermost axis as a strided loop, outer axes as an odometer.
   const int64_t inner = r ? out_shape[r - 1] : 1;
@@ -223,7 +223,7 @@ void PlaceBlock(const Array& block_in, int tiled_axes, int64_t row, int64_t col,
   const int64_t rows = block->dim(0);
   if (tiled_axes == 1) {
     const int64_t inner = NumElements(absl::MakeConstSpan(block->shape()).subspan(1));
-    std::memcpy(full->data() + row * inner, block->data(), sizeof(double) * rows * inner);
+    std::memcpy(full->data() + row * inner, block->data(), sizeof(Real) * rows * inner);
     return;
   }
   const int64_t cols = block->dim(1);
@@ -231,8 +231,8 @@ void PlaceBlock(const Array& block_in, int tiled_axes, int64_t row, int64_t col,
   const int64_t full_cols = full->dim(1);
   for (int64_t i = 0; i < rows; ++i) {
     std::memcpy(full->data() + ((row + i) * full_cols + col) * inner, block->data() + i * cols * inner,
-                sizeof(double) * cols * inner);
+                sizeof(Real) * cols * inner);
   }
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

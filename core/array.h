@@ -9,8 +9,9 @@
 #include <vector>
 
 #include "absl/types/span.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 using Shape = std::vector<int64_t>;
 
@@ -43,7 +44,7 @@ struct DefaultInitAllocator : std::allocator<T> {
     ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
   }
 };
-using Storage = std::vector<double, DefaultInitAllocator<double>>;
+using Storage = std::vector<Real, DefaultInitAllocator<Real>>;
 
 int64_t NumElements(absl::Span<const int64_t> shape);
 std::string ShapeToString(absl::Span<const int64_t> shape);
@@ -52,12 +53,11 @@ class Array {
  public:
   // A rank-0 array holding 0.
   Array() : data_(1, 0.0) {}
-  explicit Array(Shape shape, double fill = 0.0)
-      : shape_(std::move(shape)), data_(NumElements(shape_), fill) {}
+  explicit Array(Shape shape, Real fill = 0.0) : shape_(std::move(shape)), data_(NumElements(shape_), fill) {}
   Array(Shape shape, Storage data);
-  Array(Shape shape, const std::vector<double>& data);
+  Array(Shape shape, const std::vector<Real>& data);
 
-  static Array Scalar(double v) { return Array(Shape{}, v); }
+  static Array Scalar(Real v) { return Array(Shape{}, v); }
   // Contents unspecified: for arrays that are entirely overwritten.
   static Array Uninitialized(Shape shape);
 
@@ -65,10 +65,10 @@ class Array {
   int rank() const { return static_cast<int>(shape_.size()); }
   int64_t dim(int i) const { return shape_[i]; }
   int64_t size() const { return static_cast<int64_t>(data_.size()); }
-  double* data() { return data_.data(); }
-  const double* data() const { return data_.data(); }
-  double& operator[](int64_t i) { return data_[i]; }
-  double operator[](int64_t i) const { return data_[i]; }
+  Real* data() { return data_.data(); }
+  const Real* data() const { return data_.data(); }
+  Real& operator[](int64_t i) { return data_[i]; }
+  Real operator[](int64_t i) const { return data_[i]; }
   Storage& vec() { return data_; }
   const Storage& vec() const { return data_; }
 
@@ -102,6 +102,6 @@ void PlaceBlock(const Array& block, int tiled_axes, int64_t row, int64_t col, bo
 // The permutation that mirrors a tile: swaps axes 0,1 and, when `pair_trailing`, each trailing pair.
 std::vector<int> MirrorPermutation(int rank, bool pair_trailing);
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_ARRAY_H_

@@ -2,7 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
@@ -16,13 +16,13 @@ absl::Status ExpectList(const std::string& layer, bool is_list, size_t n) {
 // a += b, broadcasting a rank-0 operand.
 void AddInto(Array* a, const Array& b) {
   if (b.rank() == 0) {
-    for (double& v : a->vec()) v += b[0];
+    for (Real& v : a->vec()) v += b[0];
     return;
   }
   if (a->rank() == 0) {
-    const double s = (*a)[0];
+    const Real s = (*a)[0];
     *a = b;
-    for (double& v : a->vec()) v += s;
+    for (Real& v : a->vec()) v += s;
     return;
   }
   for (int64_t i = 0; i < a->size(); ++i) (*a)[i] += b[i];
@@ -129,4 +129,4 @@ absl::Status FanInSumLayer::TransformKernel(KernelFlow* kf, const KernelContext&
   return absl::OkStatus();
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

@@ -3,8 +3,9 @@
 #define NT_CORE_BRANCHING_H_
 
 #include "core/layer.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class IdentityLayer : public Layer {
  public:
@@ -47,6 +48,6 @@ class FanInSumLayer : public Layer {
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_BRANCHING_H_

@@ -2,7 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
@@ -262,4 +262,4 @@ absl::Status RepeatLayer::TransformKernel(KernelFlow* k, const KernelContext& ct
   return absl::OkStatus();
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

@@ -5,8 +5,9 @@
 #include <vector>
 
 #include "core/layer.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class SerialLayer : public Layer {
  public:
@@ -81,6 +82,6 @@ class RepeatLayer : public Layer {
   int n_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_COMBINATORS_H_

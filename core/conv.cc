@@ -7,7 +7,7 @@
 #include "Eigen/Core"
 #include "absl/strings/str_cat.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
@@ -33,7 +33,7 @@ std::array<std::string, 3> Specs(const ConvOptions& o) {
   return d;
 }
 
-using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using RowMat = Eigen::Matrix<Real, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // Odometer over a multi-index with the given sizes (row-major).
 bool Next(const std::vector<int64_t>& sizes, std::vector<int64_t>* idx) {
@@ -95,7 +95,7 @@ Array EmbedDiagonal(const Array& t, int lead, const std::vector<int64_t>& sizes)
 }
 
 // Adds `v` on the spatial diagonal (q = q' on every axis) of a full-layout array.
-void AddOnSpatialDiagonal(double v, const std::vector<int64_t>& sizes, Array* t) {
+void AddOnSpatialDiagonal(Real v, const std::vector<int64_t>& sizes, Array* t) {
   const std::vector<int64_t> offsets = DiagonalOffsets(sizes);
   int64_t block = 1;
   for (int64_t s : sizes) block *= s * s;
@@ -296,8 +296,8 @@ absl::StatusOr<Params> ConvLayer::Init(const RngKey& key, const ShapeFlow& in) c
   Params p;
   Array w = keys[0].Normal(ws);
   if (o_.parameterization == Parameterization::kStandard) {
-    const double scale = o_.W_std / std::sqrt(double(g->c_in * filter_size()) / o_.s[0]);
-    for (double& v : w.vec()) v *= scale;
+    const Real scale = o_.W_std / std::sqrt(Real(g->c_in * filter_size()) / o_.s[0]);
+    for (Real& v : w.vec()) v *= scale;
   }
   p.arrays.push_back(std::move(w));
   if (o_.b_std) {
@@ -314,7 +314,7 @@ absl::StatusOr<Params> ConvLayer::Init(const RngKey& key, const ShapeFlow& in) c
     }
     Array b = keys[1].Normal(bs);
     if (o_.parameterization == Parameterization::kStandard) {
-      for (double& v : b.vec()) v *= *o_.b_std;
+      for (Real& v : b.vec()) v *= *o_.b_std;
     }
     p.arrays.push_back(std::move(b));
   }
@@ -375,7 +375,7 @@ absl::StatusOr<ArrayFlow> ConvLayer::Apply(const Params& params, const ArrayFlow
       }
       if (inside) {
         for (int64_t b = 0; b < n; ++b) {
-          const double* src = x.data() + (b * p_in + pos) * c;
+          const Real* src = x.data() + (b * p_in + pos) * c;
           auto row = patches.row(b * q_total + qi);
           if (kind_ == ConvKind::kLocal) {
             for (int64_t ch = 0; ch < c; ++ch) row(ch * f_total + f_rhs_flat[fi]) = src[ch];
@@ -394,9 +394,8 @@ absl::StatusOr<ArrayFlow> ConvLayer::Apply(const Params& params, const ArrayFlow
   std::vector<int> wperm;
   for (char ch : canon_w) wperm.push_back(static_cast<int>(rhs_.find(ch)));
   const Array w = Transpose(params.arrays[0], wperm);
-  const double scale = o_.parameterization == Parameterization::kNtk
-                           ? o_.W_std / std::sqrt(double(c * f_total))
-                           : 1.0 / std::sqrt(o_.s[0]);
+  const Real scale = o_.parameterization == Parameterization::kNtk ? o_.W_std / std::sqrt(Real(c * f_total))
+                                                                   : 1.0 / std::sqrt(o_.s[0]);
   Shape y_shape{n};
   y_shape.insert(y_shape.end(), outs.begin(), outs.end());
   y_shape.push_back(o);
@@ -421,14 +420,14 @@ absl::StatusOr<ArrayFlow> ConvLayer::Apply(const Params& params, const ArrayFlow
     for (int d = 0; d < s; ++d) y = ApplyAlongAxis(y, 1 + d, FoldMatrix(outs[d], g->out[d]));
   }
   if (o_.b_std) {
-    const double bscale = o_.parameterization == Parameterization::kNtk ? *o_.b_std : 1.0;
+    const Real bscale = o_.parameterization == Parameterization::kNtk ? *o_.b_std : 1.0;
     // The bias in canonical order: (1, output spatial sizes or ones, O).
     std::vector<int> to_lhs;
     for (char ch : lhs_) to_lhs.push_back(static_cast<int>(out_.find(ch)));
     const Array b = ToCanonical(Transpose(params.arrays[1], to_lhs));
     const int64_t per_sample = y.size() / n;
     for (int64_t b0 = 0; b0 < n; ++b0) {
-      double* yb = y.data() + b0 * per_sample;
+      Real* yb = y.data() + b0 * per_sample;
       for (int64_t e = 0; e < per_sample; ++e) yb[e] += bscale * b[b.size() == o ? e % o : e];
     }
   }
@@ -467,7 +466,7 @@ absl::StatusOr<MaskFlow> ConvLayer::MaskFn(const MaskFlow& masks, const ShapeFlo
         }
       }
       mc = ApplyAlongAxis(mc, 1 + d, m_d);
-      for (double& v : mc.vec()) v = v != 0.0 ? 1.0 : 0.0;
+      for (Real& v : mc.vec()) v = v != 0.0 ? 1.0 : 0.0;
     }
     m = FromCanonical(mc);
   }
@@ -489,16 +488,16 @@ Array ConvLayer::Transform(const Array& t, int lead, bool diagonal_spatial, cons
   const int s = static_cast<int>(g.in.size());
   const bool fused = !diagonal_spatial && kind_ != ConvKind::kLocal &&
                      !(kind_ == ConvKind::kTranspose && o_.padding == Padding::kCircular);
-  if (fused) return ConvolvePairs(t, lead, g.taps, factor / double(filter_size()), shift, plus);
+  if (fused) return ConvolvePairs(t, lead, g.taps, factor / Real(filter_size()), shift, plus);
   Array sum;
   if (plus != nullptr) {
     sum = t;
     for (int64_t i = 0; i < sum.size(); ++i) sum[i] += (*plus)[i];
   }
   const Array& in = plus != nullptr ? sum : t;
-  const double scale = factor / double(filter_size());
+  const Real scale = factor / Real(filter_size());
   auto affine = [&](Array* a) {
-    for (double& v : a->vec()) v = v * scale + shift;
+    for (Real& v : a->vec()) v = v * scale + shift;
   };
   if (diagonal_spatial) {
     Array out = ApplyAlongAxis(in, lead, DiagonalMatrix(g, 0));
@@ -510,19 +509,19 @@ Array ConvLayer::Transform(const Array& t, int lead, bool diagonal_spatial, cons
     // Untied biases are independent across locations: only q = q' gets the shift.
     Array diag = SpatialDiagonal(in, lead, g.in);
     for (int d = 0; d < s; ++d) diag = ApplyAlongAxis(diag, lead + d, DiagonalMatrix(g, d));
-    for (double& v : diag.vec()) v *= scale;
+    for (Real& v : diag.vec()) v *= scale;
     Array out = EmbedDiagonal(diag, lead, g.out);
     if (shift != 0.0) AddOnSpatialDiagonal(shift, g.out, &out);
     return out;
   }
   // CIRCULAR transposed: convolve on the unfolded grid, then fold both copies of every axis.
-  Array out = ConvolvePairs(in, lead, g.taps, factor / double(filter_size()));
+  Array out = ConvolvePairs(in, lead, g.taps, factor / Real(filter_size()));
   for (int d = 0; d < s; ++d) {
     const AxisMatrix fold = FoldMatrix(g.out_before_fold[d], g.out[d]);
     out = ApplyAlongAxis(out, lead + 2 * d, fold);
     out = ApplyAlongAxis(out, lead + 2 * d + 1, fold);
   }
-  for (double& v : out.vec()) v += shift;
+  for (Real& v : out.vec()) v += shift;
   return out;
 }
 
@@ -532,13 +531,13 @@ absl::Status ConvLayer::TransformKernel(KernelFlow* kf, const KernelContext&) co
   auto g = Resolve(k.shape1);
   if (!g.ok()) return g.status();
   const bool diag = k.diagonal_spatial;
-  const double w2 = o_.W_std * o_.W_std;
-  const double b2 = o_.b_std ? *o_.b_std * *o_.b_std : 0.0;
+  const Real w2 = o_.W_std * o_.W_std;
+  const Real b2 = o_.b_std ? *o_.b_std * *o_.b_std : 0.0;
   // The transform is linear: combine the NTK's inputs and transform once.
   if (k.ntk) {
     Array& ntk = *k.ntk;
-    const double fan_in = double(g->c_in * filter_size()) / o_.s[0];  // Finite (standard param).
-    const double bias_ntk = o_.b_std ? 1.0 : 0.0;
+    const Real fan_in = Real(g->c_in * filter_size()) / o_.s[0];  // Finite (standard param).
+    const Real bias_ntk = o_.b_std ? 1.0 : 0.0;
     if (ntk.rank() == 0 && ntk[0] != 0.0) ntk = Array(k.nngp.shape(), ntk[0]);
     if (ntk.rank() == 0) {
       // The input's NTK is 0: ntk' = nngp' (NTK parameterization) or fan_in K(nngp) (+ 1).
@@ -585,4 +584,4 @@ absl::Status ConvLayer::TransformKernel(KernelFlow* kf, const KernelContext&) co
   return absl::OkStatus();
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

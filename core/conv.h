@@ -10,9 +10,10 @@
 
 #include "core/dense.h"
 #include "core/layer.h"
+#include "core/real.h"
 #include "core/spatial.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 enum class ConvKind { kConv, kTranspose, kLocal };
 
@@ -65,8 +66,8 @@ class ConvLayer : public Layer {
   AxisMatrix DiagonalMatrix(const Geometry& g, int d) const;
   // The filter-averaged covariance transform of one kernel array (linear.md 5.3).
   // factor * K(t [+ plus]) + shift, the shift only on the spatial diagonal for ConvLocal's full layout.
-  Array Transform(const Array& t, int lead, bool diagonal_spatial, const Geometry& g, double factor,
-                  double shift, const Array* plus) const;
+  Array Transform(const Array& t, int lead, bool diagonal_spatial, const Geometry& g, double factor, double shift,
+                  const Array* plus) const;
 
   ConvKind kind_;
   ConvOptions o_;
@@ -75,6 +76,6 @@ class ConvLayer : public Layer {
   std::vector<int> rhs_of_lhs_;       // rhs spatial index of each lhs spatial axis.
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_CONV_H_

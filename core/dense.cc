@@ -6,7 +6,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 absl::StatusOr<Parameterization> ParseParameterization(const std::string& layer, const std::string& value) {
   const std::string v = absl::AsciiStrToLower(value);
@@ -77,8 +77,8 @@ absl::StatusOr<Params> DenseLayer::Init(const RngKey& key, const ShapeFlow& in) 
   Params p;
   Array w = keys[0].Normal({n_in, width()});
   if (o_.parameterization == Parameterization::kStandard) {
-    const double scale = o_.W_std / std::sqrt(n_in / o_.s[0]);
-    for (double& v : w.vec()) v *= scale;
+    const Real scale = o_.W_std / std::sqrt(n_in / o_.s[0]);
+    for (Real& v : w.vec()) v *= scale;
   }
   p.arrays.push_back(std::move(w));
   if (o_.b_std) {
@@ -86,7 +86,7 @@ absl::StatusOr<Params> DenseLayer::Init(const RngKey& key, const ShapeFlow& in) 
     bs[ch] = width();
     Array b = keys[1].Normal(bs);
     if (o_.parameterization == Parameterization::kStandard) {
-      for (double& v : b.vec()) v *= *o_.b_std;
+      for (Real& v : b.vec()) v *= *o_.b_std;
     }
     p.arrays.push_back(std::move(b));
   }
@@ -123,15 +123,15 @@ absl::StatusOr<ArrayFlow> DenseLayer::Apply(const Params& params, const ArrayFlo
   Shape yt_shape = xt.shape();
   yt_shape.back() = n_out;
   Array yt = Array::Uninitialized(yt_shape);
-  using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using RowMat = Eigen::Matrix<Real, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   Eigen::Map<const RowMat> xm(xt.data(), rows, n_in);
   Eigen::Map<const RowMat> wm(w.data(), n_in, n_out);
   Eigen::Map<RowMat> ym(yt.data(), rows, n_out);
-  const double scale = o_.parameterization == Parameterization::kNtk ? o_.W_std / std::sqrt(double(n_in))
-                                                                     : 1.0 / std::sqrt(o_.s[0]);
+  const Real scale = o_.parameterization == Parameterization::kNtk ? o_.W_std / std::sqrt(Real(n_in))
+                                                                   : 1.0 / std::sqrt(o_.s[0]);
   ym.noalias() = scale * (xm * wm);
   if (o_.b_std) {
-    const double bscale = o_.parameterization == Parameterization::kNtk ? *o_.b_std : 1.0;
+    const Real bscale = o_.parameterization == Parameterization::kNtk ? *o_.b_std : 1.0;
     const Array& b = params.arrays[1];
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t c = 0; c < n_out; ++c) ym(r, c) += bscale * b[c];
@@ -142,15 +142,15 @@ absl::StatusOr<ArrayFlow> DenseLayer::Apply(const Params& params, const ArrayFlo
 
 absl::Status DenseLayer::TransformKernel(KernelFlow* kf, const KernelContext&) const {
   Kernel& k = kf->single();
-  const double w2 = o_.W_std * o_.W_std;
-  const double b2 = o_.b_std ? *o_.b_std * *o_.b_std : 0.0;
+  const Real w2 = o_.W_std * o_.W_std;
+  const Real b2 = o_.b_std ? *o_.b_std * *o_.b_std : 0.0;
   auto affine = [&](Array& a) {
-    for (double& v : a.vec()) v = w2 * v + b2;
+    for (Real& v : a.vec()) v = w2 * v + b2;
   };
   if (k.ntk) {
     Array& ntk = *k.ntk;
     const bool scalar = ntk.rank() == 0;
-    const double ntk0 = scalar ? ntk[0] : 0.0;
+    const Real ntk0 = scalar ? ntk[0] : 0.0;
     if (scalar) ntk = Array(k.nngp.shape(), ntk0);
     if (o_.parameterization == Parameterization::kNtk) {
       // ntk' = nngp' + W^2 ntk
@@ -158,9 +158,9 @@ absl::Status DenseLayer::TransformKernel(KernelFlow* kf, const KernelContext&) c
     } else {
       // Standard: the finite input width enters the NTK.
       const int ch = k.channel_axis;
-      const double n_in = static_cast<double>(k.shape1[ch]);
-      const double c = n_in / o_.s[0];
-      const double bias = o_.b_std ? 1.0 : 0.0;
+      const Real n_in = static_cast<Real>(k.shape1[ch]);
+      const Real c = n_in / o_.s[0];
+      const Real bias = o_.b_std ? 1.0 : 0.0;
       for (int64_t i = 0; i < ntk.size(); ++i) ntk[i] = c * k.nngp[i] + w2 * ntk[i] + bias;
     }
   }
@@ -172,4 +172,4 @@ absl::Status DenseLayer::TransformKernel(KernelFlow* kf, const KernelContext&) c
   return absl::OkStatus();
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

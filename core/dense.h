@@ -5,8 +5,9 @@
 #include <array>
 
 #include "core/layer.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 enum class Parameterization { kNtk, kStandard };
 
@@ -47,6 +48,6 @@ class DenseLayer : public Layer {
   DenseOptions o_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_DENSE_H_

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <vector>
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
@@ -19,11 +19,12 @@ void MapArray(const ElementwiseLayer& layer, int batch_axes, const Array& d_left
   const int64_t cols = batch_axes == 2 ? a->dim(1) : 1;
   const int64_t inner = static_cast<int64_t>(off_l.size());
   const int64_t row_len = cols * inner;
-  double q11[kChunk], q22[kChunk], t[kChunk], tdot[kChunk];
+  // The maps work in double whatever the engine's Real is: chunks are gathered into these buffers.
+  double q11[kChunk], q12[kChunk], q22[kChunk], t[kChunk], tdot[kChunk];
   for (int64_t i = 0; i < rows; ++i) {
-    double* row = a->data() + i * row_len;
-    double* nrow = ntk ? ntk->data() + i * row_len : nullptr;
-    const double* dl = d_left.data() + i * p;
+    Real* row = a->data() + i * row_len;
+    Real* nrow = ntk ? ntk->data() + i * row_len : nullptr;
+    const Real* dl = d_left.data() + i * p;
     int64_t j = 0, e = 0;  // Column and inner index of the chunk's first entry.
     for (int64_t start = 0; start < row_len; start += kChunk) {
       const int64_t n = std::min(kChunk, row_len - start);
@@ -36,7 +37,8 @@ void MapArray(const ElementwiseLayer& layer, int batch_axes, const Array& d_left
           ++j;
         }
       }
-      layer.PairMap(q11, row + start, q22, n, t, nrow ? tdot : nullptr);
+      std::copy(row + start, row + start + n, q12);
+      layer.PairMap(q11, q12, q22, n, t, nrow ? tdot : nullptr);
       std::copy(t, t + n, row + start);
       if (nrow) {
         for (int64_t k = 0; k < n; ++k) nrow[start + k] *= tdot[k];
@@ -61,7 +63,7 @@ absl::StatusOr<ShapeFlow> ElementwiseLayer::OutputShape(const ShapeFlow& in) con
 absl::StatusOr<ArrayFlow> ElementwiseLayer::Apply(const Params&, const ArrayFlow& x) const {
   if (absl::Status st = ExpectSingle(name(), x.is_list, x.items.size()); !st.ok()) return st;
   ArrayFlow y = x;
-  for (double& v : y.single().vec()) v = Phi(v);
+  for (Real& v : y.single().vec()) v = static_cast<Real>(Phi(v));
   return y;
 }
 
@@ -95,7 +97,14 @@ absl::Status ElementwiseLayer::TransformKernel(KernelFlow* kf, const KernelConte
   MapArray(*this, 2, d1, d2, off_l, off_r, p, &k.nngp, ntk);
   auto map_cov = [&](Array* cov, const Array& d) {
     if (cb == 1 && cov_diagonal) {
-      DiagMap(cov->data(), cov->size(), cov->data());
+      double q[kChunk], t[kChunk];
+      Real* c = cov->data();
+      for (int64_t start = 0; start < cov->size(); start += kChunk) {
+        const int64_t n = std::min(kChunk, cov->size() - start);
+        std::copy(c + start, c + start + n, q);
+        DiagMap(q, n, t);
+        std::copy(t, t + n, c + start);
+      }
     } else {
       MapArray(*this, cb, d, d, off_l, off_r, p, cov, nullptr);
     }
@@ -106,4 +115,4 @@ absl::Status ElementwiseLayer::TransformKernel(KernelFlow* kf, const KernelConte
   return absl::OkStatus();
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

@@ -3,11 +3,28 @@
 #ifndef NT_CORE_ELEMENTWISE_H_
 #define NT_CORE_ELEMENTWISE_H_
 
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 #include "core/layer.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
+
+// Applies a map f(const double* x, n, double* y) of doubles in place to an array of the engine's Real
+// (through a double copy in the float32 engine).
+template <typename F>
+void MapInPlace(Array* a, const F& f) {
+  if constexpr (std::is_same_v<Real, double>) {
+    f(a->data(), a->size(), a->data());
+  } else {
+    std::vector<double> buf(a->data(), a->data() + a->size());
+    f(buf.data(), a->size(), buf.data());
+    std::copy(buf.begin(), buf.end(), a->data());
+  }
+}
 
 class ElementwiseLayer : public Layer {
  public:
@@ -29,6 +46,6 @@ class ElementwiseLayer : public Layer {
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_ELEMENTWISE_H_

@@ -3,8 +3,9 @@
 #define NT_CORE_ERF_H_
 
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class ErfLayer : public ElementwiseLayer {
  public:
@@ -23,6 +24,6 @@ class ErfLayer : public ElementwiseLayer {
   std::string name_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_ERF_H_

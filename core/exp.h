@@ -6,8 +6,9 @@
 #include <string>
 
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class ExpLayer : public ElementwiseLayer {
  public:
@@ -24,6 +25,6 @@ class ExpLayer : public ElementwiseLayer {
   double a_, b_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_EXP_H_

@@ -5,7 +5,7 @@
 
 #include "core/fast_math.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 absl::StatusOr<ArrayFlow> ExpNormalizedLayer::Apply(const Params&, const ArrayFlow&) const {
   return LayerUnimplemented(name(), "has no finite network (apply_fn): it is defined by its kernel only");
@@ -26,4 +26,4 @@ void ExpNormalizedLayer::PairMap(const double* q11, const double* q12, const dou
   }
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

@@ -7,8 +7,9 @@
 #include <string>
 
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class ExpNormalizedLayer : public ElementwiseLayer {
  public:
@@ -28,6 +29,6 @@ class ExpNormalizedLayer : public ElementwiseLayer {
   bool do_clip_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_EXP_NORMALIZED_H_

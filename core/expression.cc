@@ -9,7 +9,7 @@
 #include "core/layer.h"
 #include "muParser.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 constexpr size_t kMaxExpressionLength = 4096;
@@ -126,7 +126,7 @@ absl::StatusOr<ArrayFlow> ElementwiseExpressionLayer::Apply(const Params&, const
   if (!fn_) return LayerUnimplemented(name(), "apply_fn needs fn (only nngp_fn was given)");
   ArrayFlow y = x;
   Array& a = y.single();
-  fn_->Eval1(a.data(), a.size(), a.data());
+  MapInPlace(&a, [&](const double* in, int64_t n, double* out) { fn_->Eval1(in, n, out); });
   return y;
 }
 
@@ -159,4 +159,4 @@ absl::Status ElementwiseExpressionLayer::TransformKernel(KernelFlow* k, const Ke
   return ElementwiseLayer::TransformKernel(k, ctx);
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

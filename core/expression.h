@@ -13,8 +13,9 @@
 
 #include "absl/status/statusor.h"
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class Expression {
  public:
@@ -76,6 +77,6 @@ class ElementwiseExpressionLayer : public ElementwiseLayer {
   ExpressionPtr fn_, nngp_fn_, d_nngp_fn_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_EXPRESSION_H_

@@ -7,7 +7,9 @@
 #include <cstdint>
 #include <cstring>
 
-namespace nt {
+#include "core/real.h"
+
+namespace NT_CORE_NS {
 
 // atan(x) for x in [0, 1]: Cephes' rational approximation, with the reduction around pi/4.
 inline double AtanUnitInterval(double x) {
@@ -80,6 +82,6 @@ inline double Exp(double x) {
   return out;
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_FAST_MATH_H_

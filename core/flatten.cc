@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/spatial.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 absl::Status FlattenLayer::Validate(const FlattenOptions& o) {
   const int b = o.batch_axis_out;
@@ -128,10 +128,10 @@ absl::Status FlattenLayer::TransformKernel(KernelFlow* kf, const KernelContext&)
         diag = std::move(next);
       }
     }
-    const double norm = 1.0 / static_cast<double>(diag.size());
+    const Real norm = 1.0 / static_cast<Real>(diag.size());
     Array out(lead, 0.0);
     for (int64_t r = 0; r < rows; ++r) {
-      double s = 0;
+      Real s = 0;
       for (int64_t off : diag) s += (*t)[r * inner + off];
       out[r] = s * norm;
     }
@@ -148,4 +148,4 @@ absl::Status FlattenLayer::TransformKernel(KernelFlow* kf, const KernelContext&)
   return absl::OkStatus();
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

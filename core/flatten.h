@@ -4,8 +4,9 @@
 #define NT_CORE_FLATTEN_H_
 
 #include "core/layer.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 struct FlattenOptions {
   int batch_axis = 0;
@@ -40,6 +41,6 @@ class FlattenLayer : public Layer {
   FlattenOptions o_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_FLATTEN_H_

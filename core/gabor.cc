@@ -5,7 +5,7 @@
 
 #include "core/fast_math.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 void GaborLayer::PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
                          double* tdot) const {
@@ -36,4 +36,4 @@ void GaborLayer::DiagMap(const double* q, int64_t n, double* t) const {
   }
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

@@ -6,8 +6,9 @@
 #include <string>
 
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class GaborLayer : public ElementwiseLayer {
  public:
@@ -20,6 +21,6 @@ class GaborLayer : public ElementwiseLayer {
   bool remask_kernel() const override { return false; }
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_GABOR_H_

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-namespace nt {
+namespace NT_CORE_NS {
 
 void GaussianLayer::PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
                             double* tdot) const {
@@ -30,4 +30,4 @@ void GaussianLayer::DiagMap(const double* q, int64_t n, double* t) const {
   for (int64_t i = 0; i < n; ++i) t[i] = a2 / std::sqrt(std::max(1 - 4 * b_ * q[i], 0.0));
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

@@ -6,8 +6,9 @@
 #include <string>
 
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class GaussianLayer : public ElementwiseLayer {
  public:
@@ -24,6 +25,6 @@ class GaussianLayer : public ElementwiseLayer {
   double a_, b_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_GAUSSIAN_H_

@@ -5,7 +5,7 @@
 
 #include "core/fast_math.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 double GeluLayer::Phi(double x) const {
   if (approximate_) {
@@ -45,4 +45,4 @@ void GeluLayer::DiagMap(const double* q, int64_t n, double* t) const {
   }
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

@@ -6,8 +6,9 @@
 #include <string>
 
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class GeluLayer : public ElementwiseLayer {
  public:
@@ -25,6 +26,6 @@ class GeluLayer : public ElementwiseLayer {
   bool approximate_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_GELU_H_

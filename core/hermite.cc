@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
@@ -47,4 +47,4 @@ void HermiteLayer::DiagMap(const double* q, int64_t n, double* t) const {
   PairMap(q, q, q, n, t, nullptr);
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

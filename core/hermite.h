@@ -5,8 +5,9 @@
 #include <string>
 
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 // As upstream, the kernel assumes unit-variance inputs (e.g. after LayerNorm) and uses Mehler's
 // formula: every stored covariance entry c becomes c^n (0^0 = 1), and ntk_out = n c^(n-1) ntk_in
@@ -26,6 +27,6 @@ class HermiteLayer : public ElementwiseLayer {
   int degree_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_HERMITE_H_

@@ -7,7 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
@@ -211,7 +211,7 @@ absl::StatusOr<MaskFlow> ImageResizeLayer::MaskFn(const MaskFlow& masks, const S
     Array keep(m->shape());
     for (int64_t i = 0; i < keep.size(); ++i) keep[i] = (*m)[i] != 0.0 ? 0.0 : 1.0;
     Array resized = Resize(keep, Target(m->shape()));
-    for (double& v : resized.vec()) v = v != 0.0 ? 0.0 : 1.0;
+    for (auto& v : resized.vec()) v = v != 0 ? 0 : 1;
     m = std::move(resized);
   }
   return out;
@@ -283,4 +283,4 @@ absl::Status ImageResizeLayer::TransformKernel(KernelFlow* kf, const KernelConte
   return absl::OkStatus();
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

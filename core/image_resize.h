@@ -8,9 +8,10 @@
 #include <vector>
 
 #include "core/layer.h"
+#include "core/real.h"
 #include "core/spatial.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 // jax.image.ResizeMethod.
 enum class ResizeMethod { kNearest, kLinear, kCubic, kLanczos3, kLanczos5 };
@@ -65,6 +66,6 @@ class ImageResizeLayer : public Layer {
   int channel_axis_ = 0;  // Likewise.
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_IMAGE_RESIZE_H_

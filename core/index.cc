@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/spatial.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 IndexItem IndexItem::Slice(std::optional<int64_t> start, std::optional<int64_t> stop,
                            std::optional<int64_t> step) {
@@ -125,8 +125,8 @@ Array GatherAxes(const Array& a, const std::vector<AxisSelection>& sel) {
   }
   Array out = Array::Uninitialized(out_shape);
   if (out.size() == 0) return out;
-  double* dst = out.data();
-  const double* src = a.data();
+  Real* dst = out.data();
+  const Real* src = a.data();
   // Depth-first over the axes: the output is written in row-major order.
   auto rec = [&](auto&& self, int axis, int64_t base) -> void {
     if (axis == r - 1) {
@@ -297,4 +297,4 @@ absl::Status IndexLayer::TransformKernel(KernelFlow* kf, const KernelContext&) c
   return absl::OkStatus();
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

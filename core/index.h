@@ -10,8 +10,9 @@
 #include <vector>
 
 #include "core/layer.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 // One item of an index: a slice start:stop:step (unset = Python's None), an int (removes the axis),
 // or `...`.
@@ -89,6 +90,6 @@ class IndexLayer : public Layer {
 // a[ix_(take...)] with dropped axes removed: one selection per axis of `a`.
 Array GatherAxes(const Array& a, const std::vector<AxisSelection>& sel);
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_INDEX_H_

@@ -5,11 +5,11 @@
 #include "Eigen/Core"
 #include "absl/strings/str_cat.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
-using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using RowMat = Eigen::Matrix<Real, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // (r, c, P, P) with P = prod(spatial) -> zipped (r, c, s1, s1', s2, s2', ...).
 Array ZipSpatial(Array a, const Shape& spatial) {
@@ -103,7 +103,7 @@ absl::StatusOr<CanonicalInput> Canonicalize(const Array& x, int batch_axis, int 
 Array InputNngp(const CanonicalInput& a, int64_t r0, int64_t r1, const CanonicalInput& b, int64_t c0,
                 int64_t c1, bool diagonal_spatial) {
   const int64_t r = r1 - r0, c = c1 - c0, p = a.p(), ch = a.c();
-  const double inv = 1.0 / static_cast<double>(ch);
+  const Real inv = 1.0 / static_cast<Real>(ch);
   if (p == 1 || diagonal_spatial) {
     // One (r x C) x (C x c) product per position.
     Shape shape{r, c};
@@ -138,7 +138,7 @@ Array InputNngp(const CanonicalInput& a, int64_t r0, int64_t r1, const Canonical
 
 Array InputCovDiag(const CanonicalInput& a, int64_t r0, int64_t r1, bool diagonal_spatial) {
   const int64_t r = r1 - r0, p = a.p(), ch = a.c();
-  const double inv = 1.0 / static_cast<double>(ch);
+  const Real inv = 1.0 / static_cast<Real>(ch);
   Shape shape{r};
   for (int64_t d : a.spatial) {
     shape.push_back(d);
@@ -148,8 +148,8 @@ Array InputCovDiag(const CanonicalInput& a, int64_t r0, int64_t r1, bool diagona
     Array out = Array::Uninitialized(shape);
     for (int64_t i = 0; i < r; ++i) {
       for (int64_t q = 0; q < p; ++q) {
-        const double* v = a.data() + ((r0 + i) * p + q) * ch;
-        double s = 0;
+        const Real* v = a.data() + ((r0 + i) * p + q) * ch;
+        Real s = 0;
         for (int64_t k = 0; k < ch; ++k) s += v[k] * v[k];
         out[i * p + q] = s * inv;
       }
@@ -165,7 +165,7 @@ Array InputCovDiag(const CanonicalInput& a, int64_t r0, int64_t r1, bool diagona
   return ZipSpatial(std::move(g), a.spatial).Reshaped(shape);
 }
 
-bool SameInputs(const Array& a, const Array& b, double eps) {
+bool SameInputs(const Array& a, const Array& b, Real eps) {
   if (a.shape() != b.shape()) return false;
   for (int64_t i = 0; i < a.size(); ++i) {
     if (!(std::abs(a[i] - b[i]) < eps)) return false;
@@ -173,4 +173,4 @@ bool SameInputs(const Array& a, const Array& b, double eps) {
   return true;
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

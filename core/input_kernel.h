@@ -7,14 +7,15 @@
 #include "absl/status/statusor.h"
 #include "core/array.h"
 #include "core/kernel.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 // An input batch viewed as (N, P, C): batch first, positions in input order, channels last. Inputs
 // already in that order (batch first, channels last) are used in place, without a copy.
 class CanonicalInput {
  public:
-  const double* data() const { return owned_ ? storage_.data() : external_; }
+  const Real* data() const { return owned_ ? storage_.data() : external_; }
   int64_t n() const { return n_; }
   int64_t p() const { return p_; }
   int64_t c() const { return c_; }
@@ -30,7 +31,7 @@ class CanonicalInput {
                                                      bool check_finite);
   bool owned_ = false;
   Array storage_;  // The rearranged copy, when the input's axes needed moving.
-  const double* external_ = nullptr;
+  const Real* external_ = nullptr;
   int64_t n_ = 0, p_ = 1, c_ = 1;
 };
 
@@ -46,8 +47,8 @@ Array InputNngp(const CanonicalInput& a, int64_t r0, int64_t r1, const Canonical
 Array InputCovDiag(const CanonicalInput& a, int64_t r0, int64_t r1, bool diagonal_spatial);
 
 // max |a_i - b_i| < eps over the same shapes (upstream's x1_is_x2 test).
-bool SameInputs(const Array& a, const Array& b, double eps = 1e-12);
+bool SameInputs(const Array& a, const Array& b, Real eps = 1e-12);
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_INPUT_KERNEL_H_

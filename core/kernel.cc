@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
@@ -35,9 +35,9 @@ void Kernel::Reverse() {
   is_reversed = !is_reversed;
 }
 
-void Kernel::Scale(double f) {
+void Kernel::Scale(Real f) {
   auto scale = [f](Array& a) {
-    for (double& v : a.vec()) v *= f;
+    for (Real& v : a.vec()) v *= f;
   };
   scale(nngp);
   if (ntk) scale(*ntk);
@@ -162,7 +162,7 @@ void ZeroMasked(const Array& left, const Array& right, int batch_axes, const std
   for (int64_t i = 0; i < rows; ++i) {
     for (int64_t j = 0; j < cols; ++j) {
       const int64_t col = batch_axes == 2 ? j : i;
-      double* out = a->data() + (i * cols + j) * inner;
+      Real* out = a->data() + (i * cols + j) * inner;
       for (int64_t e = 0; e < inner; ++e) {
         if (left[i * p + off_l[e]] != 0 || right[col * p + off_r[e]] != 0) out[e] = 0.0;
       }
@@ -200,4 +200,4 @@ absl::Status MaskKernel(const std::optional<Array>& m1, const std::optional<Arra
   return absl::OkStatus();
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

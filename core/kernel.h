@@ -9,8 +9,9 @@
 
 #include "absl/status/statusor.h"
 #include "core/array.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 // Field names and order follow upstream's Kernel (core.md section 1).
 //
@@ -48,7 +49,7 @@ struct Kernel {
   // Reverses the order of the spatial axis pairs of every array and toggles is_reversed.
   void Reverse();
   // Multiplies nngp, ntk, cov1, cov2 by f (upstream's `k * a` with f = a^2).
-  void Scale(double f);
+  void Scale(Real f);
 };
 
 // Whether cov1/cov2 are in the diagonal spatial layout (diagonal_spatial or cov_diagonal_only).
@@ -79,6 +80,6 @@ absl::StatusOr<Array> PositionMask(const Array& mask, const Kernel& k);
 // position is masked, then stores the masks. m2 absent: m1 stands for it.
 absl::Status MaskKernel(const std::optional<Array>& m1, const std::optional<Array>& m2, Kernel* k);
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_KERNEL_H_

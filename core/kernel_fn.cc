@@ -17,7 +17,7 @@
 // OpenBLAS's own threads would oversubscribe the cores TBB already uses.
 extern "C" void openblas_set_num_threads(int num_threads);
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
@@ -589,4 +589,4 @@ absl::StatusOr<KernelResult> ComputeKernel(const Layer& net, const Array& x1, co
   return result;
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

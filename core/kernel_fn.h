@@ -13,8 +13,9 @@
 #include "absl/status/statusor.h"
 #include "core/kernel.h"
 #include "core/layer.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 struct KernelOptions {
   // Subset of nngp, ntk, cov1, cov2 (case-insensitive). Empty: all of them.
@@ -114,6 +115,6 @@ absl::StatusOr<KernelResult> ComputeKernel(const Layer& net, const Array& x1, co
 // The Kernel path: applies the network to an existing Kernel.
 absl::Status ApplyToKernel(const Layer& net, Kernel* k, bool compute_ntk);
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_KERNEL_FN_H_

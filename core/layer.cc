@@ -3,7 +3,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 absl::Status LayerError(const std::string& layer, const std::string& field, const std::string& msg) {
   if (field.empty()) return absl::InvalidArgumentError(absl::StrCat(layer, ": ", msg));
@@ -141,4 +141,4 @@ absl::Status Layer::ApplyKernel(KernelFlow* k, const KernelContext& ctx) const {
   return absl::OkStatus();
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

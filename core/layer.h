@@ -13,10 +13,11 @@
 #include "absl/status/statusor.h"
 #include "core/array.h"
 #include "core/kernel.h"
+#include "core/real.h"
 #include "core/requirements.h"
 #include "core/rng.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 // What flows between layers: one item, or a list of items (after FanOut, into parallel / fan-in).
 template <typename T>
@@ -124,6 +125,6 @@ absl::Status ExpectSingle(const std::string& layer, bool is_list, size_t n);
 // Normalises an axis against a rank (Python-style negative axes).
 absl::StatusOr<int> CanonicalAxis(const std::string& layer, const std::string& field, int axis, int rank);
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_LAYER_H_

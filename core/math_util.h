@@ -2,7 +2,9 @@
 #ifndef NT_CORE_MATH_UTIL_H_
 #define NT_CORE_MATH_UTIL_H_
 
-namespace nt {
+#include "core/real.h"
+
+namespace NT_CORE_NS {
 
 // n! as a double (exact up to 22!, then correctly rounded growth; callers keep n small).
 inline double Factorial(int n) {
@@ -11,6 +13,6 @@ inline double Factorial(int n) {
   return f;
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_MATH_UTIL_H_

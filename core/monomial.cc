@@ -5,7 +5,7 @@
 
 #include "core/math_util.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
@@ -94,4 +94,4 @@ void MonomialLayer::DiagMap(const double* q, int64_t n, double* t) const {
   }
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

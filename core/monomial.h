@@ -6,8 +6,9 @@
 #include <vector>
 
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class MonomialLayer : public ElementwiseLayer {
  public:
@@ -27,6 +28,6 @@ class MonomialLayer : public ElementwiseLayer {
   double double_factorial_;  // (2 degree - 1)!!
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_MONOMIAL_H_

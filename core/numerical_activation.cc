@@ -7,7 +7,7 @@
 #include "Eigen/Eigenvalues"
 #include "absl/strings/str_cat.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 void GaussHermite(int deg, std::vector<double>* nodes, std::vector<double>* weights) {
   const int n = deg;
@@ -93,7 +93,7 @@ absl::StatusOr<ArrayFlow> NumericalActivationLayer::Apply(const Params&, const A
   if (absl::Status st = ExpectSingle(name(), x.is_list, x.items.size()); !st.ok()) return st;
   ArrayFlow y = x;
   Array& a = y.single();
-  phi_(a.data(), a.size(), a.data());
+  MapInPlace(&a, phi_);
   return y;
 }
 
@@ -166,4 +166,4 @@ void NumericalActivationLayer::DiagMap(const double* q, int64_t n, double* t) co
   }
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

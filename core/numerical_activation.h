@@ -12,8 +12,9 @@
 
 #include "absl/status/status.h"
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 // Physicists' Gauss-Hermite rule of `deg` nodes (weight exp(-x^2), sum of weights sqrt(pi), as scipy's
 // roots_hermite): Golub-Welsch, nodes polished by Newton steps on the orthonormal Hermite recurrence
@@ -57,6 +58,6 @@ class NumericalActivationLayer : public ElementwiseLayer {
   std::vector<double> nodes_, weights_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_NUMERICAL_ACTIVATION_H_

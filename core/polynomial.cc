@@ -5,7 +5,7 @@
 
 #include "core/math_util.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
@@ -73,4 +73,4 @@ void PolynomialLayer::DiagMap(const double* q, int64_t n, double* t) const {
   PairMap(q, q, q, n, t, nullptr);
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

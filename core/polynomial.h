@@ -6,8 +6,9 @@
 #include <vector>
 
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class PolynomialLayer : public ElementwiseLayer {
  public:
@@ -27,6 +28,6 @@ class PolynomialLayer : public ElementwiseLayer {
   std::vector<std::vector<double>> p_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_POLYNOMIAL_H_

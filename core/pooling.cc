@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
@@ -24,8 +24,7 @@ absl::StatusOr<Array> Broadcast(const std::string& layer, const Array& m, const 
                         absl::StrCat("of shape ", ShapeToString(m.shape()),
                                      " does not broadcast to the activation shape ", ShapeToString(shape)));
     }
-    AxisMatrix repeat{1, shape[a],
-                      std::vector<std::vector<std::pair<int64_t, double>>>(shape[a], {{0, 1.0}})};
+    AxisMatrix repeat{1, shape[a], std::vector<std::vector<std::pair<int64_t, Real>>>(shape[a], {{0, 1.0}})};
     out = ApplyAlongAxis(out, a, repeat);
   }
   return out;
@@ -101,15 +100,15 @@ absl::StatusOr<ShapeFlow> PoolLayer::OutputShape(const ShapeFlow& in) const {
 
 AxisMatrix PoolLayer::PoolMatrix(int64_t n, int64_t window, int64_t stride, bool squared) const {
   const AxisTaps taps = ForwardTaps(o_.padding, n, window, stride);
-  std::vector<double> weight(taps.n_out, 1.0);
+  std::vector<Real> weight(taps.n_out, 1.0);
   if (kind_ == PoolKind::kAvg) {
     const bool per_row = o_.padding == Padding::kSame && o_.normalize_edges;
     for (int64_t j = 0; j < taps.n_out; ++j) {
-      double nu = static_cast<double>(window);
+      Real nu = static_cast<Real>(window);
       if (per_row) {
         int64_t count = 0;
         for (int64_t f = 0; f < window; ++f) count += taps.at(j, f) >= 0;
-        nu = static_cast<double>(std::max<int64_t>(count, 1));
+        nu = static_cast<Real>(std::max<int64_t>(count, 1));
       }
       weight[j] = squared ? 1.0 / (nu * nu) : 1.0 / nu;
     }
@@ -259,9 +258,9 @@ absl::StatusOr<Array> GlobalPoolLayer::Pool(const Array& x, const Array* mask) c
     }
   }
   if (kind_ == PoolKind::kAvg) {
-    const double p = static_cast<double>(x.size()) / static_cast<double>(std::max<int64_t>(sum.size(), 1));
+    const Real p = static_cast<Real>(x.size()) / static_cast<Real>(std::max<int64_t>(sum.size(), 1));
     // Upstream's masked mean: the sum over all entries (masked ones are zero) over the unmasked count.
-    for (int64_t o = 0; o < sum.size(); ++o) sum[o] /= std::max(p - masked[o], 1.0);
+    for (int64_t o = 0; o < sum.size(); ++o) sum[o] /= std::max<Real>(p - masked[o], 1);
   }
   return sum;
 }
@@ -354,24 +353,24 @@ absl::Status GlobalPoolLayer::TransformKernel(KernelFlow* kf, const KernelContex
       ub += fb;
       both += fa && fb;
     }
-    return k.diagonal_spatial ? static_cast<double>(both) : static_cast<double>(ua) * static_cast<double>(ub);
+    return k.diagonal_spatial ? static_cast<Real>(both) : static_cast<Real>(ua) * static_cast<Real>(ub);
   };
-  const double pd = static_cast<double>(p);
+  const Real pd = static_cast<Real>(p);
   auto pool = [&](Array* t, int batch_axes, const Array* ma, const Array* mb) {
     const Shape lead(t->shape().begin(), t->shape().begin() + batch_axes);
     const int64_t rows = NumElements(lead);
     const int64_t inner = rows > 0 ? t->size() / rows : 0;
     Array out(lead, 0.0);
     for (int64_t r = 0; r < rows; ++r) {
-      double s = 0;
+      Real s = 0;
       for (int64_t e = 0; e < inner; ++e) s += (*t)[r * inner + e];
       if (kind_ == PoolKind::kAvg) {
-        double count = k.diagonal_spatial ? pd : pd * pd;
+        Real count = k.diagonal_spatial ? pd : pd * pd;
         if (ma) {
           // Row r covers batch entries (i, j), or (i, i) for a diagonal-batch covariance.
           const int64_t cols = batch_axes == 2 ? t->dim(1) : 1;
           const int64_t i = r / cols, j = batch_axes == 2 ? r % cols : i;
-          count = std::max(unmasked(*ma, i, *mb, j), 1.0);
+          count = std::max<Real>(unmasked(*ma, i, *mb, j), 1);
         }
         // Diagonal layout: the mean of independent terms has the variance divided by P once more.
         s /= count * (k.diagonal_spatial ? pd : 1.0);
@@ -388,9 +387,9 @@ absl::Status GlobalPoolLayer::TransformKernel(KernelFlow* kf, const KernelContex
   if (k.cov_diagonal_only) {
     // Their off-diagonal entries were never computed (the engine asks for this only as the last layer
     // of a network whose covariances are not requested): make any use of them visible.
-    for (double& v : k.cov1.vec()) v = std::numeric_limits<double>::quiet_NaN();
+    for (Real& v : k.cov1.vec()) v = std::numeric_limits<Real>::quiet_NaN();
     if (k.cov2) {
-      for (double& v : k.cov2->vec()) v = std::numeric_limits<double>::quiet_NaN();
+      for (Real& v : k.cov2->vec()) v = std::numeric_limits<Real>::quiet_NaN();
     }
     k.cov_diagonal_only = false;
   }
@@ -401,4 +400,4 @@ absl::Status GlobalPoolLayer::TransformKernel(KernelFlow* kf, const KernelContex
   return absl::OkStatus();
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

@@ -9,9 +9,10 @@
 #include <vector>
 
 #include "core/layer.h"
+#include "core/real.h"
 #include "core/spatial.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 enum class PoolKind { kAvg, kSum };
 
@@ -29,7 +30,7 @@ struct PoolOptions {
 // AvgPool / SumPool.
 class PoolLayer : public Layer {
  public:
-  using PoolKind = ::nt::PoolKind;
+  using PoolKind = ::NT_CORE_NS::PoolKind;
 
   PoolLayer(PoolKind kind, PoolOptions o) : kind_(kind), o_(std::move(o)) {}
   // Argument checks that need no input shape (window/stride entries, SumPool's missing normalize_edges).
@@ -73,7 +74,7 @@ struct GlobalPoolOptions {
 // GlobalAvgPool / GlobalSumPool: removes every spatial axis, keeping batch and channel in their order.
 class GlobalPoolLayer : public Layer {
  public:
-  using PoolKind = ::nt::PoolKind;
+  using PoolKind = ::NT_CORE_NS::PoolKind;
 
   GlobalPoolLayer(PoolKind kind, GlobalPoolOptions o) : kind_(kind), o_(o) {}
 
@@ -100,6 +101,6 @@ class GlobalPoolLayer : public Layer {
   GlobalPoolOptions o_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_POOLING_H_

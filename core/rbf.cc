@@ -4,7 +4,7 @@
 
 #include "core/fast_math.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 void RbfLayer::PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
                        double* tdot) const {
@@ -24,4 +24,4 @@ void RbfLayer::DiagMap(const double*, int64_t n, double* t) const {
   for (int64_t i = 0; i < n; ++i) t[i] = 1.0;
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

@@ -6,8 +6,9 @@
 #include <string>
 
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class RbfLayer : public ElementwiseLayer {
  public:
@@ -24,6 +25,6 @@ class RbfLayer : public ElementwiseLayer {
   double gamma_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_RBF_H_

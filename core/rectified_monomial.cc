@@ -5,7 +5,7 @@
 
 #include "core/fast_math.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
@@ -89,4 +89,4 @@ void RectifiedMonomialLayer::DiagMap(const double* q, int64_t n, double* t) cons
   }
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

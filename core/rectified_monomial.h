@@ -5,8 +5,9 @@
 #include <string>
 
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class RectifiedMonomialLayer : public ElementwiseLayer {
  public:
@@ -24,6 +25,6 @@ class RectifiedMonomialLayer : public ElementwiseLayer {
   double double_factorial_;  // (2 degree - 1)!!
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_RECTIFIED_MONOMIAL_H_

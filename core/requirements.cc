@@ -2,7 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 Diagonal Compose(const Diagonal& a, const Diagonal& b) {
   if (a.output == Bool::kYes) return a;
@@ -59,4 +59,4 @@ std::string DiagonalToString(const Diagonal& d) {
   return absl::StrCat("Diagonal(input=", s(d.input), ", output=", s(d.output), ")");
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

@@ -5,7 +5,9 @@
 #include <optional>
 #include <string>
 
-namespace nt {
+#include "core/real.h"
+
+namespace NT_CORE_NS {
 
 enum class Bool { kNo = 0, kMaybe = 1, kYes = 2 };
 
@@ -50,6 +52,6 @@ Requirements FoldParallel(const Requirements& a, const Requirements& b);
 
 std::string DiagonalToString(const Diagonal& d);
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_REQUIREMENTS_H_

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-namespace nt {
+namespace NT_CORE_NS {
 
 namespace {
 
@@ -51,4 +51,4 @@ Array RngKey::Normal(const Shape& shape) const {
   return out;
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

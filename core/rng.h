@@ -6,8 +6,9 @@
 #include <vector>
 
 #include "core/array.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class RngKey {
  public:
@@ -31,6 +32,6 @@ class RngKey {
   uint64_t hi_, lo_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_RNG_H_

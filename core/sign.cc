@@ -5,7 +5,7 @@
 
 #include "core/fast_math.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 void SignLayer::PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
                         double* tdot) const {
@@ -26,4 +26,4 @@ void SignLayer::DiagMap(const double* q, int64_t n, double* t) const {
   for (int64_t i = 0; i < n; ++i) t[i] = q[i] != 0 ? 1.0 : 0.0;
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

@@ -5,8 +5,9 @@
 #include <string>
 
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class SignLayer : public ElementwiseLayer {
  public:
@@ -19,6 +20,6 @@ class SignLayer : public ElementwiseLayer {
   bool remask_kernel() const override { return false; }
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_SIGN_H_

@@ -4,7 +4,7 @@
 
 #include "core/fast_math.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 void SinLayer::PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
                        double* tdot) const {
@@ -33,4 +33,4 @@ void SinLayer::DiagMap(const double* q, int64_t n, double* t) const {
   for (int64_t i = 0; i < n; ++i) t[i] = h * (1 - cos2c * Exp(-2 * b2 * q[i]));
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

@@ -6,8 +6,9 @@
 #include <string>
 
 #include "core/elementwise.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 class SinLayer : public ElementwiseLayer {
  public:
@@ -26,6 +27,6 @@ class SinLayer : public ElementwiseLayer {
   std::string name_;
 };
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_SIN_H_

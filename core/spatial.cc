@@ -8,7 +8,7 @@
 #include "tbb/blocked_range.h"
 #include "tbb/parallel_for.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 absl::StatusOr<Padding> ParsePadding(const std::string& layer, const std::string& value) {
   if (value == "VALID") return Padding::kValid;
@@ -78,7 +78,7 @@ AxisTaps TransposeTaps(Padding p, int64_t n, int64_t k, int64_t s) {
   return t;
 }
 
-AxisMatrix TapsMatrix(const AxisTaps& taps, const std::vector<double>& row_weight) {
+AxisMatrix TapsMatrix(const AxisTaps& taps, const std::vector<Real>& row_weight) {
   AxisMatrix m{taps.n_in, taps.n_out, {}};
   m.rows.resize(taps.n_out);
   for (int64_t j = 0; j < taps.n_out; ++j) {
@@ -97,8 +97,8 @@ AxisMatrix TapsMatrix(const AxisTaps& taps, const std::vector<double>& row_weigh
   return m;
 }
 
-AxisMatrix TapsMatrix(const AxisTaps& taps, double weight) {
-  return TapsMatrix(taps, std::vector<double>(taps.n_out, weight));
+AxisMatrix TapsMatrix(const AxisTaps& taps, Real weight) {
+  return TapsMatrix(taps, std::vector<Real>(taps.n_out, weight));
 }
 
 AxisMatrix FoldMatrix(int64_t lz, int64_t l) {
@@ -116,7 +116,7 @@ AxisMatrix Then(const AxisMatrix& a, const AxisMatrix& b) {
   AxisMatrix m{a.n_in, b.n_out, {}};
   m.rows.resize(b.n_out);
   for (int64_t j = 0; j < b.n_out; ++j) {
-    std::vector<double> dense(a.n_in, 0.0);
+    std::vector<Real> dense(a.n_in, 0.0);
     std::vector<char> used(a.n_in, 0);
     for (const auto& [mid, wb] : b.rows[j]) {
       for (const auto& [i, wa] : a.rows[mid]) {
@@ -131,12 +131,12 @@ AxisMatrix Then(const AxisMatrix& a, const AxisMatrix& b) {
   return m;
 }
 
-AxisMatrix DenseAxisMatrix(int64_t n_out, int64_t n_in, const std::vector<double>& dense) {
+AxisMatrix DenseAxisMatrix(int64_t n_out, int64_t n_in, const std::vector<Real>& dense) {
   AxisMatrix m{n_in, n_out, {}};
   m.rows.resize(n_out);
   for (int64_t j = 0; j < n_out; ++j) {
     for (int64_t i = 0; i < n_in; ++i) {
-      const double w = dense[j * n_in + i];
+      const Real w = dense[j * n_in + i];
       if (w != 0.0) m.rows[j].emplace_back(i, w);
     }
   }
@@ -149,13 +149,13 @@ Array ApplyAlongAxis(const Array& t, int axis, const AxisMatrix& m) {
   const int64_t inner = NumElements(absl::MakeConstSpan(shape).subspan(axis + 1));
   shape[axis] = m.n_out;
   Array out(shape, 0.0);
-  const double* src = t.data();
-  double* dst = out.data();
+  const Real* src = t.data();
+  Real* dst = out.data();
   for (int64_t o = 0; o < outer; ++o) {
     for (int64_t j = 0; j < m.n_out; ++j) {
-      double* d = dst + (o * m.n_out + j) * inner;
+      Real* d = dst + (o * m.n_out + j) * inner;
       for (const auto& [i, w] : m.rows[j]) {
-        const double* s = src + (o * m.n_in + i) * inner;
+        const Real* s = src + (o * m.n_in + i) * inner;
         for (int64_t e = 0; e < inner; ++e) d[e] += w * s[e];
       }
     }
@@ -200,17 +200,17 @@ PairAxis MakePairAxis(const AxisTaps& t) {
 struct PairConv {
   std::vector<PairAxis> axes;
   std::vector<int64_t> in_block, out_block;  // Elements of the pairs after d (d + 1 .. S - 1).
-  double scale, shift;
+  Real scale, shift;
 
   // in: (n_d, n_d, rest_in), out: (m_d, m_d, rest_out); scratch: one buffer per level.
-  void Run(const double* in, double* out, int d, std::vector<std::vector<double>>* scratch) const {
+  void Run(const Real* in, Real* out, int d, std::vector<std::vector<Real>>* scratch) const {
     const AxisTaps& t = *axes[d].taps;
     const int64_t n = t.n_in, m = t.n_out, k = t.k;
     if (d + 1 == static_cast<int>(axes.size())) {
       for (int64_t j = 0; j < m; ++j) RunRow(in, out + j * m, j, d);
       return;
     }
-    double* s = (*scratch)[d].data();
+    Real* s = (*scratch)[d].data();
     const int64_t ib = in_block[d], ob = out_block[d];
     for (int64_t j = 0; j < m; ++j) {
       for (int64_t jp = 0; jp < m; ++jp) {
@@ -218,7 +218,7 @@ struct PairConv {
         for (int64_t f = 0; f < k; ++f) {
           const int64_t r = t.at(j, f), rp = t.at(jp, f);
           if (r < 0 || rp < 0) continue;
-          const double* src = in + (r * n + rp) * ib;
+          const Real* src = in + (r * n + rp) * ib;
           if (!any) {
             std::copy(src, src + ib, s);
           } else {
@@ -226,7 +226,7 @@ struct PairConv {
           }
           any = true;
         }
-        double* dst = out + (j * m + jp) * ob;
+        Real* dst = out + (j * m + jp) * ob;
         if (any) {
           Run(s, dst, d + 1, scratch);
         } else {
@@ -237,16 +237,16 @@ struct PairConv {
   }
 
   // Row j of the last pair: out[j'] = scale * sum_f in[taps(j, f), taps(j', f)].
-  void RunRow(const double* in, double* orow, int64_t j, int d) const {
+  void RunRow(const Real* in, Real* orow, int64_t j, int d) const {
     const AxisTaps& t = *axes[d].taps;
     const int64_t n = t.n_in, m = t.n_out;
     std::fill(orow, orow + m, 0.0);
     for (int64_t f = 0; f < t.k; ++f) {
       const int64_t r = t.at(j, f);
       if (r < 0) continue;
-      const double* irow = in + r * n;
+      const Real* irow = in + r * n;
       for (const Segment& sg : axes[d].segments[f]) {
-        const double* src = irow + sg.i0 - sg.step * sg.j0;
+        const Real* src = irow + sg.i0 - sg.step * sg.j0;
         if (sg.step == 1) {
           for (int64_t jp = sg.j0; jp < sg.j1; ++jp) orow[jp] += src[jp];
         } else {
@@ -260,7 +260,7 @@ struct PairConv {
 
 }  // namespace
 
-Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps, double scale, double shift,
+Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps, Real scale, Real shift,
                     const Array* plus) {
   const int s = static_cast<int>(taps.size());
   Shape shape(t.shape().begin(), t.shape().begin() + lead);
@@ -273,7 +273,7 @@ Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps,
   }
   if (s == 0) {
     Array out = t;
-    for (double& v : out.vec()) v = v * scale + shift;
+    for (Real& v : out.vec()) v = v * scale + shift;
     return out;
   }
   PairConv pc;
@@ -298,13 +298,13 @@ Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps,
   const int64_t m0 = taps[0].n_out;
   // Parallel over (outer entry, first output index): independent output slabs.
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, outer * m0), [&](const tbb::blocked_range<int64_t>& r) {
-    std::vector<std::vector<double>> scratch(s);
+    std::vector<std::vector<Real>> scratch(s);
     for (int d = 0; d < s; ++d) scratch[d].resize(pc.in_block[d]);
     for (int64_t e = r.begin(); e != r.end(); ++e) {
       const int64_t o = e / m0, j = e % m0;
-      const double* in = t.data() + o * in_total;
-      const double* in2 = plus != nullptr ? plus->data() + o * in_total : nullptr;
-      double* dst = out.data() + o * out_total;
+      const Real* in = t.data() + o * in_total;
+      const Real* in2 = plus != nullptr ? plus->data() + o * in_total : nullptr;
+      Real* dst = out.data() + o * out_total;
       if (s == 1) {
         pc.RunRow(in, dst + j * m0, j, 0);
         continue;
@@ -312,25 +312,25 @@ Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps,
       // Level 0 restricted to row j.
       const AxisTaps& a = taps[0];
       const int64_t n = a.n_in, ib = pc.in_block[0], ob = pc.out_block[0];
-      double* sc = scratch[0].data();
+      Real* sc = scratch[0].data();
       for (int64_t jp = 0; jp < m0; ++jp) {
         bool any = false;
         for (int64_t f = 0; f < a.k; ++f) {
           const int64_t ri = a.at(j, f), rp = a.at(jp, f);
           if (ri < 0 || rp < 0) continue;
-          const double* src = in + (ri * n + rp) * ib;
+          const Real* src = in + (ri * n + rp) * ib;
           if (!any) {
             std::copy(src, src + ib, sc);
           } else {
             for (int64_t x = 0; x < ib; ++x) sc[x] += src[x];
           }
           if (in2 != nullptr) {
-            const double* src2 = in2 + (ri * n + rp) * ib;
+            const Real* src2 = in2 + (ri * n + rp) * ib;
             for (int64_t x = 0; x < ib; ++x) sc[x] += src2[x];
           }
           any = true;
         }
-        double* o_blk = dst + (j * m0 + jp) * ob;
+        Real* o_blk = dst + (j * m0 + jp) * ob;
         if (any) {
           pc.Run(sc, o_blk, 1, &scratch);
         } else {
@@ -382,4 +382,4 @@ absl::StatusOr<std::vector<int64_t>> PerAxis(const std::string& layer, const std
   return v;
 }
 
-}  // namespace nt
+}  // namespace NT_CORE_NS

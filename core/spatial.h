@@ -12,8 +12,9 @@
 #include "absl/status/statusor.h"
 #include "core/array.h"
 #include "core/kernel.h"
+#include "core/real.h"
 
-namespace nt {
+namespace NT_CORE_NS {
 
 enum class Padding { kValid, kSame, kCircular };
 
@@ -49,17 +50,17 @@ AxisTaps TransposeTaps(Padding p, int64_t n, int64_t k, int64_t s);
 struct AxisMatrix {
   int64_t n_in = 0;
   int64_t n_out = 0;
-  std::vector<std::vector<std::pair<int64_t, double>>> rows;
+  std::vector<std::vector<std::pair<int64_t, Real>>> rows;
 };
 // sum_f weight(j) * in[taps(j, f)] (padded taps skipped).
-AxisMatrix TapsMatrix(const AxisTaps& taps, const std::vector<double>& row_weight);
-AxisMatrix TapsMatrix(const AxisTaps& taps, double weight);
+AxisMatrix TapsMatrix(const AxisTaps& taps, const std::vector<Real>& row_weight);
+AxisMatrix TapsMatrix(const AxisTaps& taps, Real weight);
 // The adjoint of wrap padding (linear.md 4.1): length lz -> l.
 AxisMatrix FoldMatrix(int64_t lz, int64_t l);
 // b after a.
 AxisMatrix Then(const AxisMatrix& a, const AxisMatrix& b);
 // Dense (n_out x n_in) row-major matrix, dropping near-zero weights.
-AxisMatrix DenseAxisMatrix(int64_t n_out, int64_t n_in, const std::vector<double>& m);
+AxisMatrix DenseAxisMatrix(int64_t n_out, int64_t n_in, const std::vector<Real>& m);
 
 // `t` with axis `axis` replaced by m applied along it.
 Array ApplyAlongAxis(const Array& t, int axis, const AxisMatrix& m);
@@ -68,8 +69,8 @@ Array ApplyAlongAxis(const Array& t, int axis, const AxisMatrix& m);
 // taps_d(j_d', f_d), ..] (the same tap on both sides of a pair). Runs block-wise so that the work on
 // the inner pairs stays in cache, in parallel over the outer pair. The result is scale * (that) + shift;
 // with `plus` (same shape as t), t + plus is convolved without forming the sum.
-Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps, double scale,
-                    double shift = 0.0, const Array* plus = nullptr);
+Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps, Real scale, Real shift = 0.0,
+                    const Array* plus = nullptr);
 
 // Calls fn(array, leading batch axes) for nngp, ntk (unless it is the rank-0 input value), cov1 and
 // cov2 (when present).
@@ -91,6 +92,6 @@ std::vector<int> SpatialAxes(int rank, int batch_axis, int channel_axis);
 absl::StatusOr<std::vector<int64_t>> PerAxis(const std::string& layer, const std::string& field,
                                              const std::vector<int64_t>& v, size_t n, int64_t fill);
 
-}  // namespace nt
+}  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_SPATIAL_H_

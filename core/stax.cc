@@ -29,7 +29,7 @@
 #include "core/sign.h"
 #include "core/sin.h"
 
-namespace nt::stax {
+namespace NT_CORE_NS::stax {
 
 namespace {
 
@@ -431,4 +431,4 @@ Net Invalid(absl::Status status, const std::string& name) {
   return Net(std::make_shared<InvalidLayer>(status, name), status);
 }
 
-}  // namespace nt::stax
+}  // namespace NT_CORE_NS::stax

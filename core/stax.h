@@ -17,8 +17,9 @@
 #include "core/index.h"
 #include "core/kernel_fn.h"
 #include "core/layer.h"
+#include "core/real.h"
 
-namespace nt::stax {
+namespace NT_CORE_NS::stax {
 
 class Net {
  public:
@@ -132,6 +133,6 @@ Net ExpNormalized(double gamma = 1.0, double shift = -1.0, bool do_clip = false)
 // A layer that only reports `status` (used for arguments that failed validation).
 Net Invalid(absl::Status status, const std::string& name);
 
-}  // namespace nt::stax
+}  // namespace NT_CORE_NS::stax
 
 #endif  // NT_CORE_STAX_H_
