@@ -1,5 +1,6 @@
 // Conv, ConvTranspose and ConvLocal: exact identities between layouts and layers, Monte Carlo agreement of
 // finite CNNs (our init_fn/apply_fn) with the analytic NNGP, and argument errors.
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -191,6 +192,58 @@ std::vector<McCase> McCases() {
                                                  Conv(w, {2}, {}, pad, 1.2, 0.2, {}, "standard"))});
   }
   return out;
+}
+
+// Masked inputs (mask_constant) through convolutions: masked entries enter as zeros, Conv reduces the mask
+// over channels (stride 1 SAME keeps positions) and re-masks its output. The reference applies each layer
+// on the Kernel path and zeroes the masked rows and columns by hand.
+TEST(ConvTest, MaskedPositionsAreZeroedAfterEveryConv) {
+  Array x = RandomInput({2, 6, 2}, 31);
+  const std::vector<std::pair<int, int>> masked = {{0, 4}, {1, 1}};  // (sample, position), all channels.
+  Array x_zeroed = x;
+  for (auto [n, p] : masked) {
+    for (int c = 0; c < 2; ++c) {
+      x[(n * 6 + p) * 2 + c] = std::nan("");
+      x_zeroed[(n * 6 + p) * 2 + c] = 0;
+    }
+  }
+  const Net conv1 = Conv(4, {3}, {}, "SAME", 1.3, 0.2), relu = Relu(),
+            conv2 = Conv(4, {3}, {}, "SAME", 0.9, 0.1);
+  KernelOptions o;
+  o.mask_constant = std::nan("");
+  auto got = serial(conv1, relu, conv2).kernel_fn(x, nullptr, {"nngp", "ntk"}, o);
+  ASSERT_TRUE(got.ok()) << got.status();
+
+  auto zero_masked = [&](nt::Kernel* k) {
+    for (Array* a : {&k->nngp, &*k->ntk}) {
+      if (a->rank() == 0) continue;
+      for (int64_t i = 0; i < 2; ++i)
+        for (int64_t j = 0; j < 2; ++j)
+          for (int64_t p = 0; p < 6; ++p)
+            for (int64_t q = 0; q < 6; ++q) {
+              bool m = false;
+              for (auto [n, pos] : masked) m = m || (n == i && pos == p) || (n == j && pos == q);
+              if (m) (*a)[((i * 2 + j) * 6 + p) * 6 + q] = 0;
+            }
+    }
+    for (auto [n, pos] : masked) {  // cov1 (N, W, W): the sample's masked row and column.
+      for (int64_t q = 0; q < 6; ++q) {
+        k->cov1[(n * 6 + pos) * 6 + q] = 0;
+        k->cov1[(n * 6 + q) * 6 + pos] = 0;
+      }
+    }
+  };
+  nt::Kernel k = testing_util::InputKernel(x_zeroed, nullptr, 0, -1);
+  for (const Net* layer : {&conv1, &relu, &conv2}) {
+    auto next = layer->kernel_fn(k);
+    ASSERT_TRUE(next.ok()) << next.status();
+    k = *std::move(next);
+    if (layer != &relu) zero_masked(&k);
+  }
+  ExpectArraysNear(k.nngp, *got->Find("nngp"), 1e-12, "nngp");
+  ExpectArraysNear(*k.ntk, *got->Find("ntk"), 1e-12, "ntk");
+  // And the masked positions are exactly zero.
+  EXPECT_EQ((*got->Find("nngp"))[((0 * 2 + 1) * 6 + 4) * 6 + 2], 0.0);
 }
 
 class ConvMonteCarloTest : public ::testing::TestWithParam<int> {};
