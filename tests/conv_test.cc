@@ -194,6 +194,27 @@ std::vector<McCase> McCases() {
   return out;
 }
 
+// Three spatial dimensions: a trailing axis of size 1 (filter, window and stride 1 along it) reproduces the
+// 2-d network exactly, in the full layout with pooling and in the diagonal layout.
+TEST(ConvTest, ThreeSpatialDimensionsReduceToTwo) {
+  const Array x2d = RandomInput({2, 5, 4, 3}, 41);
+  const Array x3d = x2d.Reshaped({2, 5, 4, 1, 3});
+  const Net net2 = serial(Conv(4, {3, 2}, {1, 2}, "SAME", 1.3, 0.2), Relu(), AvgPool({2, 2}, {}, "SAME"),
+                          ConvTranspose(4, {2, 2}, {}, "CIRCULAR"), Relu(), GlobalAvgPool());
+  const Net net3 =
+      serial(Conv(4, {3, 2, 1}, {1, 2, 1}, "SAME", 1.3, 0.2), Relu(), AvgPool({2, 2, 1}, {}, "SAME"),
+             ConvTranspose(4, {2, 2, 1}, {}, "CIRCULAR"), Relu(), GlobalAvgPool());
+  const KernelResult a = Kernel(net2, x2d, nullptr, false), b = Kernel(net3, x3d, nullptr, false);
+  for (const char* name : {"nngp", "ntk", "cov1"})
+    ExpectArraysNear(*a.Find(name), *b.Find(name), 1e-12, name);
+  const Net flat2 = serial(Conv(4, {3, 3}, {}, "SAME"), Erf(), Conv(4, {2, 2}, {}, "VALID"), Flatten());
+  const Net flat3 = serial(Conv(4, {3, 3, 1}, {}, "SAME"), Erf(), Conv(4, {2, 2, 1}, {}, "VALID"), Flatten());
+  const KernelResult c = Kernel(flat2, x2d, nullptr, std::nullopt),
+                     d = Kernel(flat3, x3d, nullptr, std::nullopt);
+  for (const char* name : {"nngp", "ntk", "cov1"})
+    ExpectArraysNear(*c.Find(name), *d.Find(name), 1e-12, name);
+}
+
 // Masked inputs (mask_constant) through convolutions: masked entries enter as zeros, Conv reduces the mask
 // over channels (stride 1 SAME keeps positions) and re-masks its output. The reference applies each layer
 // on the Kernel path and zeroes the masked rows and columns by hand.
