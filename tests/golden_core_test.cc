@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/cpp/arch_json.h"
 #include "core/kernel_fn.h"
+#include "core/predict.h"
 #include "gtest/gtest.h"
 #include "server/layer_builder.h"
 #include "tests/golden_test_util.h"
@@ -15,9 +16,61 @@ namespace {
 
 class GoldenCoreTest : public ::testing::TestWithParam<std::string> {};
 
+// A predict case: the kernels from the architecture, then the ensemble's mean and covariance per time.
+void RunPredictCase(const std::string& name, const nlohmann::json& c, const Layer& net) {
+  const nlohmann::json& in = c.at("inputs");
+  const nlohmann::json& opt = c.at("options");
+  const Array x_train = ArrayFromJson(in.at("x_train")), x_test = ArrayFromJson(in.at("x_test"));
+  KernelOptions both;
+  both.get = {"nngp", "ntk"};
+  auto dd = ComputeKernel(net, x_train, nullptr, both);
+  auto td = ComputeKernel(net, x_test, &x_train, both);
+  KernelOptions nngp_only;
+  nngp_only.get = {"nngp"};
+  auto tt = ComputeKernel(net, x_test, nullptr, nngp_only);
+  ASSERT_TRUE(dd.ok() && td.ok() && tt.ok()) << dd.status() << td.status() << tt.status();
+  predict::MseOptions o;
+  o.learning_rate = opt.at("learning_rate").get<double>();
+  o.diag_reg = opt.at("diag_reg").get<double>();
+  o.diag_reg_absolute_scale = opt.at("diag_reg_absolute_scale").get<bool>();
+  auto ens =
+      predict::MseEnsemble::Create(*dd->Find("nngp"), *dd->Find("ntk"), ArrayFromJson(in.at("y_train")), o);
+  ASSERT_TRUE(ens.ok()) << ens.status();
+  nlohmann::json results;
+  for (predict::Kind kind : {predict::Kind::kNngp, predict::Kind::kNtk}) {
+    const std::string k = predict::KindName(kind);
+    std::vector<Array> means, covs;
+    for (const nlohmann::json& tj : opt.at("t")) {
+      const std::optional<double> t = tj.is_string() ? std::nullopt : std::optional<double>(tj.get<double>());
+      const predict::TestKernels test{td->Find(k), td->Find("nngp"), tt->Find("nngp")};
+      auto p = (*ens)->Predict(kind, t, test, opt.at("compute_cov").get<bool>());
+      ASSERT_TRUE(p.ok()) << p.status();
+      means.push_back(p->mean);
+      covs.push_back(*p->cov);
+    }
+    for (auto [part, parts] : {std::pair{"mean", &means}, {"cov", &covs}}) {
+      Shape shape = parts->front().shape();
+      shape.insert(shape.begin(), static_cast<int64_t>(parts->size()));
+      Array stacked(shape);
+      for (size_t i = 0; i < parts->size(); ++i) {
+        std::copy((*parts)[i].data(), (*parts)[i].data() + (*parts)[i].size(),
+                  stacked.data() + i * (*parts)[i].size());
+      }
+      const nlohmann::json expected_case = {
+          {"expected", {{"x", c.at("expected").at(k).at(part)}}},
+          {"rtol", c.at("rtol")},
+          {"atol", c.at("atol").is_number() ? c.at("atol") : c.at("atol").at(k).at(part)}};
+      EXPECT_EQ(CompareToGolden(expected_case, "x", stacked), "") << k << "." << part;
+      results[k][part] = ArrayToJson(stacked);
+    }
+  }
+  if (const char* dir = std::getenv("NT_RESULTS_DIR")) {
+    std::ofstream(absl::StrCat(dir, "/", name, ".json")) << results.dump();
+  }
+}
+
 TEST_P(GoldenCoreTest, MatchesGolden) {
   const nlohmann::json c = LoadCase(GetParam());
-  if (c.at("kind") != "kernel") GTEST_SKIP() << "predict cases need nt.predict (not implemented yet)";
   auto proto = client::LayerFromJsonValue(c.at("architecture"));
   ASSERT_TRUE(proto.ok()) << proto.status();
   auto net = server::BuildLayer(*proto);
@@ -25,6 +78,10 @@ TEST_P(GoldenCoreTest, MatchesGolden) {
     GTEST_SKIP() << "skipped: " << net.status().message();
   }
   ASSERT_TRUE(net.ok()) << net.status();
+  if (c.at("kind") == "predict") {
+    RunPredictCase(GetParam(), c, **net);
+    return;
+  }
 
   const nlohmann::json& in = c.at("inputs");
   const Array x1 = ArrayFromJson(in.at("x1"));
