@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/kernel_fn.h"
+#include "server/call_util.h"
 #include "server/layer_builder.h"
 #include "server/logging.h"
 #include "server/status_util.h"
@@ -88,10 +89,6 @@ void FillArrays(const KernelPlan& plan, google::protobuf::RepeatedPtrField<nt::v
   }
 }
 
-int Concurrency(const ServerOptions& o) {
-  return o.worker_threads > 0 ? o.worker_threads : static_cast<int>(std::thread::hardware_concurrency());
-}
-
 absl::Status CheckBudget(const KernelPlan& plan, int64_t queue_bytes, int64_t budget) {
   const int64_t need = plan.working_bytes + queue_bytes;
   if (need > budget) {
@@ -102,16 +99,6 @@ absl::Status CheckBudget(const KernelPlan& plan, int64_t queue_bytes, int64_t bu
   }
   return absl::OkStatus();
 }
-
-// Counts a call as active for its lifetime.
-class ActiveCall {
- public:
-  explicit ActiveCall(std::atomic<int>* n) : n_(n) { ++*n_; }
-  ~ActiveCall() { --*n_; }
-
- private:
-  std::atomic<int>* n_;
-};
 
 }  // namespace
 

@@ -4,9 +4,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "nt/v1/service.grpc.pb.h"
+#include "server/predict_cache.h"
 
 namespace nt::server {
 
@@ -20,12 +22,16 @@ struct ServerOptions {
 
 class KernelServiceImpl final : public nt::v1::KernelService::Service {
  public:
-  explicit KernelServiceImpl(const ServerOptions& options) : options_(options) {}
+  explicit KernelServiceImpl(const ServerOptions& options)
+      : options_(options), predict_cache_(options.memory_budget_bytes / 4) {}
 
   grpc::Status Describe(grpc::ServerContext* context, const nt::v1::DescribeRequest* request,
                         nt::v1::DescribeResponse* response) override;
   grpc::Status ComputeKernel(grpc::ServerContext* context, const nt::v1::KernelRequest* request,
                              grpc::ServerWriter<nt::v1::KernelResponse>* writer) override;
+  // In predict_rpc.cc.
+  grpc::Status Predict(grpc::ServerContext* context, const nt::v1::PredictRequest* request,
+                       grpc::ServerWriter<nt::v1::PredictResponse>* writer) override;
 
   int64_t reserved_bytes() const { return reserved_.load(); }
   // Calls being handled right now (for a graceful shutdown that does not wait on idle connections).
@@ -37,6 +43,8 @@ class KernelServiceImpl final : public nt::v1::KernelService::Service {
   void Release(int64_t bytes) { reserved_ -= bytes; }
 
   ServerOptions options_;
+  // A quarter of the memory budget for train-side state kept between Predict calls.
+  PredictCache predict_cache_;
   std::atomic<int64_t> reserved_{0};
   std::atomic<int> active_{0};
 };

@@ -1,9 +1,10 @@
 """Every golden case through ntclient against a live nt-server, checked by shared/golden/check.py.
 
 Kernel cases are computed with stax.from_json(architecture)[2](x1, x2, get=..., diagonal_batch=...,
-diagonal_spatial=...) and written to $NT_RESULTS_DIR (default: a temporary directory) in check.py's format.
-Cases the server refuses with UNIMPLEMENTED, and predict cases (nt.predict is not implemented), are skipped
-with the reason and not written. check.py then runs on a directory holding only the computed cases.
+diagonal_spatial=...), predict cases with ntclient.predict.gradient_descent_mse_ensemble(kernel_fn, x_train,
+y_train, ...)(t, x_test, get, compute_cov=True), and written to $NT_RESULTS_DIR (default: a temporary
+directory) in check.py's format. Cases the server refuses with UNIMPLEMENTED are skipped with the reason and
+not written. check.py then runs on a directory holding only the computed cases.
 """
 
 import glob
@@ -20,12 +21,14 @@ import grpc
 import numpy as np
 
 import server_fixture
+from ntclient import predict as nt_predict
 from ntclient import stax
 
 # The fully-connected cases the implemented layers cover: these must be computed (not skipped) and pass.
 REQUIRED_CASES = (
     'fc_abrelu fc_abs fc_deep_relu fc_erf fc_identity fc_leaky_relu fc_relu fc_repeat '
-    'fc_residual_fanin_sum fc_sigmoid_like fc_standard_param mc_fc_relu_erf').split()
+    'fc_residual_fanin_sum fc_sigmoid_like fc_standard_param mc_fc_relu_erf predict_fc_relu '
+    'predict_fc_erf_reg predict_conv1d_absreg conv2d_circular_avgpool_gap conv1d_index_batch').split()
 MIN_COMPUTED = 12
 CHECK_PY = os.path.join(os.path.dirname(server_fixture.GOLDEN_DIR.rstrip(os.sep)), 'check.py')
 
@@ -76,6 +79,21 @@ class GoldenServerTest(server_fixture.ServerTestCase):
                   **kwargs)
     return {name: _to_json_array(getattr(k, name)) for name in get if getattr(k, name) is not None}
 
+  def _predict(self, case):
+    """The result dict of a predict case (gradient_descent_mse_ensemble over the service)."""
+    _, _, kernel_fn = stax.from_json(case['architecture'])
+    inputs, options = case['inputs'], case['options']
+    predict_fn = nt_predict.gradient_descent_mse_ensemble(
+        kernel_fn, _array(inputs['x_train']), _array(inputs['y_train']),
+        learning_rate=options['learning_rate'], diag_reg=options['diag_reg'],
+        diag_reg_absolute_scale=options['diag_reg_absolute_scale'], trace_axes=tuple(options['trace_axes']),
+        connection=self.conn, timeout=120)
+    ts = np.array([np.inf if t == 'inf' else float(t) for t in options['t']])
+    get = tuple(options['get'])
+    g = predict_fn(t=ts, x_test=_array(inputs['x_test']), get=get, compute_cov=options['compute_cov'])
+    return {name: {'mean': _to_json_array(getattr(g, name).mean),
+                   'cov': _to_json_array(getattr(g, name).covariance)} for name in get}
+
   def test_golden_cases(self):
     paths = sorted(glob.glob(os.path.join(server_fixture.GOLDEN_DIR, '*.json')))
     self.assertTrue(paths, f'no golden cases in {server_fixture.GOLDEN_DIR}')
@@ -86,12 +104,9 @@ class GoldenServerTest(server_fixture.ServerTestCase):
       with open(path, encoding='utf-8') as f:
         case = json.load(f)
       with self.subTest(case=name):
-        if case['kind'] == 'predict':
-          skipped[name] = 'predict case: needs nt.predict (gradient_descent_mse_ensemble), not implemented'
-          self.skipTest(f'{name}: {skipped[name]}')
-        self.assertEqual(case['kind'], 'kernel')
+        self.assertIn(case['kind'], ('kernel', 'predict'))
         try:
-          result = self._compute(case)
+          result = self._compute(case) if case['kind'] == 'kernel' else self._predict(case)
         except grpc.RpcError as e:
           if e.code() != grpc.StatusCode.UNIMPLEMENTED:
             raise AssertionError(f'{name}: server error {e.code().name}: {e.details()}') from None

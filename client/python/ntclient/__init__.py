@@ -8,6 +8,7 @@
 """
 
 from ntclient import arch_json
+from ntclient import predict
 from ntclient import stax
 from ntclient import tensors
 from ntclient.connection import connect
@@ -21,5 +22,5 @@ from ntclient.stax import to_json
 
 __all__ = [
     'Connection', 'arch_json', 'compute_kernel', 'connect', 'default_connection', 'describe',
-    'from_json', 'health', 'stax', 'tensors', 'to_json',
+    'from_json', 'health', 'predict', 'stax', 'tensors', 'to_json',
 ]

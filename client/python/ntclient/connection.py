@@ -33,6 +33,10 @@ class Connection:
     """The ComputeKernel response stream (an iterator of KernelResponse)."""
     return self.stub.ComputeKernel(request, timeout=timeout)
 
+  def predict(self, request, timeout=None):
+    """The Predict response stream (an iterator of PredictResponse)."""
+    return self.stub.Predict(request, timeout=timeout)
+
   def describe(self, request, timeout=None):
     return self.stub.Describe(request, timeout=timeout)
 

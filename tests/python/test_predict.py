@@ -1,0 +1,147 @@
+"""nt.predict over the service: the example at the top of shared/seed/stax.txt run unchanged except for its
+imports (jax.random replaced by numpy's), the server-side cache of train-train factorisations, the
+consistency properties of gradient_descent_mse_ensemble, and clear errors.
+"""
+
+import unittest
+
+import grpc
+import numpy as np
+
+import server_fixture
+import ntclient
+from ntclient import _proto
+from ntclient import predict as nt_predict
+from ntclient import stax
+from ntclient import tensors
+
+
+class _Nt:
+  """Stands in for `import neural_tangents as nt` in the seed example."""
+  predict = nt_predict
+
+
+class PredictTest(server_fixture.ServerTestCase):
+
+  def setUp(self):
+    super().setUp()
+    self._saved_default = ntclient.connection._default  # pylint: disable=protected-access
+    ntclient.connect(self.address)  # The seed example uses the default connection.
+
+  def tearDown(self):
+    ntclient.connection._default = self._saved_default  # pylint: disable=protected-access
+    super().tearDown()
+
+  def test_seed_example(self):
+    nt = _Nt
+    key1, key2 = np.random.default_rng(1), np.random.default_rng(2)
+    # --- The example, with random.normal / random.uniform from numpy.
+    x_train = key1.normal(size=(20, 32, 32, 3))
+    y_train = key1.uniform(size=(20, 10))
+    x_test = key2.normal(size=(5, 32, 32, 3))
+    init_fn, apply_fn, kernel_fn = stax.serial(
+        stax.Conv(128, (3, 3)),
+        stax.Relu(),
+        stax.Conv(256, (3, 3)),
+        stax.Relu(),
+        stax.Conv(512, (3, 3)),
+        stax.Flatten(),
+        stax.Dense(10)
+    )
+    predict_fn = nt.predict.gradient_descent_mse_ensemble(kernel_fn, x_train,
+                                                          y_train)
+    # (5, 10) np.ndarray NNGP test prediction
+    y_test_nngp = predict_fn(x_test=x_test, get='nngp')
+    # (5, 10) np.ndarray NTK prediction
+    y_test_ntk = predict_fn(x_test=x_test, get='ntk')
+    # --- End of the example.
+    self.assertEqual(y_test_nngp.shape, (5, 10))
+    self.assertEqual(y_test_ntk.shape, (5, 10))
+    self.assertTrue(np.all(np.isfinite(y_test_nngp)) and np.all(np.isfinite(y_test_ntk)))
+    # Against a numpy GP posterior mean from kernels computed by the same server.
+    k_dd = kernel_fn(x_train, None, ('nngp', 'ntk'))
+    k_td = kernel_fn(x_test, x_train, ('nngp', 'ntk'))
+    np.testing.assert_allclose(y_test_nngp, k_td.nngp @ np.linalg.solve(k_dd.nngp, y_train), rtol=1e-6,
+                               atol=1e-9)
+    np.testing.assert_allclose(y_test_ntk, k_td.ntk @ np.linalg.solve(k_dd.ntk, y_train), rtol=1e-6, atol=1e-9)
+
+  def test_times_shapes_and_consistency(self):
+    rng = np.random.default_rng(3)
+    x_train, x_test = rng.normal(size=(12, 4)), rng.normal(size=(5, 4))
+    y_train = rng.normal(size=(12, 2))
+    _, _, kernel_fn = stax.serial(stax.Dense(64, 1.5, 0.1), stax.Erf(), stax.Dense(1, 1.5, 0.1))
+    predict_fn = nt_predict.gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=0.5,
+                                                          diag_reg=1e-4)
+    ts = np.array([[0., 1.], [10., np.inf]])
+    g = predict_fn(t=ts, x_test=x_test, compute_cov=True)
+    self.assertEqual(g._fields, ('nngp', 'ntk'))
+    self.assertEqual(g.nngp.mean.shape, (2, 2, 5, 2))
+    self.assertEqual(g.ntk.covariance.shape, (2, 2, 5, 5))
+    k_tt = kernel_fn(x_test, None, 'nngp')
+    for kind in g:
+      np.testing.assert_allclose(kind.mean[0, 0], 0, atol=1e-12)          # t = 0: the prior mean ...
+      np.testing.assert_allclose(kind.covariance[0, 0], k_tt, rtol=1e-10)  # ... and covariance.
+      inf = predict_fn(t=None, x_test=x_test, compute_cov=True)
+    np.testing.assert_allclose(g.ntk.mean[1, 1], inf.ntk.mean, rtol=1e-12)
+    np.testing.assert_allclose(g.nngp.covariance[1, 1], inf.nngp.covariance, rtol=1e-12)
+    # Without x_test: predictions at the training points converge to the targets.
+    train = predict_fn(t=1e8, get='ntk')
+    np.testing.assert_allclose(train, y_train, atol=1e-3)
+
+  def test_cache_is_reused_across_requests(self):
+    rng = np.random.default_rng(4)
+    x_train, y_train = rng.normal(size=(30, 6)), rng.normal(size=(30, 1))
+    _, _, kernel_fn = stax.serial(stax.Dense(64), stax.Relu(), stax.Dense(1))
+    predict_fn = nt_predict.gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, diag_reg=1e-6)
+    first = predict_fn(x_test=rng.normal(size=(3, 6)), get='nngp')
+    self.assertEqual(first.shape, (3, 1))
+    # A second request with new test points: the server reports the train side as cached.
+    req = _proto.service_pb2.PredictRequest(architecture=stax.layer_proto(kernel_fn), diag_reg=1e-6,
+                                            get=['nngp'])
+    tensors.fill_tensor(req.x_train, x_train)
+    tensors.fill_tensor(req.y_train, y_train)
+    tensors.fill_tensor(req.x_test, rng.normal(size=(4, 6)))
+    header = next(iter(self.conn.predict(req, timeout=60))).header
+    self.assertTrue(header.train_cached)
+    req.diag_reg = 1e-5  # Another regulariser is another entry.
+    header = next(iter(self.conn.predict(req, timeout=60))).header
+    self.assertFalse(header.train_cached)
+
+  def test_singular_train_kernel_is_a_clear_error(self):
+    x = np.ones((4, 3))  # Identical training points: a singular kernel.
+    _, _, kernel_fn = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(1))
+    predict_fn = nt_predict.gradient_descent_mse_ensemble(kernel_fn, x, np.arange(4.)[:, None])
+    with self.assertRaises(grpc.RpcError) as cm:
+      predict_fn(x_test=np.zeros((2, 3)), get='nngp')
+    self.assertEqual(cm.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+    self.assertIn('diag_reg', cm.exception.details())
+    ok = nt_predict.gradient_descent_mse_ensemble(kernel_fn, x, np.arange(4.)[:, None], diag_reg=1e-3)
+    self.assertTrue(np.all(np.isfinite(ok(x_test=np.zeros((2, 3)), get='nngp'))))
+
+  def test_bad_requests(self):
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(6, 3)), rng.normal(size=(6, 2))
+    _, _, kernel_fn = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(1))
+    cases = [
+        (dict(y_train=rng.normal(size=(5, 2))), 'y_train'),
+        (dict(t=-1.), 't[0]'),
+        (dict(diag_reg=-1.), 'diag_reg'),
+        (dict(learning_rate=0.), 'learning_rate'),
+    ]
+    for kwargs, needle in cases:
+      with self.subTest(needle=needle):
+        y_train = kwargs.pop('y_train', y)
+        t = kwargs.pop('t', None)
+        predict_fn = nt_predict.gradient_descent_mse_ensemble(kernel_fn, x, y_train, **kwargs)
+        with self.assertRaises(grpc.RpcError) as cm:
+          predict_fn(t=t, x_test=x[:2], get='ntk')
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn(needle, cm.exception.details())
+    with self.assertRaises(NotImplementedError):
+      nt_predict.gradient_descent_mse_ensemble(kernel_fn, x, y, trace_axes=())
+    with self.assertRaises(NotImplementedError):
+      nt_predict.gradient_descent_mse_ensemble(kernel_fn, x, y)(x_test=x, get='ntkgp')
+
+
+if __name__ == '__main__':
+  unittest.main()
