@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The one list of Debian packages nt-server needs (README, .ci/run and the Dockerfile all call this).
-# Usage: scripts/install_deps.sh [--runtime]   (--runtime: only what the server binary needs to run)
+# Usage: scripts/install_deps.sh [--runtime | --examples]
+#   --runtime: only what the server binary needs to run; --examples: also the Fashion-MNIST example's data
+#   and plotting (examples/fashion_mnist.py).
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
@@ -10,7 +12,12 @@ BUILD_PKGS=(g++ cmake ninja-build pkg-config ccache
   libeigen3-dev libtbb-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev nlohmann-json3-dev zlib1g-dev libmuparser-dev
   python3-grpcio python3-protobuf python3-numpy)
-if [ "${1:-}" = "--runtime" ]; then PKGS=("${RUNTIME_PKGS[@]}"); else PKGS=("${BUILD_PKGS[@]}"); fi
+EXAMPLE_PKGS=(dataset-fashion-mnist python3-matplotlib)
+case "${1:-}" in
+  --runtime) PKGS=("${RUNTIME_PKGS[@]}") ;;
+  --examples) PKGS=("${BUILD_PKGS[@]}" "${EXAMPLE_PKGS[@]}") ;;
+  *) PKGS=("${BUILD_PKGS[@]}") ;;
+esac
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
