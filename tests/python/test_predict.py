@@ -3,6 +3,9 @@ imports (jax.random replaced by numpy's), the server-side cache of train-train f
 consistency properties of gradient_descent_mse_ensemble, and clear errors.
 """
 
+import collections
+import json
+import os
 import unittest
 
 import grpc
@@ -141,6 +144,64 @@ class PredictTest(server_fixture.ServerTestCase):
       nt_predict.gradient_descent_mse_ensemble(kernel_fn, x, y, trace_axes=())
     with self.assertRaises(NotImplementedError):
       nt_predict.gradient_descent_mse_ensemble(kernel_fn, x, y)(x_test=x, get='ntkgp')
+
+
+def _array(obj):
+  return np.asarray(obj['data'], dtype=np.float64).reshape(obj['shape'])
+
+
+class KernelPredictTest(unittest.TestCase):
+  """gp_inference and gradient_descent_mse (numpy, on the caller's kernels) against the golden predict
+  cases' own kernels: t = inf is gp_inference, finite t the ensemble mean is gradient descent from f0 = 0."""
+
+  def test_golden_predict_cases(self):
+    names = ['predict_fc_relu', 'predict_fc_erf_reg', 'predict_conv1d_absreg']
+    pair = collections.namedtuple('Pair', ['nngp', 'ntk'])
+    for name in names:
+      with open(os.path.join(server_fixture.GOLDEN_DIR, name + '.json'), encoding='utf-8') as f:
+        case = json.load(f)
+      k, o = case['kernels'], case['options']
+      y = _array(case['inputs']['y_train'])
+      k_dd = pair(_array(k['nngp_train_train']), _array(k['ntk_train_train']))
+      k_td = pair(_array(k['nngp_test_train']), _array(k['ntk_test_train']))
+      k_tt = _array(k['nngp_test_test'])
+      reg = dict(diag_reg=o['diag_reg'], diag_reg_absolute_scale=o['diag_reg_absolute_scale'])
+      gp = nt_predict.gp_inference(k_dd, y, **reg)(('nngp', 'ntk'), k_td, k_tt)
+      for kind in ('nngp', 'ntk'):
+        expected = case['expected'][kind]
+        means, covs = _array(expected['mean']), _array(expected['cov'])
+        tol = dict(rtol=1e-6, atol=1e-8 * np.abs(means).max())
+        for i, t in enumerate(o['t']):
+          with self.subTest(case=name, kind=kind, t=t):
+            if t == 'inf':
+              np.testing.assert_allclose(getattr(gp, kind).mean, means[i], **tol)
+              np.testing.assert_allclose(getattr(gp, kind).covariance, covs[i], rtol=1e-6,
+                                         atol=1e-8 * np.abs(covs).max())
+            else:
+              predict_fn = nt_predict.gradient_descent_mse(getattr(k_dd, kind), y,
+                                                           learning_rate=o['learning_rate'], **reg)
+              _, f_test = predict_fn(t, 0., 0., getattr(k_td, kind))
+              np.testing.assert_allclose(f_test, means[i], **tol)
+
+  def test_gradient_descent_mse_conventions(self):
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(7, 3))
+    k = x @ x.T / 3 + 0.2 * np.eye(7)
+    y = rng.normal(size=(7, 2))
+    predict_fn = nt_predict.gradient_descent_mse(k, y, learning_rate=2.)
+    f0 = rng.normal(size=(7, 2))
+    np.testing.assert_allclose(predict_fn(0., f0), f0, atol=1e-12)           # t = 0: the initial outputs.
+    np.testing.assert_allclose(predict_fn(None, f0), y)                      # t = None: the targets.
+    np.testing.assert_allclose(predict_fn(1e9, f0), y, atol=1e-8)
+    self.assertEqual(predict_fn(np.ones((2, 3)), f0).shape, (2, 3, 7, 2))
+    # The exact flow: f(t) = y + exp(-K lr t / n) (f0 - y).
+    w, v = np.linalg.eigh(k)
+    expected = y + v @ np.diag(np.exp(-w * 2. * 0.7 / y.size)) @ v.T @ (f0 - y)
+    np.testing.assert_allclose(predict_fn(0.7, f0), expected, rtol=1e-10)
+    with self.assertRaises(ValueError):
+      predict_fn(1., None, None)
+    with self.assertRaises(ValueError):
+      predict_fn(1., 0., 0.)  # fx_test_0 without k_test_train.
 
 
 if __name__ == '__main__':

@@ -133,3 +133,152 @@ def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0., eps=1e-12
     raise ValueError(f'ntk_train_train must be square, got shape {k.shape}')
   m = k.shape[0] if y_train_size is None else y_train_size
   return 2 * (1 + momentum) * m / (np.linalg.eigvalsh(k)[-1] + eps)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Predictions from kernels the caller already holds (upstream's gp_inference and gradient_descent_mse).
+# These are small dense linear algebra on the caller's arrays, so they run here with numpy (LAPACK)
+# rather than shipping N x N kernels back to the server; the conventions match core/predict.cc.
+
+
+def _regularised(k, diag_reg, diag_reg_absolute_scale):
+  k = np.asarray(k, dtype=np.float64)
+  if k.ndim != 2 or k.shape[0] != k.shape[1]:
+    raise ValueError(f'k_train_train must be (N, N) (trace_axes=(-1,)), got shape {k.shape}')
+  lam = diag_reg if diag_reg_absolute_scale else diag_reg * np.trace(k) / k.shape[0]
+  return k + lam * np.eye(k.shape[0])
+
+
+def _cho_solve(k_reg, b):
+  try:
+    c = np.linalg.cholesky(k_reg)
+  except np.linalg.LinAlgError:
+    raise np.linalg.LinAlgError('k_train_train (+ diag_reg) is not positive definite; pass a larger diag_reg '
+                                '(such as 1e-6) to regularise it') from None
+  return np.linalg.solve(c.T, np.linalg.solve(c, b))
+
+
+def _kind(kernel, name):
+  """The `name` kernel of an array (used for every kind), a namedtuple / object with attributes, or a dict."""
+  if kernel is None or isinstance(kernel, np.ndarray):
+    return kernel
+  if isinstance(kernel, dict):
+    return None if kernel.get(name) is None else np.asarray(kernel[name], dtype=np.float64)
+  value = getattr(kernel, name, None)
+  if value is None and not hasattr(kernel, '_fields') and not hasattr(kernel, 'nngp'):
+    return np.asarray(kernel, dtype=np.float64)  # A plain array-like.
+  return None if value is None else np.asarray(value, dtype=np.float64)
+
+
+def gp_inference(k_train_train, y_train, diag_reg=0., diag_reg_absolute_scale=False, trace_axes=(-1,)):
+  """Upstream's nt.predict.gp_inference: exact GP posterior (infinite-time MSE) from kernels.
+
+  Returns predict_fn(get=None, k_test_train=None, k_test_test=None). Kernels are arrays (used for every kind),
+  or records with .nngp / .ntk (e.g. kernel_fn(..., ('nngp', 'ntk'))). get: 'nngp', 'ntk', 'ntkgp' or a
+  tuple (default ('nngp', 'ntk')). Returns the mean, or Gaussian(mean, covariance) with k_test_test.
+  """
+  y = np.asarray(y_train, dtype=np.float64)
+  if y.ndim != 2:
+    raise ValueError(f'y_train must be (N, K), got shape {y.shape}')
+  _trace_axes(trace_axes, y.ndim)
+
+  def predict_fn(get=None, k_test_train=None, k_test_test=None):
+    if get is None:
+      names, single = ['nngp', 'ntk'], False
+    else:
+      names = [get] if isinstance(get, str) else list(get)
+      single = isinstance(get, str)
+      names = [n.lower() for n in names]
+      for n in names:
+        if n not in ('nngp', 'ntk', 'ntkgp'):
+          raise ValueError(f'get: {n!r}; expected nngp, ntk or ntkgp')
+    out = []
+    for g in names:
+      k = 'ntk' if g == 'ntkgp' else g
+      k_dd = _kind(k_train_train, k)
+      if k_dd is None:
+        raise ValueError(f'{g}: k_train_train has no {k}')
+      k_reg = _regularised(k_dd, diag_reg, diag_reg_absolute_scale)
+      if k_test_train is None:
+        mean = y.copy()
+        cov = None if k_test_test is None else np.zeros_like(k_dd)
+      else:
+        k_td = _kind(k_test_train, k)
+        mean = k_td @ _cho_solve(k_reg, y)
+        cov = None
+        if k_test_test is not None:
+          if g in ('nngp', 'ntkgp'):
+            k_tt = _kind(k_test_test, k)
+            if k_tt is None:
+              raise ValueError(f'{g}: k_test_test has no {k}')
+            cov = k_tt - k_td @ _cho_solve(k_reg, k_td.T)
+          else:
+            nngp_dd, nngp_td = _kind(k_train_train, 'nngp'), _kind(k_test_train, 'nngp')
+            if nngp_dd is None or nngp_td is None:
+              raise ValueError('ntk: the covariance needs the nngp of k_train_train and k_test_train')
+            a = _cho_solve(k_reg, k_td.T)
+            cross = nngp_td @ a
+            cov = _kind(k_test_test, 'nngp') + a.T @ nngp_dd @ a - (cross + cross.T)
+      out.append(mean if cov is None else Gaussian(mean, cov))
+    return out[0] if single else _gaussians_type(tuple(names))(*out)
+
+  return predict_fn
+
+
+def gradient_descent_mse(k_train_train, y_train, learning_rate=1., diag_reg=0., diag_reg_absolute_scale=False,
+                         trace_axes=(-1,)):
+  """Upstream's nt.predict.gradient_descent_mse: outputs of a network trained by MSE gradient flow in its
+  linearised (kernel) regime, from one kernel (the NTK, or any PSD kernel).
+
+  Returns predict_fn(t=None, fx_train_0=0., fx_test_0=None, k_test_train=None): (f_train, f_test), f_train
+  alone (fx_test_0 None) or f_test alone (fx_train_0 None), at times t (None: infinite time; an array adds
+  its shape as leading axes).
+  """
+  y = np.asarray(y_train, dtype=np.float64)
+  if y.ndim != 2:
+    raise ValueError(f'y_train must be (N, K), got shape {y.shape}')
+  _trace_axes(trace_axes, y.ndim)
+  k_reg = _regularised(k_train_train, diag_reg, diag_reg_absolute_scale)
+  n = y.size  # MSE normalised by y_train.size.
+  cache = {}
+
+  def eig():
+    if 'eig' not in cache:
+      cache['eig'] = np.linalg.eigh(k_reg)
+    return cache['eig']
+
+  def predict_fn(t=None, fx_train_0=0., fx_test_0=None, k_test_train=None):
+    if fx_train_0 is None and fx_test_0 is None:
+      raise ValueError('fx_train_0 and fx_test_0 cannot both be None')
+    if fx_test_0 is not None and k_test_train is None:
+      raise ValueError('k_test_train is needed with fx_test_0')
+    f0 = None if fx_train_0 is None else np.broadcast_to(np.asarray(fx_train_0, dtype=np.float64), y.shape)
+    r = -y if f0 is None else f0 - y
+    k_td = None if k_test_train is None else np.asarray(k_test_train, dtype=np.float64)
+    ft0 = None
+    if fx_test_0 is not None:
+      ft0 = np.broadcast_to(np.asarray(fx_test_0, dtype=np.float64), (k_td.shape[0], y.shape[1]))
+    if t is None:
+      f_train = None if f0 is None else y.copy()
+      f_test = None if ft0 is None else ft0 - k_td @ _cho_solve(k_reg, r)
+    else:
+      lam, v = eig()
+      taus = learning_rate * np.ravel(np.asarray(t, dtype=np.float64))
+      lam_c = np.maximum(lam, 0)
+      vt_r = v.T @ r
+      f_train, f_test = [], []
+      for tau in taus:
+        e = np.expm1(-lam_c * tau / n)
+        inv = np.where(lam > 0, e / np.where(lam > 0, lam, 1), -tau / n)  # Its limit where lambda <= 0.
+        if f0 is not None:
+          f_train.append(f0 + v @ (e[:, None] * vt_r))
+        if ft0 is not None:
+          f_test.append(ft0 + k_td @ (v @ (inv[:, None] * vt_r)))
+      shape = np.shape(t)
+      f_train = None if f0 is None else np.reshape(f_train, shape + y.shape)
+      f_test = None if ft0 is None else np.reshape(f_test, shape + ft0.shape)
+    if f_train is not None and f_test is not None:
+      return f_train, f_test
+    return f_train if f_test is None else f_test
+
+  return predict_fn
