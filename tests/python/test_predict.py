@@ -141,7 +141,11 @@ class PredictTest(server_fixture.ServerTestCase):
         self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn(needle, cm.exception.details())
     with self.assertRaises(NotImplementedError):
-      nt_predict.gradient_descent_mse_ensemble(kernel_fn, x, y, trace_axes=())
+      nt_predict.gradient_descent_mse_ensemble(kernel_fn, x, y, trace_axes=(0,))
+    # trace_axes=() is Theta x I over the outputs: the same predictions.
+    a = nt_predict.gradient_descent_mse_ensemble(kernel_fn, x, y, trace_axes=())(x_test=x[:2], get='ntk')
+    b = nt_predict.gradient_descent_mse_ensemble(kernel_fn, x, y)(x_test=x[:2], get='ntk')
+    np.testing.assert_allclose(a, b, rtol=1e-12)
     with self.assertRaises(NotImplementedError):
       nt_predict.gradient_descent_mse_ensemble(kernel_fn, x, y)(x_test=x, get='ntkgp')
 
@@ -202,6 +206,59 @@ class KernelPredictTest(unittest.TestCase):
       predict_fn(1., None, None)
     with self.assertRaises(ValueError):
       predict_fn(1., 0., 0.)  # fx_test_0 without k_test_train.
+
+
+  def test_gradient_descent_mse_loss_matches_closed_form(self):
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(9, 3))
+    k_all = x @ x.T / 3 + 0.1 * np.eye(9)
+    k_dd, k_td = k_all[:6, :6], k_all[6:, :6]
+    y = rng.normal(size=(6, 2))
+    ts = np.array([0.5, 2., 20.])
+    f0, ft0 = rng.normal(size=(6, 2)), rng.normal(size=(3, 2))
+    exact = nt_predict.gradient_descent_mse(k_dd, y, learning_rate=0.7)(ts, f0, ft0, k_td)
+    ode = nt_predict.gradient_descent('mse', k_dd, y, learning_rate=0.7)(ts, f0, ft0, k_td)
+    for a, b in zip(ode, exact):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+    # Infinite time reaches the fixed point (to the solver's tolerance).
+    inf_train = nt_predict.gradient_descent('mse', k_dd, y, learning_rate=50.)(None, f0)
+    np.testing.assert_allclose(inf_train, y, atol=1e-4)
+
+  def test_gradient_descent_with_momentum_matches_a_fine_rk4(self):
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(5, 3))
+    k = x @ x.T / 3 + 0.2 * np.eye(5)
+    y = np.eye(3)[rng.integers(0, 3, size=5)]
+    lr, m = 0.5, 0.9
+    state = nt_predict.gradient_descent('cross_entropy', k, y, learning_rate=lr, momentum=m)(
+        [1., 3.], nt_predict.ODEState(fx_train=np.zeros((5, 3))))
+    self.assertIsInstance(state, nt_predict.ODEState)
+    self.assertEqual(state.fx_train.shape, (2, 5, 3))
+    # Independent reference: fixed-step RK4 of f' = q, q' = -K g(f) + mu q on times scaled by sqrt(lr).
+    mu, scale = (m - 1) / np.sqrt(lr), np.sqrt(lr)
+    grad = nt_predict.LOSS_GRADIENTS['cross_entropy']
+
+    def deriv(z):
+      f, q = z[:15].reshape(5, 3), z[15:].reshape(5, 3)
+      return np.concatenate([q.ravel(), (-k @ grad(f, y) + mu * q).ravel()])
+    z, t, out = np.zeros(30), 0.0, []
+    for target in (1. * scale, 3. * scale):
+      steps = 4000
+      h = (target - t) / steps
+      for _ in range(steps):
+        k1 = deriv(z)
+        k2 = deriv(z + h / 2 * k1)
+        k3 = deriv(z + h / 2 * k2)
+        k4 = deriv(z + h * k3)
+        z = z + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+      t = target
+      out.append(z[:15].reshape(5, 3))
+    np.testing.assert_allclose(state.fx_train, np.stack(out), rtol=1e-6, atol=1e-8)
+    with self.assertRaises(ValueError):
+      nt_predict.gradient_descent('mse', k, y)(1., nt_predict.ODEState(fx_train=np.zeros((5, 3)),
+                                                                       qx_train=np.zeros((5, 3))))
+    with self.assertRaises(ValueError):
+      nt_predict.gradient_descent('mse', k, y)([2., 1.])  # Times must increase.
 
 
 if __name__ == '__main__':

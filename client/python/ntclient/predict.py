@@ -48,9 +48,12 @@ def _parse_get(get):
 
 
 def _trace_axes(trace_axes, y_ndim):
+  """Accepts (-1,) and (): infinite-width kernels have no output axes, so a kernel without trace axes is
+  Theta x I over the outputs and both give the same predictions (core.md 6.1)."""
   axes = sorted({int(a) % y_ndim for a in (trace_axes if isinstance(trace_axes, (tuple, list)) else (trace_axes,))})
-  if axes != [y_ndim - 1]:
-    raise NotImplementedError(f'trace_axes={trace_axes!r}: only the last axis of y_train (-1,) is supported')
+  if axes not in ([], [y_ndim - 1]):
+    raise NotImplementedError(f'trace_axes={trace_axes!r}: only (-1,) (the outputs axis of y_train) or () are '
+                              'supported')
 
 
 def gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, learning_rate=1., diag_reg=0.,
@@ -280,5 +283,149 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1., diag_reg=0., 
     if f_train is not None and f_test is not None:
       return f_train, f_test
     return f_train if f_test is None else f_test
+
+  return predict_fn
+
+
+# ---------------------------------------------------------------------------------------------------
+# gradient_descent: function-space gradient flow with an arbitrary loss and optional momentum, integrated
+# with an adaptive Dormand-Prince RK45 (rtol = atol = 1.4e-8, JAX odeint's defaults).
+
+ODEState = collections.namedtuple('ODEState', ['fx_train', 'fx_test', 'qx_train', 'qx_test'],
+                                  defaults=(None, None, None, None))
+
+
+def _softmax(f):
+  e = np.exp(f - f.max(axis=-1, keepdims=True))
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+# Gradients dL/df of the catalogue's losses (no autodiff here): 'mse' is 0.5 * mean((f - y)^2) and
+# 'cross_entropy' is -mean over rows of sum(y * log_softmax(f)).
+LOSS_GRADIENTS = {
+    'mse': lambda f, y: (f - y) / y.size,
+    'cross_entropy': lambda f, y: (_softmax(f) - y) / y.shape[0],
+}
+
+# Dormand-Prince 5(4) tableau.
+_DP_C = np.array([0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1, 1])
+_DP_A = [[], [1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
+         [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
+         [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+         [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]]
+_DP_B5 = np.array([35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0])
+_DP_B4 = np.array([5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40])
+
+
+def _odeint(fun, y0, times, rtol=1.4e-8, atol=1.4e-8, max_steps=200000):
+  """y(t) for each t of the increasing `times` (np.inf: until the state stops moving) from y(0) = y0."""
+  y, t, out = y0.copy(), 0.0, []
+  f = fun(y)
+  h = 1e-3
+  steps = 0
+  for target in times:
+    while t < target:
+      if steps > max_steps:
+        raise RuntimeError(f'gradient_descent: the ODE did not reach t={target} in {max_steps} steps')
+      steps += 1
+      # Infinite time: stop once a step moves the state by no more than the tolerance (about 1e-6 of the
+      # scale: an explicit solver at its stability limit keeps errors of that size alive in stiff modes).
+      if np.isinf(target) and steps > 1 and np.max(np.abs(f)) * max(h, 1.0) <= 10 * (atol + rtol * np.max(np.abs(y))):
+        break
+      step = h if np.isinf(target) else min(h, target - t)
+      ks = [f]
+      for i in range(1, 7):
+        ks.append(fun(y + step * sum(a * k for a, k in zip(_DP_A[i], ks))))
+      y5 = y + step * sum(b * k for b, k in zip(_DP_B5, ks))
+      y4 = y + step * sum(b * k for b, k in zip(_DP_B4, ks))
+      scale = atol + rtol * np.maximum(np.abs(y), np.abs(y5))
+      err = np.sqrt(np.mean(((y5 - y4) / scale) ** 2))
+      if err <= 1:
+        t, y, f = t + step, y5, ks[6]  # FSAL: the last stage is f(y5).
+      h = step * min(10.0, max(0.2, 0.9 * (1.0 / max(err, 1e-16)) ** 0.2))
+    out.append(y.copy())
+  return out
+
+
+def gradient_descent(loss, k_train_train, y_train, learning_rate=1., momentum=None, trace_axes=(-1,)):
+  """Upstream's nt.predict.gradient_descent: gradient flow of a network's outputs in its linearised
+  (kernel) regime under `loss`, with optional momentum.
+
+  `loss` is a name of LOSS_GRADIENTS ('mse', 'cross_entropy') or a callable grad(fx_train, y_train)
+  returning dL/dfx_train (upstream differentiates a loss with JAX; there is no autodiff here). Returns
+  predict_fn(t=None, fx_train_or_state_0=0., fx_test_0=None, k_test_train=None) with upstream's return
+  conventions; t must increase (None: infinite time, integrated until the outputs stop moving).
+  """
+  grad = LOSS_GRADIENTS[loss] if isinstance(loss, str) else loss
+  y = np.asarray(y_train, dtype=np.float64)
+  if y.ndim != 2:
+    raise ValueError(f'y_train must be (N, K), got shape {y.shape}')
+  _trace_axes(trace_axes, y.ndim)
+  k_dd = np.asarray(k_train_train, dtype=np.float64)
+  lr = float(learning_rate)
+  mu = None
+  if momentum is not None:
+    mu = (float(momentum) - 1.0) / np.sqrt(lr)
+    lr = np.sqrt(lr)
+
+  def predict_fn(t=None, fx_train_or_state_0=0., fx_test_0=None, k_test_train=None):
+    state_in = isinstance(fx_train_or_state_0, ODEState)
+    if state_in:
+      if fx_test_0 is not None:
+        raise ValueError('fx_test_0 must be None when an ODEState is given')
+      s0 = fx_train_or_state_0
+      fx_train_0, fx_test_0, q_train_0, q_test_0 = s0.fx_train, s0.fx_test, s0.qx_train, s0.qx_test
+      if momentum is None and (q_train_0 is not None or q_test_0 is not None):
+        raise ValueError('qx_train / qx_test need momentum')
+    else:
+      fx_train_0, q_train_0, q_test_0 = fx_train_or_state_0, None, None
+    if fx_test_0 is not None and k_test_train is None:
+      raise ValueError('k_test_train is needed with fx_test_0')
+    f_train0 = np.broadcast_to(np.asarray(0. if fx_train_0 is None else fx_train_0, dtype=np.float64), y.shape)
+    k_td = None if k_test_train is None else np.asarray(k_test_train, dtype=np.float64)
+    test = fx_test_0 is not None
+    m = k_td.shape[0] if test else 0
+    f_test0 = np.broadcast_to(np.asarray(fx_test_0, dtype=np.float64), (m, y.shape[1])) if test else None
+    times = np.ravel(np.asarray(np.inf if t is None else t, dtype=np.float64))
+    if np.any(np.diff(times) <= 0) or np.any(times < 0):
+      raise ValueError(f't must be non-negative and strictly increasing, got {t!r}')
+    parts = [f_train0] + ([f_test0] if test else [])
+    if momentum is not None:
+      parts += [np.zeros(y.shape) if q_train_0 is None else np.asarray(q_train_0, dtype=np.float64)]
+      if test:
+        parts += [np.zeros((m, y.shape[1])) if q_test_0 is None else np.asarray(q_test_0, dtype=np.float64)]
+    sizes = [p.size for p in parts]
+    split = np.cumsum(sizes)[:-1]
+
+    def unpack(z):
+      return [p.reshape(-1, y.shape[1]) for p in np.split(z, split)]
+
+    def fun(z):
+      ps = unpack(z)
+      g = grad(ps[0], y)
+      d_train = -k_dd @ g
+      d_test = -k_td @ g if test else None
+      if momentum is None:
+        return np.concatenate([d_train.ravel()] + ([d_test.ravel()] if test else []))
+      q_train = ps[2 if test else 1]
+      q_test = ps[3] if test else None
+      out = [q_train.ravel()] + ([q_test.ravel()] if test else [])
+      out += [(d_train + mu * q_train).ravel()] + ([(d_test + mu * q_test).ravel()] if test else [])
+      return np.concatenate(out)
+
+    z0 = np.concatenate([p.ravel() for p in parts])
+    zs = _odeint(fun, z0, lr * times)
+    shape = () if t is None else np.shape(t)
+    cols = [unpack(z) for z in zs]
+    stack = lambda i: np.reshape([c[i] for c in cols], shape + cols[0][i].shape)  # noqa: E731
+    f_train = stack(0)
+    f_test = stack(1) if test else None
+    if state_in:
+      q_idx = 2 if test else 1
+      return ODEState(f_train, f_test, stack(q_idx) if momentum is not None else None,
+                      stack(q_idx + 1) if momentum is not None and test else None)
+    if fx_train_0 is not None and test:
+      return f_train, f_test
+    return f_test if fx_train_0 is None else f_train
 
   return predict_fn
