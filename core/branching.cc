@@ -1,5 +1,7 @@
 #include "core/branching.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace NT_CORE_NS {
@@ -86,6 +88,23 @@ absl::StatusOr<MaskFlow> FanInSumLayer::MaskFn(const MaskFlow& masks, const Shap
   return MaskFlow::Single(std::move(out));
 }
 
+absl::Status PrepareFanIn(const std::string& layer, std::vector<Kernel>* kernels) {
+  std::vector<Kernel>& ks = *kernels;
+  for (size_t i = 1; i < ks.size(); ++i) {
+    if (ks[i].diagonal_batch != ks[0].diagonal_batch || ks[i].diagonal_spatial != ks[0].diagonal_spatial ||
+        ks[i].batch_axis != ks[0].batch_axis || ks[i].channel_axis != ks[0].channel_axis) {
+      return LayerUnimplemented(layer, "inputs have different layouts or axes");
+    }
+  }
+  size_t reversed = 0;
+  for (const Kernel& k : ks) reversed += k.is_reversed;
+  const bool want_reversed = 2 * reversed > ks.size();
+  for (Kernel& k : ks) {
+    if (k.is_reversed != want_reversed) k.Reverse();
+  }
+  return absl::OkStatus();
+}
+
 absl::Status FanInSumLayer::TransformKernel(KernelFlow* kf, const KernelContext&) const {
   std::vector<Kernel>& ks = kf->items;
   if (ks.size() > 1) {
@@ -97,20 +116,8 @@ absl::Status FanInSumLayer::TransformKernel(KernelFlow* kf, const KernelContext&
                                  "need their means, which are not tracked (put a Dense/Conv in it)"));
       }
     }
-    for (size_t i = 1; i < ks.size(); ++i) {
-      if (ks[i].diagonal_batch != ks[0].diagonal_batch || ks[i].diagonal_spatial != ks[0].diagonal_spatial ||
-          ks[i].batch_axis != ks[0].batch_axis || ks[i].channel_axis != ks[0].channel_axis) {
-        return LayerUnimplemented(name(), "inputs have different layouts or axes");
-      }
-    }
   }
-  // Majority vote on is_reversed, ties to not reversed (upstream's harmonisation).
-  size_t reversed = 0;
-  for (const Kernel& k : ks) reversed += k.is_reversed;
-  const bool want_reversed = 2 * reversed > ks.size();
-  for (Kernel& k : ks) {
-    if (k.is_reversed != want_reversed) k.Reverse();
-  }
+  if (absl::Status st = PrepareFanIn(name(), &ks); !st.ok()) return st;
   Kernel out = std::move(ks[0]);
   for (size_t i = 1; i < ks.size(); ++i) {
     AddInto(&out.nngp, ks[i].nngp);
@@ -125,6 +132,54 @@ absl::Status FanInSumLayer::TransformKernel(KernelFlow* kf, const KernelContext&
     }
     out.is_gaussian = out.is_gaussian && ks[i].is_gaussian;
   }
+  *kf = KernelFlow::Single(std::move(out));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ArrayFlow> FanInProdLayer::Apply(const Params&, const ArrayFlow& x) const {
+  ShapeFlow shapes;
+  shapes.is_list = x.is_list;
+  for (const Array& a : x.items) shapes.items.push_back(a.shape());
+  if (auto s = OutputShape(shapes); !s.ok()) return s.status();
+  Array y = x.items[0];
+  for (size_t i = 1; i < x.items.size(); ++i) {
+    for (int64_t e = 0; e < y.size(); ++e) y[e] *= x.items[i][e];
+  }
+  return ArrayFlow::Single(std::move(y));
+}
+
+absl::Status FanInProdLayer::TransformKernel(KernelFlow* kf, const KernelContext&) const {
+  std::vector<Kernel>& ks = kf->items;
+  for (size_t i = 1; i < ks.size(); ++i) {
+    if (ks[i].shape1 != ks[0].shape1 || ks[i].shape2 != ks[0].shape2) {
+      return LayerError(name(), "",
+                        absl::StrCat("all inputs must have the same shape; input ", i, " differs"));
+    }
+  }
+  if (absl::Status st = PrepareFanIn(name(), &ks); !st.ok()) return st;
+  auto multiply = [](Array* acc, const Array& b) {
+    for (int64_t e = 0; e < acc->size(); ++e) (*acc)[e] *= b[e];
+  };
+  const bool ntk = std::all_of(ks.begin(), ks.end(), [](const Kernel& k) { return k.ntk.has_value(); });
+  Kernel out = ks[0];
+  // Product rule, accumulated: ntk <- ntk * nngp_i + nngp_acc * ntk_i, then nngp_acc <- nngp_acc * nngp_i.
+  if (ntk) {
+    Array acc = out.ntk->rank() == 0 ? Array(out.nngp.shape(), (*out.ntk)[0]) : *out.ntk;
+    for (size_t i = 1; i < ks.size(); ++i) {
+      const Array ntk_i = ks[i].ntk->rank() == 0 ? Array(out.nngp.shape(), (*ks[i].ntk)[0]) : *ks[i].ntk;
+      for (int64_t e = 0; e < acc.size(); ++e) acc[e] = acc[e] * ks[i].nngp[e] + out.nngp[e] * ntk_i[e];
+      multiply(&out.nngp, ks[i].nngp);
+    }
+    out.ntk = std::move(acc);
+  } else {
+    out.ntk.reset();
+    for (size_t i = 1; i < ks.size(); ++i) multiply(&out.nngp, ks[i].nngp);
+  }
+  for (size_t i = 1; i < ks.size(); ++i) {
+    multiply(&out.cov1, ks[i].cov1);
+    if (out.cov2) multiply(&*out.cov2, ks[i].cov2_or_cov1());
+  }
+  out.is_gaussian = ks.size() == 1 && ks[0].is_gaussian;
   *kf = KernelFlow::Single(std::move(out));
   return absl::OkStatus();
 }

@@ -48,6 +48,21 @@ class FanInSumLayer : public Layer {
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
 };
 
+// Elementwise product of independent branches (core.md 4.7): covariances multiply, the NTK follows the
+// product rule, and the output is Gaussian only for a single Gaussian input.
+class FanInProdLayer : public FanInSumLayer {
+ public:
+  std::string name() const override { return "FanInProd"; }
+  absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow& x) const override;
+
+ protected:
+  absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
+};
+
+// Shared by the fan-in layers: the inputs must agree on layout and axes; is_reversed is harmonised by
+// majority (ties: not reversed), as upstream's _preprocess_kernels_for_fan_in.
+absl::Status PrepareFanIn(const std::string& layer, std::vector<Kernel>* ks);
+
 }  // namespace NT_CORE_NS
 
 #endif  // NT_CORE_BRANCHING_H_

@@ -10,6 +10,7 @@
 #include "core/combinators.h"
 #include "core/conv.h"
 #include "core/dense.h"
+#include "core/dropout.h"
 #include "core/erf.h"
 #include "core/exp.h"
 #include "core/exp_normalized.h"
@@ -130,6 +131,16 @@ Net FanOut(int num) {
   return Net(std::make_shared<FanOutLayer>(num));
 }
 Net FanInSum() { return Net(std::make_shared<FanInSumLayer>()); }
+Net FanInProd() { return Net(std::make_shared<FanInProdLayer>()); }
+Net Dropout(double rate, const std::string& mode) {
+  if (mode != "train" && mode != "test") {
+    return Invalid(LayerError("Dropout", "mode", absl::StrCat("must be 'train' or 'test', got '", mode, "'")),
+                   "Dropout");
+  }
+  DropoutOptions o{rate, mode == "train"};
+  if (absl::Status st = DropoutLayer::Validate(o); !st.ok()) return Invalid(st, "Dropout");
+  return Net(std::make_shared<DropoutLayer>(o));
+}
 
 Net Dense(int64_t out_dim, double W_std, std::optional<double> b_std, int batch_axis, int channel_axis,
           const std::string& parameterization, std::array<double, 2> s) {

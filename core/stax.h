@@ -62,6 +62,9 @@ Net repeat(Net layer, int n);
 Net Identity();
 Net FanOut(int num);
 Net FanInSum();
+Net FanInProd();
+// Dropout(rate, mode): rate is the keep probability; mode "train" or "test".
+Net Dropout(double rate, const std::string& mode = "train");
 Net Dense(int64_t out_dim, double W_std = 1.0, std::optional<double> b_std = std::nullopt, int batch_axis = 0,
           int channel_axis = -1, const std::string& parameterization = "ntk",
           std::array<double, 2> s = {1.0, 1.0});

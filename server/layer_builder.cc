@@ -162,6 +162,13 @@ absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, 
     }
     case K::kFanInSum:
       return stax::FanInSum().layer();
+    case K::kFanInProd:
+      return stax::FanInProd().layer();
+    case K::kDropout: {
+      const auto& d = l.dropout();
+      if (!d.has_rate()) return Invalid(path, "Dropout", "rate", "is required");
+      return Finish(stax::Dropout(d.rate(), d.has_mode() ? d.mode() : "train"), Where(path, "Dropout"));
+    }
     case K::kDense: {
       const auto& d = l.dense();
       if (!d.has_out_dim()) return Invalid(path, "Dense", "out_dim", "is required");

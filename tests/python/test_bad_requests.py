@@ -270,8 +270,14 @@ CATALOGUE = [
     ('describe_zero_dim_x2', 'describe', lambda: _describe(x2_shape=[0, 3]), INVALID,
      ['x2_shape', 'positive']),
     ('describe_unimplemented_layer', 'describe',
-     lambda: _describe(_serial(_DENSE4, {'layer': 'Dropout', 'args': {'rate': 0.5}}), x1_shape=(2, 5, 3)),
-     UNIMPLEMENTED, ['architecture.layers[1]', 'Dropout']),
+     lambda: _describe(_serial(_DENSE4, {'layer': 'LayerNorm'}), x1_shape=(2, 5, 3)),
+     UNIMPLEMENTED, ['architecture.layers[1]', 'LayerNorm']),
+    ('dropout_rate_above_one', 'kernel',
+     lambda: _request(_serial(_DENSE4, {'layer': 'Dropout', 'args': {'rate': 1.5}})), INVALID,
+     ['layers[1] (Dropout)', 'rate', '1.5']),
+    ('dropout_bad_mode', 'kernel',
+     lambda: _request(_serial(_DENSE4, {'layer': 'Dropout', 'args': {'rate': 0.5, 'mode': 'eval'}})), INVALID,
+     ['Dropout', 'mode', "'eval'"]),
     ('describe_unknown_get', 'describe', lambda: _describe(get=['ntk', 'bogus']), INVALID, ['get', 'bogus']),
 ]
 

@@ -1,0 +1,90 @@
+#include "core/dropout.h"
+
+#include <cmath>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace NT_CORE_NS {
+
+namespace {
+
+// Multiplies by `f` the entries of `a` (lead batch axes, then the spatial layout) that pair a sample with
+// itself at the same position: the batch diagonal when lead == 2 (if square), every row when lead == 1;
+// the spatial diagonal in the full layout, every position in the diagonal layout.
+void ScaleSameSamplePosition(Array* a, int lead, bool diagonal_spatial, int num_spatial, double f) {
+  if (a->rank() == 0) return;
+  const int64_t rows = a->dim(0), cols = lead == 2 ? a->dim(1) : 1;
+  if (lead == 2 && rows != cols) return;  // Different batches: no sample meets itself.
+  const int64_t inner = a->size() / std::max<int64_t>(rows * cols, 1);
+  std::vector<int64_t> positions;  // Offsets of (p, p) inside one inner block.
+  if (diagonal_spatial || num_spatial == 0) {
+    for (int64_t e = 0; e < inner; ++e) positions.push_back(e);
+  } else {
+    std::vector<int64_t> sizes;
+    for (int d = 0; d < num_spatial; ++d) sizes.push_back(a->dim(lead + 2 * d));
+    positions.push_back(0);
+    int64_t stride = inner;
+    for (int d = 0; d < num_spatial; ++d) {
+      stride /= sizes[d] * sizes[d];
+      std::vector<int64_t> next;
+      for (int64_t base : positions) {
+        for (int64_t i = 0; i < sizes[d]; ++i) next.push_back(base + i * (sizes[d] + 1) * stride);
+      }
+      positions = std::move(next);
+    }
+  }
+  for (int64_t n = 0; n < rows; ++n) {
+    Real* block = a->data() + (lead == 2 ? n * cols + n : n) * inner;
+    for (int64_t off : positions) block[off] *= static_cast<Real>(f);
+  }
+}
+
+}  // namespace
+
+absl::Status DropoutLayer::Validate(const DropoutOptions& o) {
+  if (!(o.rate > 0 && o.rate <= 1)) {
+    return LayerError("Dropout", "rate",
+                      absl::StrCat("is the keep probability and must be in (0, 1], got ", o.rate));
+  }
+  return absl::OkStatus();
+}
+
+Requirements DropoutLayer::requirements() const {
+  Requirements r;
+  if (o_.train) r.use_dropout = true;
+  return r;
+}
+
+absl::StatusOr<ShapeFlow> DropoutLayer::OutputShape(const ShapeFlow& in) const {
+  if (absl::Status st = ExpectSingle(name(), in.is_list, in.items.size()); !st.ok()) return st;
+  return in;
+}
+
+absl::StatusOr<ArrayFlow> DropoutLayer::Apply(const Params&, const ArrayFlow& x) const {
+  if (absl::Status st = ExpectSingle(name(), x.is_list, x.items.size()); !st.ok()) return st;
+  if (!o_.train) return x;
+  return LayerUnimplemented(name(),
+                            "apply_fn in mode 'train' needs a random key, which this apply_fn does not "
+                            "take yet; use mode 'test' for the deterministic network");
+}
+
+absl::Status DropoutLayer::TransformKernel(KernelFlow* kf, const KernelContext&) const {
+  if (absl::Status st = ExpectSingle(name(), kf->is_list, kf->items.size()); !st.ok()) return st;
+  if (!o_.train) return absl::OkStatus();
+  Kernel& k = kf->single();
+  const double f = 1.0 / o_.rate;
+  const int s = k.num_spatial();
+  // Only a sample against itself at the same position sees the same dropout mask.
+  const int cb = CovBatchAxes(k);
+  ScaleSameSamplePosition(&k.cov1, cb, CovDiagonalSpatial(k), s, f);
+  if (k.cov2) ScaleSameSamplePosition(&*k.cov2, cb, CovDiagonalSpatial(k), s, f);
+  if (k.x1_is_x2) {
+    ScaleSameSamplePosition(&k.nngp, 2, k.diagonal_spatial, s, f);
+    if (k.ntk) ScaleSameSamplePosition(&*k.ntk, 2, k.diagonal_spatial, s, f);
+  }
+  k.is_gaussian = false;
+  return absl::OkStatus();
+}
+
+}  // namespace NT_CORE_NS
