@@ -65,11 +65,15 @@ absl::StatusOr<ShapeFlow> FanInSumLayer::OutputShape(const ShapeFlow& in) const 
   return ShapeFlow::Single(in.items[0]);
 }
 
-absl::StatusOr<ArrayFlow> FanInSumLayer::Apply(const Params&, const ArrayFlow& x) const {
+absl::Status FanInSumLayer::CheckInputs(const ArrayFlow& x) const {
   ShapeFlow shapes;
   shapes.is_list = x.is_list;
   for (const Array& a : x.items) shapes.items.push_back(a.shape());
-  if (auto s = OutputShape(shapes); !s.ok()) return s.status();
+  return OutputShape(shapes).status();
+}
+
+absl::StatusOr<ArrayFlow> FanInSumLayer::Apply(const Params&, const ArrayFlow& x) const {
+  if (absl::Status st = CheckInputs(x); !st.ok()) return st;
   Array y = x.items[0];
   for (size_t i = 1; i < x.items.size(); ++i) AddInto(&y, x.items[i]);
   return ArrayFlow::Single(std::move(y));
@@ -137,10 +141,7 @@ absl::Status FanInSumLayer::TransformKernel(KernelFlow* kf, const KernelContext&
 }
 
 absl::StatusOr<ArrayFlow> FanInProdLayer::Apply(const Params&, const ArrayFlow& x) const {
-  ShapeFlow shapes;
-  shapes.is_list = x.is_list;
-  for (const Array& a : x.items) shapes.items.push_back(a.shape());
-  if (auto s = OutputShape(shapes); !s.ok()) return s.status();
+  if (absl::Status st = CheckInputs(x); !st.ok()) return st;
   Array y = x.items[0];
   for (size_t i = 1; i < x.items.size(); ++i) {
     for (int64_t e = 0; e < y.size(); ++e) y[e] *= x.items[i][e];

@@ -46,6 +46,8 @@ class FanInSumLayer : public Layer {
 
  protected:
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
+  // A list of inputs of one shape.
+  absl::Status CheckInputs(const ArrayFlow& x) const;
 };
 
 // Elementwise product of independent branches (core.md 4.7): covariances multiply, the NTK follows the
