@@ -21,6 +21,7 @@
 #include "core/gelu.h"
 #include "core/hermite.h"
 #include "core/image_resize.h"
+#include "core/layer_norm.h"
 #include "core/monomial.h"
 #include "core/numerical_activation.h"
 #include "core/polynomial.h"
@@ -132,6 +133,11 @@ Net FanOut(int num) {
 }
 Net FanInSum() { return Net(std::make_shared<FanInSumLayer>()); }
 Net FanInProd() { return Net(std::make_shared<FanInProdLayer>()); }
+Net LayerNorm(std::vector<int> axis, double eps, int batch_axis, int channel_axis) {
+  LayerNormOptions o{std::move(axis), eps, batch_axis, channel_axis};
+  if (absl::Status st = LayerNormLayer::Validate(o); !st.ok()) return Invalid(st, "LayerNorm");
+  return Net(std::make_shared<LayerNormLayer>(std::move(o)));
+}
 Net Dropout(double rate, const std::string& mode) {
   if (mode != "train" && mode != "test") {
     return Invalid(LayerError("Dropout", "mode", absl::StrCat("must be 'train' or 'test', got '", mode, "'")),

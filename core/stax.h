@@ -63,6 +63,8 @@ Net Identity();
 Net FanOut(int num);
 Net FanInSum();
 Net FanInProd();
+// LayerNorm over `axis` (must include the channel axis; not the batch axis).
+Net LayerNorm(std::vector<int> axis = {-1}, double eps = 1e-12, int batch_axis = 0, int channel_axis = -1);
 // Dropout(rate, mode): rate is the keep probability; mode "train" or "test".
 Net Dropout(double rate, const std::string& mode = "train");
 Net Dense(int64_t out_dim, double W_std = 1.0, std::optional<double> b_std = std::nullopt, int batch_axis = 0,

@@ -164,6 +164,21 @@ absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, 
       return stax::FanInSum().layer();
     case K::kFanInProd:
       return stax::FanInProd().layer();
+    case K::kLayerNorm: {
+      const auto& n = l.layer_norm();
+      std::vector<int> axis;
+      for (int64_t a : n.axis()) {
+        if (a < -64 || a > 64)
+          return Invalid(path, "LayerNorm", "axis", absl::StrCat("must be in [-64, 64], got ", a));
+        axis.push_back(static_cast<int>(a));
+      }
+      if (axis.empty()) axis = {-1};
+      auto b = Axis(path, "LayerNorm", "batch_axis", n.has_batch_axis(), n.batch_axis(), 0);
+      if (!b.ok()) return b.status();
+      auto c = Axis(path, "LayerNorm", "channel_axis", n.has_channel_axis(), n.channel_axis(), -1);
+      if (!c.ok()) return c.status();
+      return Finish(stax::LayerNorm(axis, n.has_eps() ? n.eps() : 1e-12, *b, *c), Where(path, "LayerNorm"));
+    }
     case K::kDropout: {
       const auto& d = l.dropout();
       if (!d.has_rate()) return Invalid(path, "Dropout", "rate", "is required");

@@ -66,6 +66,7 @@ std::vector<McCase> Cases() {
       {"Sigmoid_like", serial(Dense(w, 1.5), Sigmoid_like(), Dense(w, 1.0, 0.1))},
       {"Residual", serial(Dense(w), FanOut(2), parallel(serial(Relu(), Dense(w, 1.3)), Identity()),
                           FanInSum(), Relu(), Dense(w))},
+      {"LayerNorm", serial(Dense(w, 1.2, 0.1), LayerNorm(), Relu(), Dense(w, 1.0, 0.1))},
       // Independent branches multiplied; a Dense makes the product Gaussian again before the readout.
       {"FanInProd",
        serial(FanOut(2), parallel(serial(Dense(w, 1.2, 0.2), Erf()), serial(Dense(w, 1.0), Relu())),

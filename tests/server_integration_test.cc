@@ -151,11 +151,11 @@ TEST(ServerIntegrationTest, BadRequestsGetClearErrorsAndTheServerStaysUp) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(r.status().message().find("(Conv).out_chan: is required"), absl::string_view::npos) << r.status();
 
-  nt::v1::KernelRequest layer_norm = good;
-  layer_norm.mutable_architecture()->mutable_serial()->add_layers()->mutable_layer_norm();
-  r = client.ComputeKernel(layer_norm);
+  nt::v1::KernelRequest attention = good;
+  attention.mutable_architecture()->mutable_serial()->add_layers()->mutable_global_self_attention();
+  r = client.ComputeKernel(attention);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(r.status().message().find("LayerNorm"), absl::string_view::npos) << r.status();
+  EXPECT_NE(r.status().message().find("GlobalSelfAttention"), absl::string_view::npos) << r.status();
 
   auto health = client.Health();
   ASSERT_TRUE(health.ok()) << health.status();

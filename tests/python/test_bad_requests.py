@@ -240,8 +240,8 @@ CATALOGUE = [
      lambda: _request(_serial({'layer': 'Flatten', 'args': {'batch_axis_out': 3}}, _DENSE4), x1=np.ones((2, 5, 3))),
      INVALID, ['Flatten', 'batch_axis_out']),
     ('unimplemented_nested_layer', 'kernel',
-     lambda: _request(_serial(_DENSE4, {'layer': 'Relu'}, {'layer': 'LayerNorm'}, _DENSE4)),
-     UNIMPLEMENTED, ['architecture.layers[2]', 'LayerNorm']),
+     lambda: _request(_serial(_DENSE4, {'layer': 'Relu'}, {'layer': 'Aggregate'}, _DENSE4)),
+     UNIMPLEMENTED, ['architecture.layers[2]', 'Aggregate']),
     ('aggregate_pattern', 'kernel', lambda: _request(pattern1=tensors.to_tensor(np.ones((4, 1, 1)))),
      UNIMPLEMENTED, ['pattern']),
     ('monomial_negative_degree', 'kernel', lambda: _after_dense({'layer': 'Monomial', 'args': {'degree': -1}}),
@@ -270,8 +270,14 @@ CATALOGUE = [
     ('describe_zero_dim_x2', 'describe', lambda: _describe(x2_shape=[0, 3]), INVALID,
      ['x2_shape', 'positive']),
     ('describe_unimplemented_layer', 'describe',
-     lambda: _describe(_serial(_DENSE4, {'layer': 'LayerNorm'}), x1_shape=(2, 5, 3)),
-     UNIMPLEMENTED, ['architecture.layers[1]', 'LayerNorm']),
+     lambda: _describe(_serial(_DENSE4, {'layer': 'DotGeneral'}), x1_shape=(2, 5, 3)),
+     UNIMPLEMENTED, ['architecture.layers[1]', 'DotGeneral']),
+    ('layernorm_without_channel_axis', 'kernel',
+     lambda: _request(_serial(_DENSE4, {'layer': 'LayerNorm', 'args': {'axis': [0]}})), INVALID,
+     ['LayerNorm', 'axis', 'channel axis']),
+    ('layernorm_over_batch', 'kernel',
+     lambda: _request(_serial(_DENSE4, {'layer': 'LayerNorm', 'args': {'axis': [0, 1]}})), UNIMPLEMENTED,
+     ['LayerNorm', 'batch axis']),
     ('dropout_rate_above_one', 'kernel',
      lambda: _request(_serial(_DENSE4, {'layer': 'Dropout', 'args': {'rate': 1.5}})), INVALID,
      ['layers[1] (Dropout)', 'rate', '1.5']),
@@ -314,13 +320,13 @@ class BadRequestsTest(server_fixture.ServerTestCase):
 
   # Through ntclient: same errors, raised as grpc.RpcError from kernel_fn / describe.
   def test_ntclient_unimplemented_layer(self):
-    _, _, kernel_fn = stax.serial(stax.Dense(4), stax.LayerNorm(), stax.Dense(1))
+    _, _, kernel_fn = stax.serial(stax.Dense(4), stax.Aggregate(), stax.Dense(1))
     with self.assertRaises(grpc.RpcError) as cm:
       kernel_fn(np.ones((2, 5, 3)), None, 'nngp', connection=self.conn, timeout=30)
-    _check_error(self, cm.exception, UNIMPLEMENTED, ['LayerNorm'])
+    _check_error(self, cm.exception, UNIMPLEMENTED, ['Aggregate'])
     with self.assertRaises(grpc.RpcError) as cm:
       kernel_fn.describe((2, 5, 3), connection=self.conn, timeout=30)
-    _check_error(self, cm.exception, UNIMPLEMENTED, ['LayerNorm'])
+    _check_error(self, cm.exception, UNIMPLEMENTED, ['Aggregate'])
 
   def test_ntclient_bad_inputs(self):
     _, _, kernel_fn = stax.serial(stax.Dense(4), stax.Erf())

@@ -159,11 +159,11 @@ class CliTest(server_fixture.ServerTestCase):
     self.assertIn('INVALID_ARGUMENT', proc.stderr)
     self.assertIn("'bogus'", proc.stderr)
     # Unimplemented layer.
-    proc = self.nt('kernel', '--arch', os.path.join(server_fixture.GOLDEN_DIR, 'conv1d_layernorm.json'),
+    proc = self.nt('kernel', '--arch', os.path.join(server_fixture.GOLDEN_DIR, 'conv1d_attention_softmax.json'),
                    '--x1', self.path('x1.npy'))
     self.assertEqual(proc.returncode, 1, proc.stderr)
     self.assertIn('UNIMPLEMENTED', proc.stderr)
-    self.assertIn('LayerNorm', proc.stderr)
+    self.assertIn('GlobalSelfAttention', proc.stderr)
     # NaN input.
     x = _array(case['inputs']['x1'])
     x[0, 0] = np.nan
