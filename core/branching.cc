@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "core/spatial.h"
 
 namespace NT_CORE_NS {
 
@@ -181,6 +182,173 @@ absl::Status FanInProdLayer::TransformKernel(KernelFlow* kf, const KernelContext
     if (out.cov2) multiply(&*out.cov2, ks[i].cov2_or_cov1());
   }
   out.is_gaussian = ks.size() == 1 && ks[0].is_gaussian;
+  *kf = KernelFlow::Single(std::move(out));
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Concatenation of `parts` along `axis` (other dimensions equal).
+Array Concatenate(const std::vector<const Array*>& parts, int axis) {
+  Shape shape = parts[0]->shape();
+  shape[axis] = 0;
+  for (const Array* p : parts) shape[axis] += p->dim(axis);
+  const int64_t outer = NumElements(absl::MakeConstSpan(shape).subspan(0, axis));
+  const int64_t inner = NumElements(absl::MakeConstSpan(shape).subspan(axis + 1));
+  Array out = Array::Uninitialized(shape);
+  Real* dst = out.data();
+  for (int64_t o = 0; o < outer; ++o) {
+    for (const Array* p : parts) {
+      const int64_t n = p->dim(axis) * inner;
+      std::copy(p->data() + o * n, p->data() + (o + 1) * n, dst);
+      dst += n;
+    }
+  }
+  return out;
+}
+
+// Block-diagonal assembly along the adjacent axis pair (axis, axis + 1): part i occupies rows and columns
+// [offset_i, offset_i + size_i) of the pair, zeros elsewhere (independent branches).
+Array BlockDiagonal(const std::vector<const Array*>& parts, int axis) {
+  Shape shape = parts[0]->shape();
+  int64_t total = 0;
+  for (const Array* p : parts) total += p->dim(axis);
+  shape[axis] = shape[axis + 1] = total;
+  const int64_t outer = NumElements(absl::MakeConstSpan(shape).subspan(0, axis));
+  const int64_t inner = NumElements(absl::MakeConstSpan(shape).subspan(axis + 2));
+  Array out(shape, 0.0);
+  int64_t offset = 0;
+  for (const Array* p : parts) {
+    const int64_t s = p->dim(axis);
+    for (int64_t o = 0; o < outer; ++o) {
+      for (int64_t a = 0; a < s; ++a) {
+        for (int64_t b = 0; b < s; ++b) {
+          const Real* src = p->data() + ((o * s + a) * s + b) * inner;
+          Real* dst = out.data() + ((o * total + offset + a) * total + offset + b) * inner;
+          std::copy(src, src + inner, dst);
+        }
+      }
+    }
+    offset += s;
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<ShapeFlow> FanInConcatLayer::OutputShape(const ShapeFlow& in) const {
+  if (absl::Status st = ExpectList(name(), in.is_list, in.items.size()); !st.ok()) return st;
+  const int rank = static_cast<int>(in.items[0].size());
+  auto ax = CanonicalAxis(name(), "axis", axis_, rank);
+  if (!ax.ok()) return ax.status();
+  Shape out = in.items[0];
+  for (size_t i = 1; i < in.items.size(); ++i) {
+    const Shape& s = in.items[i];
+    bool same = static_cast<int>(s.size()) == rank;
+    for (int d = 0; same && d < rank; ++d) same = d == *ax || s[d] == out[d];
+    if (!same) {
+      return LayerError(name(), "",
+                        absl::StrCat("inputs must agree in every axis but ", *ax, "; input 0 is ",
+                                     ShapeToString(in.items[0]), ", input ", i, " is ", ShapeToString(s)));
+    }
+    out[*ax] += s[*ax];
+  }
+  return ShapeFlow::Single(out);
+}
+
+absl::StatusOr<ArrayFlow> FanInConcatLayer::Apply(const Params&, const ArrayFlow& x) const {
+  ShapeFlow shapes;
+  shapes.is_list = x.is_list;
+  for (const Array& a : x.items) shapes.items.push_back(a.shape());
+  if (auto s = OutputShape(shapes); !s.ok()) return s.status();
+  std::vector<const Array*> parts;
+  for (const Array& a : x.items) parts.push_back(&a);
+  return ArrayFlow::Single(Concatenate(parts, *CanonicalAxis(name(), "axis", axis_, x.items[0].rank())));
+}
+
+absl::StatusOr<MaskFlow> FanInConcatLayer::MaskFn(const MaskFlow& masks, const ShapeFlow&) const {
+  for (const std::optional<Array>& m : masks.items) {
+    if (m) return LayerUnimplemented(name(), "masked inputs are not supported yet");
+  }
+  return MaskFlow::Single(std::nullopt);
+}
+
+absl::Status FanInConcatLayer::TransformKernel(KernelFlow* kf, const KernelContext&) const {
+  std::vector<Kernel>& ks = kf->items;
+  if (absl::Status st = PrepareFanIn(name(), &ks); !st.ok()) return st;
+  const int rank = static_cast<int>(ks[0].shape1.size());
+  auto ax_or = CanonicalAxis(name(), "axis", axis_, rank);
+  if (!ax_or.ok()) return ax_or.status();
+  const int ax = *ax_or;
+  Kernel out = ks[0];
+  const bool ntk = std::all_of(ks.begin(), ks.end(), [](const Kernel& k) { return k.ntk.has_value(); });
+  if (ax == out.channel_axis) {
+    // Channels of the branches mix: the kernel is their width-weighted average.
+    double total = 0;
+    for (const Kernel& k : ks) total += double(k.shape1[ax]);
+    auto average = [&](auto get) {
+      Array acc(get(ks[0]).shape(), 0.0);
+      for (const Kernel& k : ks) {
+        const Array& a = get(k);
+        const double w = double(k.shape1[ax]) / total;
+        for (int64_t e = 0; e < acc.size(); ++e) acc[e] += static_cast<Real>(w * a[e]);
+      }
+      return acc;
+    };
+    out.nngp = average([](const Kernel& k) -> const Array& { return k.nngp; });
+    out.cov1 = average([](const Kernel& k) -> const Array& { return k.cov1; });
+    if (out.cov2) out.cov2 = average([](const Kernel& k) -> const Array& { return k.cov2_or_cov1(); });
+    if (ntk) {
+      Array acc(out.nngp.shape(), 0.0);
+      for (const Kernel& k : ks) {
+        const double w = double(k.shape1[ax]) / total;
+        for (int64_t e = 0; e < acc.size(); ++e) {
+          acc[e] += static_cast<Real>(w * (k.ntk->rank() == 0 ? (*k.ntk)[0] : (*k.ntk)[e]));
+        }
+      }
+      out.ntk = std::move(acc);
+    } else {
+      out.ntk.reset();
+    }
+    out.is_gaussian = false;
+    *kf = KernelFlow::Single(std::move(out));
+    return absl::OkStatus();
+  }
+  if (ax == out.batch_axis) {
+    return LayerUnimplemented(name(),
+                              "concatenating along the batch axis mixes samples, which tiled evaluation "
+                              "does not support");
+  }
+  for (size_t i = 0; i < ks.size(); ++i) {
+    if (!ks[i].is_gaussian) {
+      return LayerUnimplemented(name(), absl::StrCat("input ", i,
+                                                     " is not Gaussian; concatenating non-Gaussian "
+                                                     "branches along a spatial axis is not supported"));
+    }
+  }
+  for (Kernel& k : ks) NaturalOrder(&k);
+  const std::vector<int> spatial = SpatialAxes(rank, out.batch_axis, out.channel_axis);
+  const int d = static_cast<int>(std::find(spatial.begin(), spatial.end(), ax) - spatial.begin());
+  auto assemble = [&](auto get, int lead) {
+    std::vector<const Array*> parts;
+    for (const Kernel& k : ks) parts.push_back(&get(k));
+    return ks[0].diagonal_spatial ? Concatenate(parts, lead + d) : BlockDiagonal(parts, lead + 2 * d);
+  };
+  out.nngp = assemble([](const Kernel& k) -> const Array& { return k.nngp; }, 2);
+  const int cb = CovBatchAxes(out);
+  out.cov1 = assemble([](const Kernel& k) -> const Array& { return k.cov1; }, cb);
+  if (out.cov2) out.cov2 = assemble([](const Kernel& k) -> const Array& { return k.cov2_or_cov1(); }, cb);
+  if (ntk) {
+    std::vector<Array> full;
+    for (const Kernel& k : ks)
+      full.push_back(k.ntk->rank() == 0 ? Array(k.nngp.shape(), (*k.ntk)[0]) : *k.ntk);
+    std::vector<const Array*> parts;
+    for (const Array& a : full) parts.push_back(&a);
+    out.ntk = ks[0].diagonal_spatial ? Concatenate(parts, 2 + d) : BlockDiagonal(parts, 2 + 2 * d);
+  } else {
+    out.ntk.reset();
+  }
+  out.is_gaussian = true;
   *kf = KernelFlow::Single(std::move(out));
   return absl::OkStatus();
 }

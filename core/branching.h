@@ -61,6 +61,25 @@ class FanInProdLayer : public FanInSumLayer {
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
 };
 
+// Concatenation of independent branches along `axis` (core.md 4.8): along the channel axis the kernels
+// average, weighted by the branches' finite widths; along a spatial axis they are assembled block-diagonally
+// (zero covariance across branches). Concatenating samples (the batch axis) is refused: tiles hold blocks
+// of samples.
+class FanInConcatLayer : public Layer {
+ public:
+  explicit FanInConcatLayer(int axis) : axis_(axis) {}
+  std::string name() const override { return "FanInConcat"; }
+  absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
+  absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow& x) const override;
+  absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
+
+ protected:
+  absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
+
+ private:
+  int axis_;
+};
+
 // Shared by the fan-in layers: the inputs must agree on layout and axes; is_reversed is harmonised by
 // majority (ties: not reversed), as upstream's _preprocess_kernels_for_fan_in.
 absl::Status PrepareFanIn(const std::string& layer, std::vector<Kernel>* ks);

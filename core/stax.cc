@@ -133,6 +133,7 @@ Net FanOut(int num) {
 }
 Net FanInSum() { return Net(std::make_shared<FanInSumLayer>()); }
 Net FanInProd() { return Net(std::make_shared<FanInProdLayer>()); }
+Net FanInConcat(int axis) { return Net(std::make_shared<FanInConcatLayer>(axis)); }
 Net LayerNorm(std::vector<int> axis, double eps, int batch_axis, int channel_axis) {
   LayerNormOptions o{std::move(axis), eps, batch_axis, channel_axis};
   if (absl::Status st = LayerNormLayer::Validate(o); !st.ok()) return Invalid(st, "LayerNorm");

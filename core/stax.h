@@ -63,6 +63,7 @@ Net Identity();
 Net FanOut(int num);
 Net FanInSum();
 Net FanInProd();
+Net FanInConcat(int axis = -1);
 // LayerNorm over `axis` (must include the channel axis; not the batch axis).
 Net LayerNorm(std::vector<int> axis = {-1}, double eps = 1e-12, int batch_axis = 0, int channel_axis = -1);
 // Dropout(rate, mode): rate is the keep probability; mode "train" or "test".

@@ -164,6 +164,12 @@ absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, 
       return stax::FanInSum().layer();
     case K::kFanInProd:
       return stax::FanInProd().layer();
+    case K::kFanInConcat: {
+      const auto& c = l.fan_in_concat();
+      auto ax = Axis(path, "FanInConcat", "axis", c.has_axis(), c.axis(), -1);
+      if (!ax.ok()) return ax.status();
+      return stax::FanInConcat(*ax).layer();
+    }
     case K::kLayerNorm: {
       const auto& n = l.layer_norm();
       std::vector<int> axis;
