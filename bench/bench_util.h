@@ -2,7 +2,11 @@
 #ifndef NT_BENCH_BENCH_UTIL_H_
 #define NT_BENCH_BENCH_UTIL_H_
 
+#include <cstring>
+#include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "benchmark/benchmark.h"
 #include "core/stax.h"
@@ -20,6 +24,30 @@ inline void TimeKernel(benchmark::State& state, const stax::Net& net, const Arra
     }
     benchmark::DoNotOptimize(k->arrays.front().second.data());
   }
+}
+
+// Google Benchmark's main, with our own flags taken out first: `flags` maps a prefix such as "--n=" to a
+// setter of its value; `context` (called after parsing) adds key / value lines to the report.
+using FlagSetter = std::function<void(const char*)>;
+inline int BenchmarkMain(int argc, char** argv, const std::vector<std::pair<std::string, FlagSetter>>& flags,
+                         const std::function<std::vector<std::pair<std::string, std::string>>()>& context) {
+  std::vector<char*> rest;
+  for (int i = 0; i < argc; ++i) {
+    bool ours = false;
+    for (const auto& [prefix, set] : flags) {
+      if (std::strncmp(argv[i], prefix.c_str(), prefix.size()) == 0) {
+        set(argv[i] + prefix.size());
+        ours = true;
+      }
+    }
+    if (!ours) rest.push_back(argv[i]);
+  }
+  int rc = static_cast<int>(rest.size());
+  benchmark::Initialize(&rc, rest.data());
+  for (const auto& [key, value] : context()) benchmark::AddCustomContext(key, value);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
 }
 
 }  // namespace NT_CORE_NS::bench

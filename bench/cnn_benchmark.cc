@@ -1,12 +1,12 @@
 // Upstream's README CNN benchmark (spec/anchors.md 2.1): 21 x [Conv(1, (3, 3), (1, 1), 'SAME'), Relu] on
 // 32x32x3 inputs, topped by GlobalAvgPool (full spatial covariance) or by Flatten (diagonal layout),
 // NNGP + NTK of x1 against itself, in float64 (cnn_benchmark, engine nt_core) or float32
-// (cnn_benchmark_f32, the same source built against nt_core_f32). Reported per NTK entry (time / N^2), next to a floor measured
-// in the same process: the network's additions and multiplications at the rate of this machine's GEMM.
+// (cnn_benchmark_f32, the same source built against nt_core_f32). Reported per NTK entry (time / N^2), next
+// to a floor measured in the same process: the network's additions and multiplications at the rate of this
+// machine's GEMM.
 //
 //   cnn_benchmark --n=8 --top=gap        (--top=flatten|gap|none, --depth=21, --size=32)
 #include <cstdlib>
-#include <cstring>
 #include <string>
 #include <thread>
 
@@ -45,7 +45,6 @@ double FlopsPerEntry() {
   return g_depth * 2.0 * per_array;
 }
 
-double g_gemm_gflops = 0;
 
 // The machine rate: a large double GEMM on all cores.
 void BM_GemmRate(benchmark::State& state) {
@@ -78,28 +77,18 @@ BENCHMARK(BM_CnnKernel)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTi
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<char*> rest;
-  for (int i = 0; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--n=", 4) == 0) {
-      g_n = std::atoll(argv[i] + 4);
-    } else if (std::strncmp(argv[i], "--size=", 7) == 0) {
-      g_size = std::atoll(argv[i] + 7);
-    } else if (std::strncmp(argv[i], "--depth=", 8) == 0) {
-      g_depth = std::atoi(argv[i] + 8);
-    } else if (std::strncmp(argv[i], "--top=", 6) == 0) {
-      g_top = argv[i] + 6;
-    } else {
-      rest.push_back(argv[i]);
-    }
-  }
-  int rc = static_cast<int>(rest.size());
-  benchmark::Initialize(&rc, rest.data());
-  benchmark::AddCustomContext("N", std::to_string(g_n));
-  benchmark::AddCustomContext("precision", sizeof(NT_CORE_NS::Real) == 4 ? "float32" : "float64");
-  benchmark::AddCustomContext("top", g_top);
-  benchmark::AddCustomContext("depth", std::to_string(g_depth));
-  benchmark::AddCustomContext("flops_per_entry", std::to_string(FlopsPerEntry()));
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return NT_CORE_NS::bench::BenchmarkMain(
+      argc, argv,
+      {{"--n=", [](const char* v) { g_n = std::atoll(v); }},
+       {"--size=", [](const char* v) { g_size = std::atoll(v); }},
+       {"--depth=", [](const char* v) { g_depth = std::atoi(v); }},
+       {"--top=", [](const char* v) { g_top = v; }}},
+      [] {
+        return std::vector<std::pair<std::string, std::string>>{
+            {"N", std::to_string(g_n)},
+            {"precision", sizeof(NT_CORE_NS::Real) == 4 ? "float32" : "float64"},
+            {"top", g_top},
+            {"depth", std::to_string(g_depth)},
+            {"flops_per_entry", std::to_string(FlopsPerEntry())}};
+      });
 }

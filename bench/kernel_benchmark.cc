@@ -3,7 +3,6 @@
 //   next to one GEMM computing the same input Gram matrix x x^T / d.
 // Sizes can be changed with --n and --d (defaults are the issue's).
 #include <cstdlib>
-#include <cstring>
 #include <string>
 #include <thread>
 
@@ -67,22 +66,11 @@ BENCHMARK(BM_DeepReluKernel)->Arg(10)->Unit(benchmark::kMillisecond)->Iterations
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Our own flags first; the rest goes to Google Benchmark.
-  std::vector<char*> rest;
-  for (int i = 0; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--n=", 4) == 0) {
-      g_n = std::atoll(argv[i] + 4);
-    } else if (std::strncmp(argv[i], "--d=", 4) == 0) {
-      g_d = std::atoll(argv[i] + 4);
-    } else {
-      rest.push_back(argv[i]);
-    }
-  }
-  int rc = static_cast<int>(rest.size());
-  benchmark::Initialize(&rc, rest.data());
-  benchmark::AddCustomContext("N", std::to_string(g_n));
-  benchmark::AddCustomContext("d", std::to_string(g_d));
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return NT_CORE_NS::bench::BenchmarkMain(argc, argv,
+                                          {{"--n=", [](const char* v) { g_n = std::atoll(v); }},
+                                           {"--d=", [](const char* v) { g_d = std::atoll(v); }}},
+                                          [] {
+                                            return std::vector<std::pair<std::string, std::string>>{
+                                                {"N", std::to_string(g_n)}, {"d", std::to_string(g_d)}};
+                                          });
 }
