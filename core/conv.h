@@ -57,6 +57,8 @@ class ConvLayer : public Layer {
     std::vector<int64_t> out_before_fold;
   };
   absl::StatusOr<Geometry> Resolve(const Shape& in) const;
+  // Shapes of W (laid out by rhs_spec) and, with a bias, b (by out_spec).
+  std::vector<Shape> ParamShapes(const Geometry& g) const;
   int64_t width() const;
   int64_t filter_size() const;
   // Activation `x` in lhs layout -> (N, spatial in lhs order, C); and back from that order to out_spec.
@@ -66,8 +68,8 @@ class ConvLayer : public Layer {
   AxisMatrix DiagonalMatrix(const Geometry& g, int d) const;
   // The filter-averaged covariance transform of one kernel array (linear.md 5.3).
   // factor * K(t [+ plus]) + shift, the shift only on the spatial diagonal for ConvLocal's full layout.
-  Array Transform(const Array& t, int lead, bool diagonal_spatial, const Geometry& g, double factor, double shift,
-                  const Array* plus) const;
+  Array Transform(const Array& t, int lead, bool diagonal_spatial, const Geometry& g, double factor,
+                  double shift, const Array* plus) const;
 
   ConvKind kind_;
   ConvOptions o_;

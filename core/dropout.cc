@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/spatial.h"
 
 namespace NT_CORE_NS {
 
@@ -17,23 +18,9 @@ void ScaleSameSamplePosition(Array* a, int lead, bool diagonal_spatial, int num_
   const int64_t rows = a->dim(0), cols = lead == 2 ? a->dim(1) : 1;
   if (lead == 2 && rows != cols) return;  // Different batches: no sample meets itself.
   const int64_t inner = a->size() / std::max<int64_t>(rows * cols, 1);
-  std::vector<int64_t> positions;  // Offsets of (p, p) inside one inner block.
-  if (diagonal_spatial || num_spatial == 0) {
-    for (int64_t e = 0; e < inner; ++e) positions.push_back(e);
-  } else {
-    std::vector<int64_t> sizes;
-    for (int d = 0; d < num_spatial; ++d) sizes.push_back(a->dim(lead + 2 * d));
-    positions.push_back(0);
-    int64_t stride = inner;
-    for (int d = 0; d < num_spatial; ++d) {
-      stride /= sizes[d] * sizes[d];
-      std::vector<int64_t> next;
-      for (int64_t base : positions) {
-        for (int64_t i = 0; i < sizes[d]; ++i) next.push_back(base + i * (sizes[d] + 1) * stride);
-      }
-      positions = std::move(next);
-    }
-  }
+  std::vector<int64_t> sizes;
+  for (int d = 0; d < num_spatial; ++d) sizes.push_back(a->dim(lead + (diagonal_spatial ? d : 2 * d)));
+  const std::vector<int64_t> positions = DiagonalOffsets(sizes, diagonal_spatial);  // (p, p) in a block.
   for (int64_t n = 0; n < rows; ++n) {
     Real* block = a->data() + (lead == 2 ? n * cols + n : n) * inner;
     for (int64_t off : positions) block[off] *= static_cast<Real>(f);

@@ -108,26 +108,12 @@ absl::Status FlattenLayer::TransformKernel(KernelFlow* kf, const KernelContext&)
     const Shape trailing(t->shape().begin() + batch_axes, t->shape().end());
     const int64_t rows = NumElements(lead);
     const int64_t inner = NumElements(trailing);
-    // Offsets of the spatial diagonal inside one row's trailing block.
-    std::vector<int64_t> diag;
-    if (static_cast<int>(trailing.size()) == num_spatial) {  // Diagonal layout (also cov_diagonal_only).
-      diag.resize(inner);
-      for (int64_t e = 0; e < inner; ++e) diag[e] = e;
-    } else {
-      const int pairs = static_cast<int>(trailing.size()) / 2;
-      std::vector<int64_t> stride(trailing.size(), 1);
-      for (int a = static_cast<int>(trailing.size()) - 2; a >= 0; --a)
-        stride[a] = stride[a + 1] * trailing[a + 1];
-      diag.push_back(0);
-      for (int d = 0; d < pairs; ++d) {
-        std::vector<int64_t> next;
-        for (int64_t base : diag) {
-          for (int64_t i = 0; i < trailing[2 * d]; ++i)
-            next.push_back(base + i * (stride[2 * d] + stride[2 * d + 1]));
-        }
-        diag = std::move(next);
-      }
-    }
+    // Offsets of the spatial diagonal inside one row's trailing block (every entry in the diagonal
+    // layout, also with cov_diagonal_only).
+    const bool diagonal = static_cast<int>(trailing.size()) == num_spatial;
+    std::vector<int64_t> sizes;
+    for (int d = 0; d < num_spatial; ++d) sizes.push_back(trailing[diagonal ? d : 2 * d]);
+    const std::vector<int64_t> diag = DiagonalOffsets(sizes, diagonal);
     const Real norm = 1.0 / static_cast<Real>(diag.size());
     Array out(lead, 0.0);
     for (int64_t r = 0; r < rows; ++r) {

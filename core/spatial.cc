@@ -342,6 +342,22 @@ Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps,
   return out;
 }
 
+std::vector<int64_t> DiagonalOffsets(const std::vector<int64_t>& sizes, bool diagonal) {
+  std::vector<int64_t> out{0};
+  int64_t block = 1;  // Elements of the pairs after d.
+  for (int d = static_cast<int>(sizes.size()) - 1; d >= 0; --d) {
+    std::vector<int64_t> next;
+    next.reserve(out.size() * sizes[d]);
+    const int64_t step = diagonal ? block : block * (sizes[d] + 1);
+    for (int64_t i = 0; i < sizes[d]; ++i) {
+      for (int64_t base : out) next.push_back(i * step + base);
+    }
+    out = std::move(next);
+    block *= diagonal ? sizes[d] : sizes[d] * sizes[d];
+  }
+  return out;
+}
+
 void ForEachKernelArray(Kernel* k, const std::function<void(Array*, int)>& fn) {
   fn(&k->nngp, 2);
   if (k->ntk && k->ntk->rank() > 0) fn(&*k->ntk, 2);

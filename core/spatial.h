@@ -72,6 +72,10 @@ Array ApplyAlongAxis(const Array& t, int axis, const AxisMatrix& m);
 Array ConvolvePairs(const Array& t, int lead, const std::vector<AxisTaps>& taps, Real scale, Real shift = 0.0,
                     const Array* plus = nullptr);
 
+// Offsets of the entries (q, q) of one full-layout block (s1, s1', ..., sS, sS'), in row-major order of
+// q; in the diagonal layout (`diagonal`) simply 0 .. P-1.
+std::vector<int64_t> DiagonalOffsets(const std::vector<int64_t>& sizes, bool diagonal = false);
+
 // Calls fn(array, leading batch axes) for nngp, ntk (unless it is the rank-0 input value), cov1 and
 // cov2 (when present).
 void ForEachKernelArray(Kernel* k, const std::function<void(Array*, int)>& fn);
