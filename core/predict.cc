@@ -30,13 +30,22 @@ namespace NT_CORE_NS::predict {
 
 namespace {
 
-void Potrf(int n, double* a, int* info) { dpotrf_("L", &n, a, &n, info); }
-void Potrf(int n, float* a, int* info) { spotrf_("L", &n, a, &n, info); }
-void Potrs(int n, int nrhs, const double* a, double* b, int* info) {
-  dpotrs_("L", &n, &nrhs, a, &n, b, &n, info);
+// The LAPACK routine of the engine's precision (a template, so that the other precision's is not compiled).
+template <typename T>
+void Potrf(int n, T* a, int* info) {
+  if constexpr (std::is_same_v<T, double>) {
+    dpotrf_("L", &n, a, &n, info);
+  } else {
+    spotrf_("L", &n, a, &n, info);
+  }
 }
-void Potrs(int n, int nrhs, const float* a, float* b, int* info) {
-  spotrs_("L", &n, &nrhs, a, &n, b, &n, info);
+template <typename T>
+void Potrs(int n, int nrhs, const T* a, T* b, int* info) {
+  if constexpr (std::is_same_v<T, double>) {
+    dpotrs_("L", &n, &nrhs, a, &n, b, &n, info);
+  } else {
+    spotrs_("L", &n, &nrhs, a, &n, b, &n, info);
+  }
 }
 template <typename T>
 void Syevd(int n, T* a, T* w, int* info) {
