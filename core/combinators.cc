@@ -73,20 +73,20 @@ absl::StatusOr<Params> SerialLayer::Init(const RngKey& key, const ShapeFlow& in)
 }
 
 absl::StatusOr<ArrayFlow> SerialLayer::Apply(const Params& params, const ArrayFlow& x) const {
-  auto y = ApplyMasked(params, x, NoMasks(x));
+  auto y = ApplyMasked(params, x, NoMasks(x), ApplyContext{});
   if (!y.ok()) return y.status();
   return std::move(y->values);
 }
 
 absl::StatusOr<Layer::Masked> SerialLayer::ApplyMasked(const Params& params, const ArrayFlow& x,
-                                                       const MaskFlow& masks) const {
+                                                       const MaskFlow& masks, const ApplyContext& ctx) const {
   if (params.children.size() != layers_.size()) {
     return LayerError(name(), "params",
                       absl::StrCat("expected ", layers_.size(), " entries, got ", params.children.size()));
   }
   Masked y{x, masks};
   for (size_t i = 0; i < layers_.size(); ++i) {
-    auto next = layers_[i]->ApplyMasked(params.children[i], y.values, y.masks);
+    auto next = layers_[i]->ApplyMasked(params.children[i], y.values, y.masks, ctx);
     if (!next.ok()) return AtChild(next.status(), absl::StrCat("layers[", i, "]"));
     y = *std::move(next);
   }
@@ -153,13 +153,14 @@ absl::StatusOr<Params> ParallelLayer::Init(const RngKey& key, const ShapeFlow& i
 }
 
 absl::StatusOr<ArrayFlow> ParallelLayer::Apply(const Params& params, const ArrayFlow& x) const {
-  auto y = ApplyMasked(params, x, NoMasks(x));
+  auto y = ApplyMasked(params, x, NoMasks(x), ApplyContext{});
   if (!y.ok()) return y.status();
   return std::move(y->values);
 }
 
 absl::StatusOr<Layer::Masked> ParallelLayer::ApplyMasked(const Params& params, const ArrayFlow& x,
-                                                         const MaskFlow& masks) const {
+                                                         const MaskFlow& masks,
+                                                         const ApplyContext& ctx) const {
   if (absl::Status st = CheckArity(x.items.size(), x.is_list); !st.ok()) return st;
   if (params.children.size() != layers_.size()) {
     return LayerError(name(), "params", "wrong number of entries");
@@ -168,7 +169,7 @@ absl::StatusOr<Layer::Masked> ParallelLayer::ApplyMasked(const Params& params, c
   std::vector<std::optional<Array>> out_masks;
   for (size_t i = 0; i < layers_.size(); ++i) {
     auto y = layers_[i]->ApplyMasked(params.children[i], ArrayFlow::Single(x.items[i]),
-                                     MaskFlow::Single(masks.items[i]));
+                                     MaskFlow::Single(masks.items[i]), ctx);
     if (!y.ok()) return AtChild(y.status(), absl::StrCat("layers[", i, "]"));
     if (y->values.is_list) {
       return LayerUnimplemented(
@@ -229,19 +230,19 @@ absl::StatusOr<Params> RepeatLayer::Init(const RngKey& key, const ShapeFlow& in)
 }
 
 absl::StatusOr<ArrayFlow> RepeatLayer::Apply(const Params& params, const ArrayFlow& x) const {
-  auto y = ApplyMasked(params, x, NoMasks(x));
+  auto y = ApplyMasked(params, x, NoMasks(x), ApplyContext{});
   if (!y.ok()) return y.status();
   return std::move(y->values);
 }
 
 absl::StatusOr<Layer::Masked> RepeatLayer::ApplyMasked(const Params& params, const ArrayFlow& x,
-                                                       const MaskFlow& masks) const {
+                                                       const MaskFlow& masks, const ApplyContext& ctx) const {
   if (params.children.size() != static_cast<size_t>(n_)) {
     return LayerError(name(), "params", "wrong number of entries");
   }
   Masked y{x, masks};
   for (int i = 0; i < n_; ++i) {
-    auto next = layer_->ApplyMasked(params.children[i], y.values, y.masks);
+    auto next = layer_->ApplyMasked(params.children[i], y.values, y.masks, ctx);
     if (!next.ok()) return AtChild(next.status(), "layer");
     y = *std::move(next);
   }

@@ -17,8 +17,9 @@ class SerialLayer : public Layer {
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
-  absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x,
-                                     const MaskFlow& masks) const override;
+  using Layer::ApplyMasked;
+  absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,
+                                     const ApplyContext& ctx) const override;
   const std::vector<LayerPtr>& layers() const { return layers_; }
   int64_t NumLayers() const override;
   // kDiagonal when every layer is; kReadout when only the last one is a readout.
@@ -42,8 +43,9 @@ class ParallelLayer : public Layer {
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
-  absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x,
-                                     const MaskFlow& masks) const override;
+  using Layer::ApplyMasked;
+  absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,
+                                     const ApplyContext& ctx) const override;
   int64_t NumLayers() const override;
 
  protected:
@@ -66,8 +68,9 @@ class RepeatLayer : public Layer {
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
-  absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x,
-                                     const MaskFlow& masks) const override;
+  using Layer::ApplyMasked;
+  absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,
+                                     const ApplyContext& ctx) const override;
   int64_t NumLayers() const override { return n_ * layer_->NumLayers(); }
   CovUse cov_use() const override {
     return layer_->cov_use() == CovUse::kDiagonal ? CovUse::kDiagonal : CovUse::kFull;

@@ -55,15 +55,8 @@ absl::StatusOr<ShapeFlow> DenseLayer::OutputShape(const ShapeFlow& in) const {
   return ShapeFlow::Single(s);
 }
 
-absl::StatusOr<MaskFlow> DenseLayer::MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const {
-  MaskFlow out = masks;
-  for (std::optional<Array>& m : out.items) {
-    if (!m) continue;
-    auto ch = CanonicalAxis(name(), "channel_axis", o_.channel_axis, m->rank());
-    if (!ch.ok()) return ch.status();
-    m = AllAlongAxis(*m, *ch);
-  }
-  return out;
+absl::StatusOr<MaskFlow> DenseLayer::MaskFn(const MaskFlow& masks, const ShapeFlow&) const {
+  return AllOverChannels(name(), o_.channel_axis, masks);
 }
 
 absl::StatusOr<Params> DenseLayer::Init(const RngKey& key, const ShapeFlow& in) const {

@@ -141,7 +141,17 @@ Kernel InputKernel(const KernelPlan& plan, const Inputs& in, const Pass& pass, i
 absl::StatusOr<Kernel> RunTile(const Layer& net, const KernelPlan& plan, const Inputs& in, const Pass& pass,
                                int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
   Kernel k = InputKernel(plan, in, pass, r0, r1, c0, c1);
-  if (absl::Status st = ApplyToKernel(net, &k, plan.compute_ntk && pass.main); !st.ok()) return st;
+  KernelContext ctx;
+  ctx.compute_ntk = plan.compute_ntk && pass.main;
+  // The patterns' rows of this tile's samples.
+  std::optional<Array> rows, cols;
+  if (plan.pattern[0]) {
+    rows = SliceAxis(*plan.pattern[pass.a], 0, r0, r1);
+    cols = SliceAxis(*plan.pattern[pass.b], 0, c0, c1);
+    ctx.pattern1 = &*rows;
+    ctx.pattern2 = &*cols;
+  }
+  if (absl::Status st = ApplyToKernel(net, &k, ctx); !st.ok()) return st;
   if (k.is_reversed) k.Reverse();  // Spatial axes always go out in natural order.
   return k;
 }
@@ -185,6 +195,46 @@ absl::StatusOr<Inputs> PrepareInputs(const Array& raw1, const Array* raw2, const
     in.c[1] = *std::move(c2);
   }
   return in;
+}
+
+// Checks Aggregate's patterns against the inputs (one leading entry per sample, finite) and records them.
+absl::Status SetPatterns(const Array& x1, const Array* x2, const KernelOptions& options, KernelPlan* plan) {
+  if (!options.pattern1 && !options.pattern2) return absl::OkStatus();
+  // kernel_fn(x1, None, pattern=(p, p)) is upstream's spelling; another pattern2 would make the kernel of
+  // x1 with itself asymmetric.
+  if (!x2 && options.pattern2 &&
+      (!options.pattern1 || options.pattern2->shape() != options.pattern1->shape() ||
+       !std::equal(options.pattern2->vec().begin(), options.pattern2->vec().end(),
+                   options.pattern1->vec().begin()))) {
+    return absl::InvalidArgumentError(
+        "pattern2: differs from pattern1 without x2 (with x2 = None, pattern1 serves both sides; send x2 "
+        "to pair x1 with other patterns)");
+  }
+  if (x2 && (!options.pattern1 || !options.pattern2)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.pattern1 ? "pattern2" : "pattern1",
+                     ": pattern1 and pattern2 must be both given or both absent"));
+  }
+  const int rank = x1.rank();
+  const int b = rank > 0 ? (plan->batch_axis % rank + rank) % rank : 0;
+  for (int i = 0; i < (x2 ? 2 : 1); ++i) {
+    const Array& p = *(i == 0 ? options.pattern1 : options.pattern2);
+    const Array& x = i == 0 ? x1 : *x2;
+    const char* field = i == 0 ? "pattern1" : "pattern2";
+    if (rank == 0 || p.rank() == 0 || p.dim(0) != x.dim(b)) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": shape ", ShapeToString(p.shape()),
+                                                     " must have one leading entry per sample of ",
+                                                     i == 0 ? "x1" : "x2", " (", rank ? x.dim(b) : 0, ")"));
+    }
+    for (int64_t e = 0; e < p.size(); ++e) {
+      if (!std::isfinite(p[e])) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ": entry ", e, " is not finite"));
+      }
+    }
+  }
+  plan->pattern[0] = options.pattern1;
+  plan->pattern[1] = x2 ? options.pattern2 : options.pattern1;
+  return absl::OkStatus();
 }
 
 std::vector<Pass> MakePasses(const KernelPlan& plan) {
@@ -362,8 +412,8 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
   const Requirements req = net.requirements();
   if (req.diagonal_batch.has_value() && !*req.diagonal_batch) {
     return absl::UnimplementedError(
-        "the network mixes batch entries (it requires diagonal_batch=False), which tiled evaluation "
-        "does not support yet");
+        "the network mixes batch entries (a DotGeneral contracts the batch axis, which requires "
+        "diagonal_batch=False); tiled evaluation does not support that yet");
   }
   plan.diagonal_batch = true;
   if (options.diagonal_batch.has_value()) plan.diagonal_batch = *options.diagonal_batch;
@@ -411,6 +461,7 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
     }
     plan.masked = std::move(masked);
   }
+  if (absl::Status st = SetPatterns(x1, x2, options, &plan); !st.ok()) return st;
   auto inputs = PrepareInputs(x1, x2, plan, /*check_finite=*/true);
   if (!inputs.ok()) return inputs.status();
   // Covariances as spatial diagonals when no one needs more (see Kernel::cov_diagonal_only).
@@ -450,7 +501,11 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
 absl::Status ApplyToKernel(const Layer& net, Kernel* k, bool compute_ntk) {
   KernelContext ctx;
   ctx.compute_ntk = compute_ntk;
-  if (!compute_ntk) k->ntk.reset();
+  return ApplyToKernel(net, k, ctx);
+}
+
+absl::Status ApplyToKernel(const Layer& net, Kernel* k, const KernelContext& ctx) {
+  if (!ctx.compute_ntk) k->ntk.reset();
   KernelFlow flow = KernelFlow::Single(std::move(*k));
   absl::Status st = net.ApplyKernel(&flow, ctx);
   if (!st.ok()) return AtChild(st, "architecture");

@@ -27,6 +27,10 @@ struct KernelOptions {
   int64_t tile_size = 0;
   // Set to true from another thread to stop promptly (tiles not yet started are skipped).
   const std::atomic<bool>* cancelled = nullptr;
+  // Aggregate's pattern kwarg, one entry per sample along the leading axis: pattern1 for x1, pattern2 for
+  // x2 (both or neither; without x2, pattern1 serves both sides and pattern2 is absent or equal to it).
+  std::shared_ptr<const Array> pattern1;
+  std::shared_ptr<const Array> pattern2;
 };
 
 struct ArraySpec {
@@ -47,6 +51,8 @@ struct KernelPlan {
   std::vector<std::string> get;  // Canonical, in request order.
   // Set when mask_constant was given; the tiles read these instead of the caller's inputs.
   std::shared_ptr<const MaskedInputs> masked;
+  // Aggregate's patterns for x1 and x2 (pattern[1] is pattern[0] without x2); null: None.
+  std::shared_ptr<const Array> pattern[2];
   bool compute_ntk = true;
   bool x2_given = false;
   bool x1_is_x2 = false;
@@ -114,6 +120,7 @@ absl::StatusOr<KernelResult> ComputeKernel(const Layer& net, const Array& x1, co
 
 // The Kernel path: applies the network to an existing Kernel.
 absl::Status ApplyToKernel(const Layer& net, Kernel* k, bool compute_ntk);
+absl::Status ApplyToKernel(const Layer& net, Kernel* k, const KernelContext& ctx);
 
 }  // namespace NT_CORE_NS
 

@@ -39,6 +39,17 @@ absl::StatusOr<int> CanonicalAxis(const std::string& layer, const std::string& f
   return axis < 0 ? axis + rank : axis;
 }
 
+absl::StatusOr<MaskFlow> AllOverChannels(const std::string& layer, int channel_axis, const MaskFlow& masks) {
+  MaskFlow out = masks;
+  for (std::optional<Array>& m : out.items) {
+    if (!m) continue;
+    auto ch = CanonicalAxis(layer, "channel_axis", channel_axis, m->rank());
+    if (!ch.ok()) return ch.status();
+    m = AllAlongAxis(*m, *ch);
+  }
+  return out;
+}
+
 absl::StatusOr<Params> Layer::Init(const RngKey& /*key*/, const ShapeFlow& in) const {
   auto out = OutputShape(in);
   if (!out.ok()) return out.status();

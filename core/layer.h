@@ -55,6 +55,15 @@ struct Params {
 // Per-call options of kernel_fn threaded through every layer.
 struct KernelContext {
   bool compute_ntk = true;
+  // Aggregate's pattern kwarg: the rows of pattern1 / pattern2 for the samples of this kernel's x1 / x2
+  // (null: None).
+  const Array* pattern1 = nullptr;
+  const Array* pattern2 = nullptr;
+};
+
+// Per-call keyword arguments of apply_fn threaded through every layer.
+struct ApplyContext {
+  const Array* pattern = nullptr;  // Aggregate's pattern (null: None).
 };
 
 class Layer {
@@ -96,6 +105,12 @@ class Layer {
   };
   virtual absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x,
                                              const MaskFlow& masks) const;
+  // The same with apply_fn's keyword arguments: the entry point. Combinators pass `ctx` on; layers that
+  // read no keyword argument override the form above instead.
+  virtual absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,
+                                             const ApplyContext& ctx) const {
+    return ApplyMasked(params, x, masks);
+  }
 
   // kernel_fn on the Kernel path: checks this layer's requirements against the incoming kernel, runs
   // the transform, then recomputes shape1/shape2 from OutputShape and the masks from MaskFn (zeroing
@@ -121,6 +136,9 @@ absl::Status AtChild(const absl::Status& status, const std::string& where);
 
 // Requires exactly one input for a single-input layer.
 absl::Status ExpectSingle(const std::string& layer, bool is_list, size_t n);
+
+// Masks reduced with `all` over the channel axis (keep dims): the output masks of layers that mix channels.
+absl::StatusOr<MaskFlow> AllOverChannels(const std::string& layer, int channel_axis, const MaskFlow& masks);
 
 // Normalises an axis against a rank (Python-style negative axes).
 absl::StatusOr<int> CanonicalAxis(const std::string& layer, const std::string& field, int axis, int rank);

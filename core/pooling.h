@@ -83,6 +83,7 @@ class GlobalPoolLayer : public Layer {
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
   // The average runs over unmasked positions only (upstream's masked mean).
+  using Layer::ApplyMasked;
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x,
                                      const MaskFlow& masks) const override;
   // Channel-collapsed masks only; an output is masked iff all its positions are.

@@ -6,10 +6,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/abrelu.h"
+#include "core/aggregate.h"
+#include "core/attention.h"
 #include "core/branching.h"
 #include "core/combinators.h"
 #include "core/conv.h"
 #include "core/dense.h"
+#include "core/dot_general.h"
 #include "core/dropout.h"
 #include "core/erf.h"
 #include "core/exp.h"
@@ -90,8 +93,8 @@ absl::StatusOr<std::pair<Shape, Params>> Net::init_fn(const RngKey& key, const S
   return std::make_pair(out->single(), *std::move(params));
 }
 
-absl::StatusOr<Array> Net::apply_fn(const Params& params, const Array& x,
-                                    std::optional<double> mask_constant) const {
+absl::StatusOr<Array> Net::apply_fn(const Params& params, const Array& x, std::optional<double> mask_constant,
+                                    const Array* pattern) const {
   std::optional<Array> mask;
   if (mask_constant) {
     mask = Array(x.shape(), 0.0);
@@ -100,7 +103,9 @@ absl::StatusOr<Array> Net::apply_fn(const Params& params, const Array& x,
       (*mask)[i] = masked ? 1.0 : 0.0;
     }
   }
-  auto y = layer_->ApplyMasked(params, ArrayFlow::Single(x), MaskFlow::Single(std::move(mask)));
+  ApplyContext ctx;
+  ctx.pattern = pattern;
+  auto y = layer_->ApplyMasked(params, ArrayFlow::Single(x), MaskFlow::Single(std::move(mask)), ctx);
   if (!y.ok()) return y.status();
   if (y->values.is_list) return absl::UnimplementedError("networks with several outputs: use the Layer API");
   Array out = std::move(y->values.single());
@@ -139,6 +144,33 @@ Net LayerNorm(std::vector<int> axis, double eps, int batch_axis, int channel_axi
   if (absl::Status st = LayerNormLayer::Validate(o); !st.ok()) return Invalid(st, "LayerNorm");
   return Net(std::make_shared<LayerNormLayer>(std::move(o)));
 }
+
+Net GlobalSelfAttention(GlobalSelfAttentionOptions o) {
+  if (absl::Status st = GlobalSelfAttentionLayer::Validate(o); !st.ok())
+    return Invalid(st, "GlobalSelfAttention");
+  return Net(std::make_shared<GlobalSelfAttentionLayer>(std::move(o)));
+}
+
+Net DotGeneral(std::optional<Array> lhs, std::optional<Array> rhs, std::array<std::vector<int>, 4> dn,
+               int batch_axis, int channel_axis) {
+  DotGeneralOptions o{std::move(lhs), std::move(rhs), dn[0], dn[1], dn[2], dn[3], batch_axis, channel_axis};
+  if (absl::Status st = DotGeneralLayer::Validate(o); !st.ok()) return Invalid(st, "DotGeneral");
+  return Net(std::make_shared<DotGeneralLayer>(std::move(o)));
+}
+
+Net Aggregate(std::optional<std::vector<int>> aggregate_axis, int batch_axis, int channel_axis,
+              const std::string& implementation) {
+  if (implementation != "DENSE" && implementation != "SPARSE") {
+    return Invalid(LayerError("Aggregate", "implementation",
+                              absl::StrCat("must be 'DENSE' or 'SPARSE', got '", implementation, "'")),
+                   "Aggregate");
+  }
+  AggregateOptions o{
+      std::move(aggregate_axis), batch_axis, channel_axis,
+      implementation == "DENSE" ? AggregateImplementation::kDense : AggregateImplementation::kSparse};
+  return Net(std::make_shared<AggregateLayer>(std::move(o)));
+}
+
 Net Dropout(double rate, const std::string& mode) {
   if (mode != "train" && mode != "test") {
     return Invalid(LayerError("Dropout", "mode", absl::StrCat("must be 'train' or 'test', got '", mode, "'")),

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/attention.h"
 #include "core/index.h"
 #include "core/kernel_fn.h"
 #include "core/layer.h"
@@ -34,8 +35,10 @@ class Net {
   // apply_fn(params, x, mask_constant=None). With a mask constant, entries equal to it (NaN: NaN entries)
   // are masked as upstream's supports_masking does, and masked outputs are returned as zeros (its
   // unmask_fn).
+  // `pattern`: Aggregate's pattern (upstream's apply_fn(..., pattern=...)).
   absl::StatusOr<Array> apply_fn(const Params& params, const Array& x,
-                                 std::optional<double> mask_constant = std::nullopt) const;
+                                 std::optional<double> mask_constant = std::nullopt,
+                                 const Array* pattern = nullptr) const;
   // kernel_fn(x1, x2=None, get=...); `options.get` is replaced by `get` when that is not empty.
   absl::StatusOr<KernelResult> kernel_fn(const Array& x1, const Array* x2 = nullptr,
                                          std::vector<std::string> get = {}, KernelOptions options = {}) const;
@@ -66,6 +69,16 @@ Net FanInProd();
 Net FanInConcat(int axis = -1);
 // LayerNorm over `axis` (must include the channel axis; not the batch axis).
 Net LayerNorm(std::vector<int> axis = {-1}, double eps = 1e-12, int batch_axis = 0, int channel_axis = -1);
+// GlobalSelfAttention (linear.md 5.7), upstream's keyword arguments as an options struct.
+Net GlobalSelfAttention(GlobalSelfAttentionOptions o);
+// DotGeneral (linear.md 5.12): contraction with a constant lhs or rhs (at most one; neither: identity).
+Net DotGeneral(std::optional<Array> lhs, std::optional<Array> rhs,
+               std::array<std::vector<int>, 4> dimension_numbers = {}, int batch_axis = 0,
+               int channel_axis = -1);
+// Aggregate (linear.md 5.13); aggregate_axis nullopt: every spatial axis. The pattern goes to kernel_fn
+// (KernelOptions::pattern1/2) and apply_fn.
+Net Aggregate(std::optional<std::vector<int>> aggregate_axis = std::nullopt, int batch_axis = 0,
+              int channel_axis = -1, const std::string& implementation = "DENSE");
 // Dropout(rate, mode): rate is the keep probability; mode "train" or "test".
 Net Dropout(double rate, const std::string& mode = "train");
 Net Dense(int64_t out_dim, double W_std = 1.0, std::optional<double> b_std = std::nullopt, int batch_axis = 0,

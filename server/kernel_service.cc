@@ -157,10 +157,6 @@ grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, cons
   // The architecture first, so that an unimplemented layer is named rather than its inputs.
   auto net = BuildLayer(req->architecture());
   if (!net.ok()) return ToGrpcStatus(net.status());
-  if (req->has_pattern1() || req->has_pattern2()) {
-    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                        "pattern1/pattern2: Aggregate patterns are not supported by this server yet");
-  }
   auto x1 = DecodeTensor(req->x1(), "x1");
   if (!x1.ok()) return ToGrpcStatus(x1.status());
   std::optional<Array> x2;
@@ -172,6 +168,13 @@ grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, cons
   KernelOptions o = OptionsFrom(req->get(), req->has_diagonal_batch(), req->diagonal_batch(),
                                 req->has_diagonal_spatial(), req->diagonal_spatial(), req->tile_size());
   if (req->has_mask_constant()) o.mask_constant = req->mask_constant();
+  for (const bool first : {true, false}) {
+    if (!(first ? req->has_pattern1() : req->has_pattern2())) continue;
+    auto p = DecodeTensor(first ? req->pattern1() : req->pattern2(), first ? "pattern1" : "pattern2",
+                          /*allow_integers=*/true);
+    if (!p.ok()) return ToGrpcStatus(p.status());
+    (first ? o.pattern1 : o.pattern2) = std::make_shared<const Array>(*std::move(p));
+  }
   auto plan = PlanKernel(**net, *x1, x2 ? &*x2 : nullptr, o, Concurrency(options_));
   if (!plan.ok()) return ToGrpcStatus(plan.status());
 

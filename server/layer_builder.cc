@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/numerical_activation.h"
 #include "core/stax.h"
+#include "server/tensor_codec.h"
 
 namespace nt::server {
 
@@ -185,10 +187,123 @@ absl::StatusOr<LayerPtr> Build(const nt::v1::Layer& l, const std::string& path, 
       if (!c.ok()) return c.status();
       return Finish(stax::LayerNorm(axis, n.has_eps() ? n.eps() : 1e-12, *b, *c), Where(path, "LayerNorm"));
     }
+    case K::kGlobalSelfAttention: {
+      const auto& g = l.global_self_attention();
+      const std::string name = "GlobalSelfAttention";
+      GlobalSelfAttentionOptions o;
+      // Finite widths of init_fn/apply_fn; bounded like convolution channels.
+      for (auto [field, has, v, out] : {std::tuple<const char*, bool, int64_t, int64_t*>{
+                                            "n_chan_out", g.has_n_chan_out(), g.n_chan_out(), &o.n_chan_out},
+                                        {"n_chan_key", g.has_n_chan_key(), g.n_chan_key(), &o.n_chan_key},
+                                        {"n_chan_val", g.has_n_chan_val(), g.n_chan_val(), &o.n_chan_val},
+                                        {"n_heads", g.has_n_heads(), g.n_heads(), &o.n_heads}}) {
+        if (!has) return Invalid(path, name, field, "is required");
+        if (v < 1 || v > (int64_t{1} << 30))
+          return Invalid(path, name, field, absl::StrCat("must be in [1, 2^30], got ", v));
+        *out = v;
+      }
+      if (g.has_n_chan_pos_emb()) {
+        if (g.n_chan_pos_emb() < 1 || g.n_chan_pos_emb() > (int64_t{1} << 30))
+          return Invalid(path, name, "n_chan_pos_emb",
+                         absl::StrCat("must be in [1, 2^30], got ", g.n_chan_pos_emb()));
+        o.n_chan_pos_emb = g.n_chan_pos_emb();
+      }
+      if (!nt::v1::AttentionMechanism_IsValid(g.attention_mechanism()))
+        return Invalid(path, name, "attention_mechanism",
+                       absl::StrCat("unknown value ", int(g.attention_mechanism())));
+      switch (g.attention_mechanism()) {
+        case nt::v1::IDENTITY:
+          o.attention_mechanism = AttentionMechanism::kIdentity;
+          break;
+        case nt::v1::ABS:
+          o.attention_mechanism = AttentionMechanism::kAbs;
+          break;
+        case nt::v1::RELU:
+          o.attention_mechanism = AttentionMechanism::kRelu;
+          break;
+        default:  // SOFTMAX, and the upstream default when unspecified.
+          o.attention_mechanism = AttentionMechanism::kSoftmax;
+      }
+      if (!nt::v1::PositionalEmbedding_IsValid(g.pos_emb_type()))
+        return Invalid(path, name, "pos_emb_type", absl::StrCat("unknown value ", int(g.pos_emb_type())));
+      o.pos_emb_type = g.pos_emb_type() == nt::v1::SUM      ? PositionalEmbedding::kSum
+                       : g.pos_emb_type() == nt::v1::CONCAT ? PositionalEmbedding::kConcat
+                                                            : PositionalEmbedding::kNone;
+      if (g.has_linear_scaling()) o.linear_scaling = g.linear_scaling();
+      if (g.has_w_key_std()) o.W_key_std = g.w_key_std();
+      if (g.has_w_value_std()) o.W_value_std = g.w_value_std();
+      if (g.has_w_query_std()) o.W_query_std = g.w_query_std();
+      if (g.has_w_out_std()) o.W_out_std = g.w_out_std();
+      if (g.has_b_std()) o.b_std = g.b_std();
+      if (g.has_pos_emb_p_norm()) o.pos_emb_p_norm = g.pos_emb_p_norm();
+      if (g.has_pos_emb_decay_fn()) o.pos_emb_decay_fn = g.pos_emb_decay_fn();
+      if (g.has_w_pos_emb_std()) o.W_pos_emb_std = g.w_pos_emb_std();
+      o.val_pos_emb = g.val_pos_emb();
+      auto b = Axis(path, name, "batch_axis", g.has_batch_axis(), g.batch_axis(), 0);
+      if (!b.ok()) return b.status();
+      auto c = Axis(path, name, "channel_axis", g.has_channel_axis(), g.channel_axis(), -1);
+      if (!c.ok()) return c.status();
+      o.batch_axis = *b;
+      o.channel_axis = *c;
+      return Finish(stax::GlobalSelfAttention(std::move(o)), Where(path, name));
+    }
     case K::kDropout: {
       const auto& d = l.dropout();
       if (!d.has_rate()) return Invalid(path, "Dropout", "rate", "is required");
       return Finish(stax::Dropout(d.rate(), d.has_mode() ? d.mode() : "train"), Where(path, "Dropout"));
+    }
+    case K::kDotGeneral: {
+      const auto& d = l.dot_general();
+      std::optional<Array> lhs, rhs;
+      for (const bool is_lhs : {true, false}) {
+        if (!(is_lhs ? d.has_lhs() : d.has_rhs())) continue;
+        auto t = DecodeTensor(is_lhs ? d.lhs() : d.rhs(),
+                              absl::StrCat(Where(path, "DotGeneral"), is_lhs ? ".lhs" : ".rhs"));
+        if (!t.ok()) return t.status();
+        (is_lhs ? lhs : rhs) = *std::move(t);
+      }
+      std::array<std::vector<int>, 4> dn;
+      const auto& n = d.dimension_numbers();
+      const google::protobuf::RepeatedField<int64_t>* lists[4] = {&n.lhs_contracting(), &n.rhs_contracting(),
+                                                                  &n.lhs_batch(), &n.rhs_batch()};
+      for (int i = 0; i < 4; ++i) {
+        for (int64_t a : *lists[i]) {
+          if (a < 0 || a > 64) {
+            return Invalid(path, "DotGeneral", "dimension_numbers",
+                           absl::StrCat("dimensions must be in [0, 64], got ", a));
+          }
+          dn[i].push_back(static_cast<int>(a));
+        }
+      }
+      auto b = Axis(path, "DotGeneral", "batch_axis", d.has_batch_axis(), d.batch_axis(), 0);
+      if (!b.ok()) return b.status();
+      auto c = Axis(path, "DotGeneral", "channel_axis", d.has_channel_axis(), d.channel_axis(), -1);
+      if (!c.ok()) return c.status();
+      // `precision` only selects XLA's matmul precision; we always compute in full precision.
+      return Finish(stax::DotGeneral(std::move(lhs), std::move(rhs), dn, *b, *c), Where(path, "DotGeneral"));
+    }
+    case K::kAggregate: {
+      const auto& a = l.aggregate();
+      if (a.has_to_dense() && a.to_dense() != "p") {
+        return absl::UnimplementedError(
+            absl::StrCat(Where(path, "Aggregate"), ".to_dense: only the identity \"p\" is supported, got \"",
+                         a.to_dense(), "\"; send the dense pattern instead"));
+      }
+      std::optional<std::vector<int>> axes;
+      if (a.has_aggregate_axis()) {
+        axes.emplace();
+        for (int64_t x : a.aggregate_axis().axes()) {
+          auto ax = Axis(path, "Aggregate", "aggregate_axis", true, x, 0);
+          if (!ax.ok()) return ax.status();
+          axes->push_back(*ax);
+        }
+      }
+      auto b = Axis(path, "Aggregate", "batch_axis", a.has_batch_axis(), a.batch_axis(), 0);
+      if (!b.ok()) return b.status();
+      auto c = Axis(path, "Aggregate", "channel_axis", a.has_channel_axis(), a.channel_axis(), -1);
+      if (!c.ok()) return c.status();
+      return Finish(stax::Aggregate(axes, *b, *c, a.implementation() == nt::v1::SPARSE ? "SPARSE" : "DENSE"),
+                    Where(path, "Aggregate"));
     }
     case K::kDense: {
       const auto& d = l.dense();

@@ -9,7 +9,7 @@ namespace nt::server {
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the wire format is little-endian");
 
-absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& field) {
+absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& field, bool allow_integers) {
   Shape shape(t.shape().begin(), t.shape().end());
   int64_t n = 1;
   for (int64_t d : shape) {
@@ -32,9 +32,17 @@ absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& f
     case nt::v1::FLOAT32:
       width = 4;
       break;
+    case nt::v1::INT64:
+    case nt::v1::BOOL:
+      if (allow_integers) {
+        width = t.dtype() == nt::v1::INT64 ? 8 : 1;
+        break;
+      }
+      [[fallthrough]];
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ".dtype: must be FLOAT64 or FLOAT32, got ", nt::v1::DType_Name(t.dtype())));
+      return absl::InvalidArgumentError(absl::StrCat(field, ".dtype: must be FLOAT64 or FLOAT32",
+                                                     allow_integers ? ", INT64 or BOOL" : "", ", got ",
+                                                     nt::v1::DType_Name(t.dtype())));
   }
   if (t.data().size() != static_cast<size_t>(n) * width) {
     return absl::InvalidArgumentError(
@@ -42,10 +50,18 @@ absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& f
                      nt::v1::DType_Name(t.dtype() ? t.dtype() : nt::v1::FLOAT64), " needs ", n * width));
   }
   Array a(shape);
-  if (width == 8) {
-    std::memcpy(a.data(), t.data().data(), n * 8);
+  const char* src = t.data().data();
+  if (t.dtype() == nt::v1::INT64) {
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t v;
+      std::memcpy(&v, src + 8 * i, 8);
+      a[i] = static_cast<double>(v);
+    }
+  } else if (t.dtype() == nt::v1::BOOL) {
+    for (int64_t i = 0; i < n; ++i) a[i] = src[i] != 0 ? 1.0 : 0.0;
+  } else if (width == 8) {
+    std::memcpy(a.data(), src, n * 8);
   } else {
-    const char* src = t.data().data();
     for (int64_t i = 0; i < n; ++i) {
       float f;
       std::memcpy(&f, src + 4 * i, 4);

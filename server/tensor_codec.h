@@ -10,8 +10,10 @@
 
 namespace nt::server {
 
-// Decodes a float64/float32 tensor; `field` names the request field in error messages.
-absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& field);
+// Decodes a float64/float32 tensor; `field` names the request field in error messages. With
+// `allow_integers`, also INT64 and BOOL tensors (e.g. Aggregate's edge lists), as float64 values.
+absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& field,
+                                   bool allow_integers = false);
 // Encodes as FLOAT64 or FLOAT32 (anything else: FLOAT64).
 void EncodeTensor(const Array& a, nt::v1::DType dtype, nt::v1::Tensor* out);
 

@@ -404,3 +404,32 @@ TEST(ElementwiseConsistencyTest, LayoutsAgree) {
 
 }  // namespace
 }  // namespace nt
+
+namespace nt {
+namespace {
+
+// E[erf(u)^2] and E[erf(u) erf(v)] at large variances (the attention layer drives Erf's inputs to ~600 in
+// the golden case conv1d_attention_identity_posemb_sum) against a fine trapezoid rule over the standard
+// normal: erf saturates into a step there, which low-order Gauss-Hermite rules see as exactly 1.
+TEST(ElementwiseReferenceTest, ErfAtSaturatingVariancesMatchesDenseQuadrature) {
+  const ElementwiseLayer& l = AsElementwise(stax::Erf());
+  for (double var : {1.0, 100.0, 617.89310053, 1e4}) {
+    const double s = std::sqrt(var);
+    // E[erf(s z)^2], z ~ N(0, 1): 4e5 trapezoid steps over [-12, 12] resolve the step of width ~1/s.
+    const int steps = 400000;
+    const double h = 24.0 / steps;
+    double want = 0;
+    for (int i = 0; i <= steps; ++i) {
+      const double z = -12.0 + i * h;
+      const double w = (i == 0 || i == steps) ? 0.5 : 1.0;
+      want += w * h * std::pow(std::erf(s * z), 2) * std::exp(-0.5 * z * z) / std::sqrt(2 * M_PI);
+    }
+    double t;
+    l.DiagMap(&var, 1, &t);
+    EXPECT_NEAR(t, want, 1e-9) << "Var(u) = " << var;
+    EXPECT_LT(t, 1.0) << "|erf| < 1, so E[erf(u)^2] < 1";
+  }
+}
+
+}  // namespace
+}  // namespace nt

@@ -6,8 +6,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace nt::testing {
 
@@ -79,6 +81,33 @@ std::string CompareToGolden(const nlohmann::json& c, const std::string& key, con
   if (worst <= 1.0) return "";
   return absl::StrCat(key, "[", worst_i, "]: got ", got[worst_i], " expected ", expected[worst_i],
                       " (error/tolerance = ", worst, ")");
+}
+
+std::map<std::string, std::set<std::string>> GoldenDisputes() {
+  std::map<std::string, std::set<std::string>> out;
+  std::ifstream in(NT_GOLDEN_DISPUTES);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream fields(line);
+    std::string name, arrays;
+    fields >> name >> arrays;
+    for (absl::string_view a : absl::StrSplit(arrays, ',')) out[name].insert(std::string(a));
+  }
+  return out;
+}
+
+std::string CheckGoldenArray(const std::string& name, const nlohmann::json& c, const std::string& key,
+                             const Array& got) {
+  static const auto* disputes = new std::map<std::string, std::set<std::string>>(GoldenDisputes());
+  const std::string diff = CompareToGolden(c, key, got);
+  const auto it = disputes->find(name);
+  if (it == disputes->end() || !it->second.count(key)) return diff;
+  if (diff.empty()) {
+    return absl::StrCat(key,
+                        ": listed in tests/golden_disputes.txt but now matches the case; remove the dispute");
+  }
+  return "";
 }
 
 }  // namespace nt::testing

@@ -129,15 +129,16 @@ Array ApplyNet(const stax::Net& net, const Array& x, std::optional<double> mask_
   return y.ok() ? *y : Array();
 }
 
-McEstimate MonteCarloNngp(const stax::Net& net, const Array& x1, const Array& x2, int samples,
-                          uint64_t seed) {
+McEstimate MonteCarloNngp(const stax::Net& net, const Array& x1, const Array& x2, int samples, uint64_t seed,
+                          const KernelOptions& options) {
   const std::vector<RngKey> keys = RngKey(seed).Split(samples);
   Array mean, sq;
   for (int s = 0; s < samples; ++s) {
     auto init = net.init_fn(keys[s], x1.shape());
     EXPECT_TRUE(init.ok()) << init.status();
-    auto f1 = net.apply_fn(init->second, x1);
-    auto f2 = net.apply_fn(init->second, x2);
+    auto f1 = net.apply_fn(init->second, x1, options.mask_constant, options.pattern1.get());
+    auto f2 = net.apply_fn(init->second, x2, options.mask_constant,
+                           options.pattern2 ? options.pattern2.get() : options.pattern1.get());
     EXPECT_TRUE(f1.ok() && f2.ok());
     const Array e = EmpiricalNngp(*f1, *f2);  // f1 f2^T / width.
     if (s == 0) {
@@ -163,7 +164,7 @@ void ExpectNngpMatchesMonteCarlo(const stax::Net& net, const Array& x1, const Ar
   auto k = net.kernel_fn(x1, &x2, {"nngp"}, options);
   ASSERT_TRUE(k.ok()) << what << ": " << k.status();
   const Array& nngp = Get(*k, "nngp");
-  const McEstimate mc = MonteCarloNngp(net, x1, x2, samples, seed);
+  const McEstimate mc = MonteCarloNngp(net, x1, x2, samples, seed, options);
   ASSERT_EQ(ShapeToString(mc.mean.shape()), ShapeToString(nngp.shape())) << what;
   for (int64_t e = 0; e < nngp.size(); ++e) {
     EXPECT_NEAR(mc.mean[e], nngp[e], 5 * mc.std_error[e] + 0.03 * std::abs(nngp[e]) + atol)

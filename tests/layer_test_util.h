@@ -53,8 +53,10 @@ struct McEstimate {
 
 // Mean and standard error of the empirical NNGP of the outputs (batch axis 0, channel axis -1; full
 // zipped layout of their spatial axes) of `samples` networks initialised with the keys
-// RngKey(seed).Split(samples): what the analytic NNGP should match within a few standard errors.
-McEstimate MonteCarloNngp(const stax::Net& net, const Array& x1, const Array& x2, int samples, uint64_t seed);
+// RngKey(seed).Split(samples): what the analytic NNGP should match within a few standard errors. The
+// networks see the options' mask_constant and Aggregate patterns (pattern1 for x1, pattern2 for x2).
+McEstimate MonteCarloNngp(const stax::Net& net, const Array& x1, const Array& x2, int samples, uint64_t seed,
+                          const KernelOptions& options = {});
 
 // Checks net's analytic NNGP of (x1, x2) against MonteCarloNngp(net, x1, x2, samples, seed): within 5
 // standard errors plus 3% of the value plus atol, which absorbs the finite-width bias (O(1 / width)).

@@ -198,11 +198,12 @@ CATALOGUE = [
     ('get_empty_name', 'kernel', lambda: _request(get=['']), INVALID, ['get', 'empty']),
     ('output_dtype_bool', 'kernel', lambda: _request(output_dtype=DType.BOOL), INVALID, ['output_dtype']),
     ('negative_tile_size', 'kernel', lambda: _request(tile_size=-1), INVALID, ['tile_size', '>= 0']),
-    ('unimplemented_attention', 'kernel',
+    ('attention_softmax_without_linear_scaling', 'kernel',
      lambda: _request(_layer({'layer': 'GlobalSelfAttention',
-                              'args': {'n_chan_out': 4, 'n_chan_key': 4, 'n_chan_val': 4, 'n_heads': 1}}),
+                              'args': {'n_chan_out': 4, 'n_chan_key': 4, 'n_chan_val': 4, 'n_heads': 1,
+                                       'linear_scaling': False}}),
                       x1=np.ones((2, 5, 3))),
-     UNIMPLEMENTED, ['architecture', 'GlobalSelfAttention', 'not implemented']),
+     UNIMPLEMENTED, ['GlobalSelfAttention', 'linear_scaling']),
     ('conv_filter_zero', 'kernel',
      lambda: _request(_layer({'layer': 'Conv', 'args': {'out_chan': 4, 'filter_shape': [0]}}),
                       x1=np.ones((2, 5, 3))),
@@ -239,11 +240,24 @@ CATALOGUE = [
     ('flatten_batch_axis_out', 'kernel',
      lambda: _request(_serial({'layer': 'Flatten', 'args': {'batch_axis_out': 3}}, _DENSE4), x1=np.ones((2, 5, 3))),
      INVALID, ['Flatten', 'batch_axis_out']),
-    ('unimplemented_nested_layer', 'kernel',
-     lambda: _request(_serial(_DENSE4, {'layer': 'Relu'}, {'layer': 'Aggregate'}, _DENSE4)),
-     UNIMPLEMENTED, ['architecture.layers[2]', 'Aggregate']),
-    ('aggregate_pattern', 'kernel', lambda: _request(pattern1=tensors.to_tensor(np.ones((4, 1, 1)))),
-     UNIMPLEMENTED, ['pattern']),
+    ('aggregate_to_dense_expression', 'kernel',
+     lambda: _request(_serial(_DENSE4, {'layer': 'Relu'}, {'layer': 'Aggregate', 'args': {'to_dense': '2 * p'}},
+                              _DENSE4)),
+     UNIMPLEMENTED, ['architecture.layers[2]', 'Aggregate', 'to_dense']),
+    ('aggregate_pattern_batch', 'kernel', lambda: _request(pattern1=tensors.to_tensor(np.ones((3, 1, 1)))),
+     INVALID, ['pattern1', 'one leading entry per sample of x1 (4)']),
+    ('aggregate_pattern2_without_x2', 'kernel',
+     lambda: _request(pattern1=tensors.to_tensor(np.ones((4, 1, 1))), pattern2=tensors.to_tensor(np.zeros((4, 1, 1)))),
+     INVALID, ['pattern2', 'differs from pattern1 without x2']),
+    ('aggregate_pattern_shape', 'kernel',
+     lambda: _request(_serial({'layer': 'Conv', 'args': {'out_chan': 4, 'filter_shape': [3]}},
+                              {'layer': 'Aggregate'}), x1=np.ones((2, 5, 3)),
+                      pattern1=tensors.to_tensor(np.ones((2, 4, 4)))),
+     INVALID, ['Aggregate', 'pattern1', '(batch, 3, 3)', '(batch, 4, 4)']),
+    ('dot_general_channel_contracted', 'kernel',
+     lambda: _request(_serial(_DENSE4, {'layer': 'DotGeneral', 'args': {
+         'rhs': {'shape': [4], 'data': [1, 2, 3, 4]}, 'dimension_numbers': [[[1], [0]], [[], []]]}})),
+     INVALID, ['DotGeneral', 'channel axis']),
     ('monomial_negative_degree', 'kernel', lambda: _after_dense({'layer': 'Monomial', 'args': {'degree': -1}}),
      INVALID, ['layers[1] (Monomial)', 'degree', '-1']),
     ('hermite_negative_degree', 'kernel', lambda: _after_dense({'layer': 'Hermite', 'args': {'degree': -2}}),
@@ -269,9 +283,10 @@ CATALOGUE = [
      ['x1_shape', 'positive', '(3, -1)']),
     ('describe_zero_dim_x2', 'describe', lambda: _describe(x2_shape=[0, 3]), INVALID,
      ['x2_shape', 'positive']),
-    ('describe_unimplemented_layer', 'describe',
-     lambda: _describe(_serial(_DENSE4, {'layer': 'DotGeneral'}), x1_shape=(2, 5, 3)),
-     UNIMPLEMENTED, ['architecture.layers[1]', 'DotGeneral']),
+    ('describe_batch_contraction', 'describe',
+     lambda: _describe(_serial(_DENSE4, {'layer': 'DotGeneral', 'args': {
+         'rhs': {'shape': [2], 'data': [1, 2]}, 'dimension_numbers': [[[0], [0]], [[], []]]}}), x1_shape=(2, 5, 3)),
+     UNIMPLEMENTED, ['DotGeneral', 'batch axis', 'diagonal_batch=False']),
     ('layernorm_without_channel_axis', 'kernel',
      lambda: _request(_serial(_DENSE4, {'layer': 'LayerNorm', 'args': {'axis': [0]}})), INVALID,
      ['LayerNorm', 'axis', 'channel axis']),
@@ -319,14 +334,15 @@ class BadRequestsTest(server_fixture.ServerTestCase):
     self.assertEqual(len(requests), len(CATALOGUE), 'two catalogue entries send the same request')
 
   # Through ntclient: same errors, raised as grpc.RpcError from kernel_fn / describe.
-  def test_ntclient_unimplemented_layer(self):
-    _, _, kernel_fn = stax.serial(stax.Dense(4), stax.Aggregate(), stax.Dense(1))
+  def test_ntclient_unimplemented_mode(self):
+    _, _, kernel_fn = stax.serial(stax.Dense(4), stax.DotGeneral(rhs=np.ones(2),
+                                                                 dimension_numbers=(((0,), (0,)), ((), ()))))
     with self.assertRaises(grpc.RpcError) as cm:
       kernel_fn(np.ones((2, 5, 3)), None, 'nngp', connection=self.conn, timeout=30)
-    _check_error(self, cm.exception, UNIMPLEMENTED, ['Aggregate'])
+    _check_error(self, cm.exception, UNIMPLEMENTED, ['DotGeneral', 'batch axis'])
     with self.assertRaises(grpc.RpcError) as cm:
       kernel_fn.describe((2, 5, 3), connection=self.conn, timeout=30)
-    _check_error(self, cm.exception, UNIMPLEMENTED, ['Aggregate'])
+    _check_error(self, cm.exception, UNIMPLEMENTED, ['DotGeneral', 'batch axis'])
 
   def test_ntclient_bad_inputs(self):
     _, _, kernel_fn = stax.serial(stax.Dense(4), stax.Erf())

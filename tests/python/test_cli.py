@@ -158,12 +158,14 @@ class CliTest(server_fixture.ServerTestCase):
     self.assertEqual(proc.returncode, 1, proc.stderr)
     self.assertIn('INVALID_ARGUMENT', proc.stderr)
     self.assertIn("'bogus'", proc.stderr)
-    # Unimplemented layer.
-    proc = self.nt('kernel', '--arch', os.path.join(server_fixture.GOLDEN_DIR, 'conv1d_attention_softmax.json'),
-                   '--x1', self.path('x1.npy'))
+    # Unimplemented layer argument (Aggregate's to_dense other than the identity).
+    with open(self.path('to_dense.json'), 'w') as f:
+      json.dump({'layer': 'serial', 'layers': [{'layer': 'Dense', 'args': {'out_dim': 4}},
+                                               {'layer': 'Aggregate', 'args': {'to_dense': '2 * p'}}]}, f)
+    proc = self.nt('kernel', '--arch', self.path('to_dense.json'), '--x1', self.path('x1.npy'))
     self.assertEqual(proc.returncode, 1, proc.stderr)
     self.assertIn('UNIMPLEMENTED', proc.stderr)
-    self.assertIn('GlobalSelfAttention', proc.stderr)
+    self.assertIn('to_dense', proc.stderr)
     # NaN input.
     x = _array(case['inputs']['x1'])
     x[0, 0] = np.nan

@@ -56,7 +56,9 @@ def fill_tensor(tensor, array, dtype=DType.FLOAT64):
   In place because copying a finished Tensor into a request (CopyFrom) copies its bytes again, which
   costs seconds for inputs of hundreds of MB.
   """
-  a = np.ascontiguousarray(np.asarray(array), dtype=numpy_dtype(dtype))
+  a = np.asarray(array, dtype=numpy_dtype(dtype))
+  if not a.flags.c_contiguous:
+    a = np.ascontiguousarray(a)  # Never on 0-d arrays, which it would make 1-d.
   tensor.shape[:] = a.shape
   tensor.dtype = dtype
   tensor.data = a.tobytes()
