@@ -26,6 +26,17 @@ MaskFlow NoMasks(const ArrayFlow& x) {
   return m;
 }
 
+// Upstream's combinators split apply_fn's rng into one key per sub-layer.
+std::vector<RngKey> SplitRng(const ApplyContext& ctx, size_t n) {
+  return ctx.rng ? ctx.rng->Split(static_cast<int>(n)) : std::vector<RngKey>{};
+}
+
+ApplyContext ChildContext(const ApplyContext& ctx, const std::vector<RngKey>& keys, size_t i) {
+  ApplyContext child = ctx;
+  if (ctx.rng) child.rng = keys[i];
+  return child;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------
@@ -84,9 +95,10 @@ absl::StatusOr<Layer::Masked> SerialLayer::ApplyMasked(const Params& params, con
     return LayerError(name(), "params",
                       absl::StrCat("expected ", layers_.size(), " entries, got ", params.children.size()));
   }
+  const std::vector<RngKey> keys = SplitRng(ctx, layers_.size());
   Masked y{x, masks};
   for (size_t i = 0; i < layers_.size(); ++i) {
-    auto next = layers_[i]->ApplyMasked(params.children[i], y.values, y.masks, ctx);
+    auto next = layers_[i]->ApplyMasked(params.children[i], y.values, y.masks, ChildContext(ctx, keys, i));
     if (!next.ok()) return AtChild(next.status(), absl::StrCat("layers[", i, "]"));
     y = *std::move(next);
   }
@@ -165,11 +177,12 @@ absl::StatusOr<Layer::Masked> ParallelLayer::ApplyMasked(const Params& params, c
   if (params.children.size() != layers_.size()) {
     return LayerError(name(), "params", "wrong number of entries");
   }
+  const std::vector<RngKey> keys = SplitRng(ctx, layers_.size());
   std::vector<Array> out;
   std::vector<std::optional<Array>> out_masks;
   for (size_t i = 0; i < layers_.size(); ++i) {
     auto y = layers_[i]->ApplyMasked(params.children[i], ArrayFlow::Single(x.items[i]),
-                                     MaskFlow::Single(masks.items[i]), ctx);
+                                     MaskFlow::Single(masks.items[i]), ChildContext(ctx, keys, i));
     if (!y.ok()) return AtChild(y.status(), absl::StrCat("layers[", i, "]"));
     if (y->values.is_list) {
       return LayerUnimplemented(
@@ -240,9 +253,10 @@ absl::StatusOr<Layer::Masked> RepeatLayer::ApplyMasked(const Params& params, con
   if (params.children.size() != static_cast<size_t>(n_)) {
     return LayerError(name(), "params", "wrong number of entries");
   }
+  const std::vector<RngKey> keys = SplitRng(ctx, n_);
   Masked y{x, masks};
   for (int i = 0; i < n_; ++i) {
-    auto next = layer_->ApplyMasked(params.children[i], y.values, y.masks, ctx);
+    auto next = layer_->ApplyMasked(params.children[i], y.values, y.masks, ChildContext(ctx, keys, i));
     if (!next.ok()) return AtChild(next.status(), "layer");
     y = *std::move(next);
   }

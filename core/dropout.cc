@@ -51,9 +51,20 @@ absl::StatusOr<ShapeFlow> DropoutLayer::OutputShape(const ShapeFlow& in) const {
 absl::StatusOr<ArrayFlow> DropoutLayer::Apply(const Params&, const ArrayFlow& x) const {
   if (absl::Status st = ExpectSingle(name(), x.is_list, x.items.size()); !st.ok()) return st;
   if (!o_.train) return x;
-  return LayerUnimplemented(name(),
-                            "apply_fn in mode 'train' needs a random key, which this apply_fn does not "
-                            "take yet; use mode 'test' for the deterministic network");
+  return LayerError(name(), "rng", "apply_fn in mode 'train' needs a random key (rng)");
+}
+
+absl::StatusOr<Layer::Masked> DropoutLayer::ApplyMasked(const Params& params, const ArrayFlow& x,
+                                                        const MaskFlow& masks,
+                                                        const ApplyContext& ctx) const {
+  if (!o_.train || !ctx.rng) return Layer::ApplyMasked(params, x, masks);
+  if (absl::Status st = ExpectSingle(name(), x.is_list, x.items.size()); !st.ok()) return st;
+  Array y = x.single();
+  if (!masks.items.empty() && masks.items[0]) ZeroWhereMasked(*masks.items[0], &y);
+  const Array u = ctx.rng->Uniform(y.shape());
+  const Real scale = static_cast<Real>(1.0 / o_.rate);
+  for (int64_t i = 0; i < y.size(); ++i) y[i] = u[i] < o_.rate ? y[i] * scale : Real(0);
+  return Masked{ArrayFlow::Single(std::move(y)), masks};
 }
 
 absl::Status DropoutLayer::TransformKernel(KernelFlow* kf, const KernelContext&) const {

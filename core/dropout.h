@@ -22,8 +22,12 @@ class DropoutLayer : public Layer {
   std::string name() const override { return "Dropout"; }
   Requirements requirements() const override;
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
-  // Test mode: the identity. Train mode needs an rng, which apply_fn does not take yet: refused.
+  // Test mode: the identity. Train mode needs apply_fn's rng (ApplyMasked with a context).
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  // Train mode: keep each entry with probability `rate` (drawn from ctx.rng) and scale it by 1 / rate.
+  using Layer::ApplyMasked;
+  absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,
+                                     const ApplyContext& ctx) const override;
 
  protected:
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;

@@ -64,6 +64,8 @@ struct KernelContext {
 // Per-call keyword arguments of apply_fn threaded through every layer.
 struct ApplyContext {
   const Array* pattern = nullptr;  // Aggregate's pattern (null: None).
+  // Dropout's random key (upstream's rng); combinators split it among their sub-layers as upstream does.
+  std::optional<RngKey> rng;
 };
 
 class Layer {

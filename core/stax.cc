@@ -94,7 +94,7 @@ absl::StatusOr<std::pair<Shape, Params>> Net::init_fn(const RngKey& key, const S
 }
 
 absl::StatusOr<Array> Net::apply_fn(const Params& params, const Array& x, std::optional<double> mask_constant,
-                                    const Array* pattern) const {
+                                    const ApplyContext& kwargs) const {
   std::optional<Array> mask;
   if (mask_constant) {
     mask = Array(x.shape(), 0.0);
@@ -103,9 +103,7 @@ absl::StatusOr<Array> Net::apply_fn(const Params& params, const Array& x, std::o
       (*mask)[i] = masked ? 1.0 : 0.0;
     }
   }
-  ApplyContext ctx;
-  ctx.pattern = pattern;
-  auto y = layer_->ApplyMasked(params, ArrayFlow::Single(x), MaskFlow::Single(std::move(mask)), ctx);
+  auto y = layer_->ApplyMasked(params, ArrayFlow::Single(x), MaskFlow::Single(std::move(mask)), kwargs);
   if (!y.ok()) return y.status();
   if (y->values.is_list) return absl::UnimplementedError("networks with several outputs: use the Layer API");
   Array out = std::move(y->values.single());

@@ -35,10 +35,10 @@ class Net {
   // apply_fn(params, x, mask_constant=None). With a mask constant, entries equal to it (NaN: NaN entries)
   // are masked as upstream's supports_masking does, and masked outputs are returned as zeros (its
   // unmask_fn).
-  // `pattern`: Aggregate's pattern (upstream's apply_fn(..., pattern=...)).
+  // `kwargs`: upstream's other keyword arguments (Aggregate's pattern, Dropout's rng).
   absl::StatusOr<Array> apply_fn(const Params& params, const Array& x,
                                  std::optional<double> mask_constant = std::nullopt,
-                                 const Array* pattern = nullptr) const;
+                                 const ApplyContext& kwargs = {}) const;
   // kernel_fn(x1, x2=None, get=...); `options.get` is replaced by `get` when that is not empty.
   absl::StatusOr<KernelResult> kernel_fn(const Array& x1, const Array* x2 = nullptr,
                                          std::vector<std::string> get = {}, KernelOptions options = {}) const;

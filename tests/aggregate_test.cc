@@ -88,8 +88,8 @@ TEST(AggregateKernelTest, SparseEdgeListsEqualDenseCounts) {
     ExpectArraysNear(Get(*kd, name), Get(*ks, name), 1e-13, name);
   auto init = d.init_fn(RngKey(3), x1.shape());
   ASSERT_TRUE(init.ok()) << init.status();
-  auto yd = d.apply_fn(init->second, x1, std::nullopt, dense.get());
-  auto ys = s.apply_fn(init->second, x1, std::nullopt, sparse.get());
+  auto yd = d.apply_fn(init->second, x1, std::nullopt, ApplyContext{dense.get()});
+  auto ys = s.apply_fn(init->second, x1, std::nullopt, ApplyContext{sparse.get()});
   ASSERT_TRUE(yd.ok() && ys.ok()) << yd.status() << ys.status();
   ExpectArraysNear(*yd, *ys, 1e-14, "apply_fn");
 }

@@ -136,9 +136,11 @@ McEstimate MonteCarloNngp(const stax::Net& net, const Array& x1, const Array& x2
   for (int s = 0; s < samples; ++s) {
     auto init = net.init_fn(keys[s], x1.shape());
     EXPECT_TRUE(init.ok()) << init.status();
-    auto f1 = net.apply_fn(init->second, x1, options.mask_constant, options.pattern1.get());
+    // One dropout key per network, the same for x1 and x2 (a sample meets the same mask on both sides).
+    const RngKey dropout_key = keys[s].FoldIn(1);
+    auto f1 = net.apply_fn(init->second, x1, options.mask_constant, {options.pattern1.get(), dropout_key});
     auto f2 = net.apply_fn(init->second, x2, options.mask_constant,
-                           options.pattern2 ? options.pattern2.get() : options.pattern1.get());
+                           {options.pattern2 ? options.pattern2.get() : options.pattern1.get(), dropout_key});
     EXPECT_TRUE(f1.ok() && f2.ok());
     const Array e = EmpiricalNngp(*f1, *f2);  // f1 f2^T / width.
     if (s == 0) {

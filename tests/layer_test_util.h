@@ -54,7 +54,8 @@ struct McEstimate {
 // Mean and standard error of the empirical NNGP of the outputs (batch axis 0, channel axis -1; full
 // zipped layout of their spatial axes) of `samples` networks initialised with the keys
 // RngKey(seed).Split(samples): what the analytic NNGP should match within a few standard errors. The
-// networks see the options' mask_constant and Aggregate patterns (pattern1 for x1, pattern2 for x2).
+// networks see the options' mask_constant and Aggregate patterns (pattern1 for x1, pattern2 for x2), and
+// a Dropout key per network.
 McEstimate MonteCarloNngp(const stax::Net& net, const Array& x1, const Array& x2, int samples, uint64_t seed,
                           const KernelOptions& options = {});
 

@@ -23,8 +23,10 @@ McEstimate MonteCarloNngp(const Net& net, const Array& x1, const Array& x2, int 
   for (int s = 0; s < samples; ++s) {
     auto init = net.init_fn(keys[s], x1.shape());
     EXPECT_TRUE(init.ok()) << init.status();
-    auto f1 = net.apply_fn(init->second, x1, mask_constant);
-    auto f2 = net.apply_fn(init->second, x2, mask_constant);
+    // One dropout key per network, the same for x1 and x2 (a sample meets the same mask on both sides).
+    const ApplyContext kwargs{nullptr, keys[s].FoldIn(1)};
+    auto f1 = net.apply_fn(init->second, x1, mask_constant, kwargs);
+    auto f2 = net.apply_fn(init->second, x2, mask_constant, kwargs);
     EXPECT_TRUE(f1.ok() && f2.ok());
     const int64_t w = f1->dim(1);
     for (int64_t i = 0; i < n1; ++i) {
@@ -68,6 +70,10 @@ std::vector<McCase> Cases() {
                           FanInSum(), Relu(), Dense(w))},
       {"LayerNorm", serial(Dense(w, 1.2, 0.1), LayerNorm(), Relu(), Dense(w, 1.0, 0.1))},
       // Independent branches multiplied; a Dense makes the product Gaussian again before the readout.
+      // Channels of two branches side by side, weighted by their widths.
+      {"FanInConcat",
+       serial(FanOut(2), parallel(serial(Dense(w, 1.2, 0.2), Relu()), serial(Dense(w / 2), Erf())),
+              FanInConcat(), Dense(w, 1.1, 0.1))},
       {"FanInProd",
        serial(FanOut(2), parallel(serial(Dense(w, 1.2, 0.2), Erf()), serial(Dense(w, 1.0), Relu())),
               FanInProd(), Dense(w, 1.1, 0.1))},
@@ -162,6 +168,48 @@ TEST(MonteCarloMaskingTest, MaskedInputsMatchFiniteNetworks) {
       ExpectAgrees(mc, k, e, "masked");
     }
   }
+}
+
+// Dropout in train mode: a sample meets the same mask against itself (its variance scales by 1 / rate),
+// independent masks against other samples (unchanged).
+TEST(MonteCarloDropoutTest, TrainModeMatchesFiniteNetworksWithMasks) {
+  const Array x = RngKey(6).Normal({4, 5});
+  const int w = 1024;
+  Net net = serial(Dense(w, 1.2, 0.1), Relu(), Dropout(0.6), Dense(w, 1.0, 0.1));
+  auto analytic = net.kernel_fn(x, nullptr, {"nngp"});
+  ASSERT_TRUE(analytic.ok()) << analytic.status();
+  const Array& k = *analytic->Find("nngp");
+  auto test_mode = serial(Dense(w, 1.2, 0.1), Relu(), Dropout(0.6, "test"), Dense(w, 1.0, 0.1)).kernel_fn(x);
+  ASSERT_TRUE(test_mode.ok()) << test_mode.status();
+  const McEstimate mc = MonteCarloNngp(net, x, x, 48);
+  for (int64_t e = 0; e < k.size(); ++e) {
+    ExpectAgrees(mc, k, e, "Dropout");
+    const double test_k = (*test_mode->Find("nngp"))[e];
+    if (e / 4 != e % 4) {
+      EXPECT_NEAR(k[e], test_k, 1e-12);  // Other samples: unchanged.
+    } else {
+      EXPECT_GT(k[e], test_k * 1.2);  // A sample with itself: its dropped-out variance grows.
+    }
+  }
+}
+
+TEST(DropoutApplyTest, TrainModeKeepsRateOfEntriesScaledAndNeedsAKey) {
+  const Net drop = Dropout(0.3);
+  const Array x(Shape{200, 100}, 2.0);
+  auto y = drop.apply_fn(Params{}, x, std::nullopt, ApplyContext{nullptr, RngKey(3)});
+  ASSERT_TRUE(y.ok()) << y.status();
+  double kept = 0;
+  for (Real v : y->vec()) {
+    EXPECT_TRUE(v == 0.0 || std::abs(v - 2.0 / 0.3) < 1e-12) << v;
+    kept += v != 0.0;
+  }
+  EXPECT_NEAR(kept / x.size(), 0.3, 0.01);
+  auto again = drop.apply_fn(Params{}, x, std::nullopt, ApplyContext{nullptr, RngKey(3)});
+  EXPECT_EQ(again->vec(), y->vec());  // The same key, the same mask.
+  EXPECT_EQ(drop.apply_fn(Params{}, x).status().code(), absl::StatusCode::kInvalidArgument);
+  auto test = Dropout(0.3, "test").apply_fn(Params{}, x);
+  ASSERT_TRUE(test.ok());
+  EXPECT_EQ(test->vec(), x.vec());
 }
 
 TEST(RngTest, SameKeySameParametersOnEveryCall) {
