@@ -7,9 +7,8 @@
 #include "Eigen/Cholesky"
 #include "Eigen/Core"
 #include "absl/strings/str_cat.h"
+#include "core/position_map.h"
 #include "core/spatial.h"
-#include "tbb/blocked_range.h"
-#include "tbb/parallel_for.h"
 
 namespace NT_CORE_NS {
 
@@ -506,11 +505,7 @@ absl::Status GlobalSelfAttentionLayer::TransformKernel(KernelFlow* kf, const Ker
   // Entry e of a zipped block (s1, s1', s2, s2', ...) is entry unzip[e] of the P x P matrix.
   const auto offsets = PairOffsetsFor(Shape(sizes), false);
   std::vector<int64_t> unzip(inner);
-  bool trivial = true;
-  for (int64_t e = 0; e < inner; ++e) {
-    unzip[e] = offsets->left[e] * p + offsets->right[e];
-    trivial = trivial && unzip[e] == e;
-  }
+  for (int64_t e = 0; e < inner; ++e) unzip[e] = offsets->left[e] * p + offsets->right[e];
 
   // Positional embeddings: covariance R and its weight against the input covariances.
   const bool has_pe = o_.pos_emb_type != PositionalEmbedding::kNone;
@@ -639,116 +634,84 @@ absl::Status GlobalSelfAttentionLayer::TransformKernel(KernelFlow* kf, const Ker
   // (a) Linear scaling: the logits concentrate at QK times the (interpolated) covariances, so the
   // attention matrices are deterministic per sample: A[n; q, k] = phi(QK Chat[n, n; q, k]).
   const Real qk = static_cast<Real>(o_.W_query_std * o_.W_key_std);
-  auto attention = [&](Array& cov, const Array* key_mask, const Array* rm) {
+  auto attention = [&](const Array& cov, const Array* key_mask, const Array* rm) {
     const int64_t rows = cov.dim(0);
-    std::vector<Real> a(rows * inner), lam(inner);
+    std::vector<PositionMatrix> a(rows, PositionMatrix(p, p));
+    std::vector<Real> lam(inner);
     for (int64_t i = 0; i < rows; ++i) {
-      const Real* blk = cov_block(cov, i, i);  // The batch diagonal.
+      const Real* blk = cov.data() + (cb == 2 ? i * rows + i : i) * inner;  // The batch diagonal.
       if (has_pe) {
         interp(blk, 0, row_of(rm, i), row_of(rm, i), lam.data());
         blk = lam.data();
       }
-      Real* ai = a.data() + i * inner;
+      Real* ai = a[i].data();
       for (int64_t e = 0; e < inner; ++e) ai[unzip[e]] = blk[e];
       if (key_mask) {
         const Real fill = mech == AttentionMechanism::kSoftmax ? Real(kNegInf) : Real(0);
         const Real* km = key_mask->data() + i * p;
-        for (int64_t q = 0; q < p; ++q) {
-          for (int64_t kk = 0; kk < p; ++kk) {
-            if (km[kk] != 0) ai[q * p + kk] = fill;
-          }
+        for (int64_t kk = 0; kk < p; ++kk) {
+          if (km[kk] != 0) a[i].col(kk).setConstant(fill);
         }
       }
-      for (int64_t e = 0; e < inner; ++e) ai[e] *= qk;
+      a[i] *= qk;
       ApplyMechanism(mech, p, p, ai);
     }
     return a;
   };
-  const std::vector<Real> a1 = attention(k.cov1, km1 ? &*km1 : nullptr, rm1);
-  std::vector<Real> a2_own;
-  if (k.cov2) a2_own = attention(*k.cov2, km2 ? &*km2 : nullptr, rm2);
-  const std::vector<Real>& a2 = k.cov2 ? a2_own : a1;
-
-  const double ov2 = std::pow(o_.W_out_std * o_.W_value_std, 2);
-  // dst (zipped) = scale (A_l M A_r^T) + shift for M given zipped in src; u, t: P x P scratch.
-  auto weigh = [&](const Real* src, const Real* al, const Real* ar, double scale, double shift, Real* dst,
-                   RowMat& u, RowMat& t) {
-    if (trivial) {
-      t.noalias() = ConstMatMap(al, p, p) * ConstMatMap(src, p, p);
-    } else {
-      for (int64_t e = 0; e < inner; ++e) u.data()[unzip[e]] = src[e];
-      t.noalias() = ConstMatMap(al, p, p) * u;
-    }
-    u.noalias() = t * ConstMatMap(ar, p, p).transpose();
-    for (int64_t e = 0; e < inner; ++e) dst[e] = static_cast<Real>(scale * u.data()[unzip[e]] + shift);
+  const std::vector<PositionMatrix> a1 = attention(k.cov1, km1 ? &*km1 : nullptr, rm1);
+  const std::vector<PositionMatrix> a2 =
+      k.cov2 ? attention(*k.cov2, km2 ? &*km2 : nullptr, rm2) : std::vector<PositionMatrix>();
+  const PositionMatrixFn left = [&a1](int64_t i) -> const PositionMatrix& { return a1[i]; };
+  const PositionMatrixFn right = [&a1, &a2](int64_t i) -> const PositionMatrix& {
+    return a2.empty() ? a1[i] : a2[i];
   };
 
-  // nngp and ntk, in parallel over sample pairs.
+  // Value-side tensors: with val_pos_emb the interpolated ones (src null: the constant src0 everywhere).
   const bool val = o_.val_pos_emb && has_pe;
-  Array nngp = Array::Uninitialized(k.nngp.shape());
-  std::optional<Array> ntk;
-  if (k.ntk) ntk = Array::Uninitialized(k.nngp.shape());
-  const bool scalar_ntk = k.ntk && k.ntk->rank() == 0;
-  const Real ntk0 = scalar_ntk ? (*k.ntk)[0] : Real(0);
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n1 * n2), [&](const tbb::blocked_range<int64_t>& range) {
-    RowMat u(p, p), t(p, p);
-    std::vector<Real> v12(inner), u12(inner);
-    for (int64_t r = range.begin(); r < range.end(); ++r) {
-      const int64_t i = r / n2, j = r % n2;
-      const Real* al = a1.data() + i * inner;
-      const Real* ar = a2.data() + j * inner;
-      const Real* nb = k.nngp.data() + r * inner;
-      const Real* v = nb;
-      if (val) {
-        interp(nb, 0, row_of(rm1, i), row_of(rm2, j), v12.data());
-        v = v12.data();
-      }
-      Real* out = nngp.data() + r * inner;
-      weigh(v, al, ar, ov2, b2, out, u, t);
-      if (!ntk) continue;
-      Real* nt = ntk->data() + r * inner;
-      if (scalar_ntk && !val) {
-        // Upstream weighs only array NTKs: the rank-0 input value passes through (ntk = 2 nngp - b^2
-        // for the zero it always is).
-        for (int64_t e = 0; e < inner; ++e) nt[e] = static_cast<Real>(ov2 * ntk0 + 2 * (out[e] - b2) + b2);
-        continue;
-      }
-      // ntk' = OV^2 W(U12 + 2 V12) + b^2 (the weighting is linear).
-      const Real* tb = scalar_ntk ? nullptr : k.ntk->data() + r * inner;
-      if (val) {
-        interp(tb, ntk0, row_of(rm1, i), row_of(rm2, j), u12.data());
-      } else {
-        std::copy(tb, tb + inner, u12.data());
-      }
-      for (int64_t e = 0; e < inner; ++e) u12[e] += 2 * v[e];
-      weigh(u12.data(), al, ar, ov2, b2, nt, u, t);
+  auto values = [&](const Array* src, Real src0, const Shape& shape, int lead, const Array* ml,
+                    const Array* mr) {
+    Array out = Array::Uninitialized(shape);
+    const int64_t cols = lead == 2 ? shape[1] : 1;
+    for (int64_t r = 0; r < out.size() / inner; ++r) {
+      const int64_t i = r / cols, j = lead == 2 ? r % cols : i;
+      interp(src ? src->data() + r * inner : nullptr, src0, row_of(ml, i), row_of(mr, j),
+             out.data() + r * inner);
     }
-  });
-
-  // Covariances: cov[i, j] weighed with the attention of samples i and j of the same batch.
-  auto covariance = [&](Array& cov, const std::vector<Real>& a, const Array* rm) {
-    const int64_t rows = cov.dim(0), cols = cb == 2 ? cov.dim(1) : 1;
-    Array out = Array::Uninitialized(cov.shape());
-    tbb::parallel_for(
-        tbb::blocked_range<int64_t>(0, rows * cols), [&](const tbb::blocked_range<int64_t>& range) {
-          RowMat u(p, p), t(p, p);
-          std::vector<Real> m(inner);
-          for (int64_t r = range.begin(); r < range.end(); ++r) {
-            const int64_t i = r / cols, j = cb == 2 ? r % cols : i;
-            const Real* src = cov.data() + r * inner;
-            if (val) {
-              interp(src, 0, row_of(rm, i), row_of(rm, j), m.data());
-              src = m.data();
-            }
-            weigh(src, a.data() + i * inner, a.data() + j * inner, ov2, b2, out.data() + r * inner, u, t);
-          }
-        });
-    cov = std::move(out);
+    return out;
   };
-  covariance(k.cov1, a1, rm1);
-  if (k.cov2) covariance(*k.cov2, a2, rm2);
+  // OV^2 W(m) + b^2, where W(m)[n1, n2] = A[n1] m[n1, n2] A[n2]^T.
+  const double ov2 = std::pow(o_.W_out_std * o_.W_value_std, 2);
+  std::vector<int> axes(sizes.size());
+  for (size_t d = 0; d < axes.size(); ++d) axes[d] = static_cast<int>(d);
+  auto weigh = [&](const Array& m, int lead, const PositionMatrixFn& l, const PositionMatrixFn& r) {
+    Array out = MapPositionPairs(m, lead, Shape(sizes), axes, Shape(sizes), l, r);
+    for (Real& v : out.vec()) v = static_cast<Real>(ov2 * v + b2);
+    return out;
+  };
+
+  const Array v12 = val ? values(&k.nngp, 0, k.nngp.shape(), 2, rm1, rm2) : k.nngp;
+  Array nngp = weigh(v12, 2, left, right);
+  if (k.ntk) {
+    const bool scalar_ntk = k.ntk->rank() == 0;
+    const Real ntk0 = scalar_ntk ? (*k.ntk)[0] : Real(0);
+    if (scalar_ntk && !val) {
+      // Upstream weighs only array NTKs: the rank-0 input value passes through (ntk = 2 nngp - b^2 for
+      // the zero it always is).
+      Array ntk = nngp;
+      for (Real& v : ntk.vec()) v = static_cast<Real>(ov2 * ntk0 + 2 * (v - b2) + b2);
+      k.ntk = std::move(ntk);
+    } else {
+      // ntk' = OV^2 W(U12 + 2 V12) + b^2 (the weighting is linear).
+      Array u12 = val ? values(scalar_ntk ? nullptr : &*k.ntk, ntk0, k.nngp.shape(), 2, rm1, rm2) : *k.ntk;
+      for (int64_t e = 0; e < u12.size(); ++e) u12[e] += 2 * v12[e];
+      k.ntk = weigh(u12, 2, left, right);
+    }
+  }
   k.nngp = std::move(nngp);
-  if (ntk) k.ntk = std::move(ntk);
+  // Covariances: cov[i, j] weighed with the attention of samples i and j of the same batch.
+  k.cov1 = weigh(val ? values(&k.cov1, 0, k.cov1.shape(), cb, rm1, rm1) : k.cov1, cb, left, left);
+  if (k.cov2)
+    k.cov2 = weigh(val ? values(&*k.cov2, 0, k.cov2->shape(), cb, rm2, rm2) : *k.cov2, cb, right, right);
   k.is_gaussian = true;
   return absl::OkStatus();
 }

@@ -105,9 +105,12 @@ Array InputNngp(const CanonicalInput& a, int64_t r0, int64_t r1, const Canonical
   const int64_t r = r1 - r0, c = c1 - c0, p = a.p(), ch = a.c();
   const Real inv = 1.0 / static_cast<Real>(ch);
   if (p == 1 || diagonal_spatial) {
-    // One (r x C) x (C x c) product per position.
+    // One (r x C) x (C x c) product per position (one position: the full layout has the same entries).
     Shape shape{r, c};
-    shape.insert(shape.end(), a.spatial.begin(), a.spatial.end());
+    for (int64_t d : a.spatial) {
+      shape.push_back(d);
+      if (!diagonal_spatial) shape.push_back(d);
+    }
     Array out = Array::Uninitialized(shape);
     RowMat tmp(r, c);
     for (int64_t q = 0; q < p; ++q) {

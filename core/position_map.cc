@@ -2,6 +2,9 @@
 
 #include <algorithm>
 
+#include "tbb/blocked_range.h"
+#include "tbb/parallel_for.h"
+
 namespace NT_CORE_NS {
 namespace {
 
@@ -53,20 +56,22 @@ Array MapPositionPairs(const Array& t, int lead, const Shape& sizes, const std::
   for (int64_t d : out_sizes) mid.push_back(d);
   for (int64_t d : out_sizes) mid.push_back(d);
   Array out = Array::Uninitialized(mid);
-  RowMat tmp(v_in, v_out);
-  for (int64_t i = 0; i < n1; ++i) {
-    const RowMat& l = left(i);
-    for (int64_t j = 0; j < n2; ++j) {
+  // In parallel over sample pairs (a tile's pairs, or all of them in a whole-batch evaluation).
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n1 * n2), [&](const tbb::blocked_range<int64_t>& range) {
+    RowMat tmp(v_out, v_in);
+    for (int64_t pair = range.begin(); pair < range.end(); ++pair) {
+      const int64_t i = pair / n2, j = pair % n2;
+      const RowMat& l = left(i);
       const RowMat& r = right(lead == 2 ? j : i);
       for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t block = (i * n2 + j) * blocks + b;
+        const int64_t block = pair * blocks + b;
         Eigen::Map<const RowMat> x(tp.data() + block * v_in * v_in, v_in, v_in);
         Eigen::Map<RowMat> y(out.data() + block * v_out * v_out, v_out, v_out);
-        tmp.noalias() = x * r.transpose();
-        y.noalias() = l * tmp;
+        tmp.noalias() = l * x;
+        y.noalias() = tmp * r.transpose();
       }
     }
-  }
+  });
 
   // Back to interleaved pairs in output-axis order.
   const int k_out = static_cast<int>(out_sizes.size());

@@ -40,6 +40,19 @@ TEST(KernelFnTest, DenseMatchesClosedForm) {
   EXPECT_EQ(k->Find("cov2")->shape(), (Shape{3}));
 }
 
+// One spatial position: the full layout still has a pair of axes per spatial axis, as layers expect.
+TEST(KernelFnTest, SinglePositionFullLayoutHasAxisPairs) {
+  const Array x = RngKey(3).Normal({3, 1, 1, 2});
+  for (bool diagonal : {false, true}) {
+    KernelOptions o;
+    o.diagonal_spatial = diagonal;
+    auto k = serial(Dense(4), Relu()).kernel_fn(x, nullptr, {"nngp", "cov1"}, o);
+    ASSERT_TRUE(k.ok()) << k.status();
+    EXPECT_EQ(ShapeToString(k->Find("nngp")->shape()), diagonal ? "(3, 3, 1, 1)" : "(3, 3, 1, 1, 1, 1)");
+    EXPECT_EQ(ShapeToString(k->Find("cov1")->shape()), diagonal ? "(3, 1, 1)" : "(3, 1, 1, 1, 1)");
+  }
+}
+
 TEST(KernelFnTest, TileSizesAgreeAndMirrorTilesAreSymmetric) {
   const Array x = Normal({37, 9}, 3);
   auto net = serial(Dense(8, 1.3, 0.2), Relu(), Dense(8, 1.1), Erf(), Dense(1));
