@@ -494,6 +494,7 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
       2.0 * double((*inputs)[0].c()) * double(plan.diagonal_spatial ? p_in : p_in * p_in);
   plan.num_layers = net.NumLayers();
   plan.input_elements = x1.size() + (x2 ? x2->size() : 0);
+  for (const auto& p : {options.pattern1, options.pattern2}) plan.input_elements += p ? p->size() : 0;
   SizePlan(options, concurrency, &plan);
   return plan;
 }
