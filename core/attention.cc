@@ -199,10 +199,7 @@ absl::StatusOr<MaskFlow> GlobalSelfAttentionLayer::MaskFn(const MaskFlow& masks,
   return AllOverChannels(name(), o_.channel_axis, masks);
 }
 
-absl::StatusOr<Params> GlobalSelfAttentionLayer::Init(const RngKey& key, const ShapeFlow& in) const {
-  auto out = OutputShape(in);
-  if (!out.ok()) return out.status();
-  const Shape& s = in.single();
+std::vector<std::pair<int, Shape>> GlobalSelfAttentionLayer::ParamShapes(const Shape& s) const {
   const auto [b, c] =
       *BatchAndChannelAxes(name(), o_.batch_axis, o_.channel_axis, static_cast<int>(s.size()));
   const int64_t c_in = s[c], c_pe = PosEmbChannels(c_in);
@@ -210,23 +207,39 @@ absl::StatusOr<Params> GlobalSelfAttentionLayer::Init(const RngKey& key, const S
   const int64_t c_k = c_in + (concat ? c_pe : 0);
   const int64_t c_v = c_in + (concat && o_.val_pos_emb ? c_pe : 0);
   // Upstream's split order: query, key, value, out, bias, embedding.
-  const std::vector<RngKey> keys = key.Split(6);
-  Params p;
-  if (!o_.linear_scaling) p.arrays.push_back(keys[0].Normal({o_.n_heads, c_k, o_.n_chan_key}));
-  p.arrays.push_back(keys[1].Normal({o_.n_heads, c_k, o_.n_chan_key}));
-  p.arrays.push_back(keys[2].Normal({o_.n_heads, c_v, o_.n_chan_val}));
-  p.arrays.push_back(keys[3].Normal({o_.n_chan_val * o_.n_heads, o_.n_chan_out}));
+  std::vector<std::pair<int, Shape>> out;
+  if (!o_.linear_scaling) out.push_back({0, {o_.n_heads, c_k, o_.n_chan_key}});
+  out.push_back({1, {o_.n_heads, c_k, o_.n_chan_key}});
+  out.push_back({2, {o_.n_heads, c_v, o_.n_chan_val}});
+  out.push_back({3, {o_.n_chan_val * o_.n_heads, o_.n_chan_out}});
   if (o_.b_std) {
     Shape bs(s.size(), 1);
     bs[c] = o_.n_chan_out;
-    p.arrays.push_back(keys[4].Normal(bs));
+    out.push_back({4, bs});
   }
   if (o_.pos_emb_type != PositionalEmbedding::kNone) {
     Shape es = s;
     es[b] = 1;
     es[c] = c_pe;
-    p.arrays.push_back(keys[5].Normal(es));
+    out.push_back({5, es});
   }
+  return out;
+}
+
+absl::StatusOr<double> GlobalSelfAttentionLayer::NumParams(const ShapeFlow& in) const {
+  auto out = OutputShape(in);
+  if (!out.ok()) return out.status();
+  double n = 0;
+  for (const auto& [key, shape] : ParamShapes(in.single())) n += double(NumElements(shape));
+  return n;
+}
+
+absl::StatusOr<Params> GlobalSelfAttentionLayer::Init(const RngKey& key, const ShapeFlow& in) const {
+  auto out = OutputShape(in);
+  if (!out.ok()) return out.status();
+  const std::vector<RngKey> keys = key.Split(6);
+  Params p;
+  for (const auto& [k, shape] : ParamShapes(in.single())) p.arrays.push_back(keys[k].Normal(shape));
   return p;
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/expression.h"
@@ -62,6 +63,7 @@ class GlobalSelfAttentionLayer : public Layer {
   // (n_heads, C_k, n_chan_key), W_value (n_heads, C_v, n_chan_val), W_out (n_chan_val n_heads,
   // n_chan_out), [b], [positional embedding (input shape, batch 1, channels C_pe)].
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
+  absl::StatusOr<double> NumParams(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
   using Layer::ApplyMasked;
   // Masks act inside the layer (masked keys are ignored, embeddings zeroed), so the plain zero-then-apply
@@ -76,6 +78,8 @@ class GlobalSelfAttentionLayer : public Layer {
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
 
  private:
+  // Init's arrays for an input of shape `s` (valid for OutputShape): (index of the split key, shape).
+  std::vector<std::pair<int, Shape>> ParamShapes(const Shape& s) const;
   // Channels of the positional embedding for `c_in` input channels.
   int64_t PosEmbChannels(int64_t c_in) const;
   // The forward pass; `mask` (1 = masked, same rank as x, broadcastable) may be null.

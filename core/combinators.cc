@@ -68,6 +68,20 @@ absl::StatusOr<ShapeFlow> SerialLayer::OutputShape(const ShapeFlow& in) const {
   return s;
 }
 
+absl::StatusOr<double> SerialLayer::NumParams(const ShapeFlow& in) const {
+  double n = 0;
+  ShapeFlow s = in;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    auto child = layers_[i]->NumParams(s);
+    if (!child.ok()) return AtChild(child.status(), absl::StrCat("layers[", i, "]"));
+    n += *child;
+    auto next = layers_[i]->OutputShape(s);
+    if (!next.ok()) return AtChild(next.status(), absl::StrCat("layers[", i, "]"));
+    s = *std::move(next);
+  }
+  return n;
+}
+
 absl::StatusOr<Params> SerialLayer::Init(const RngKey& key, const ShapeFlow& in) const {
   Params p;
   ShapeFlow s = in;
@@ -152,6 +166,17 @@ absl::StatusOr<ShapeFlow> ParallelLayer::OutputShape(const ShapeFlow& in) const 
   return ShapeFlow::List(std::move(out));
 }
 
+absl::StatusOr<double> ParallelLayer::NumParams(const ShapeFlow& in) const {
+  if (absl::Status st = CheckArity(in.items.size(), in.is_list); !st.ok()) return st;
+  double n = 0;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    auto child = layers_[i]->NumParams(ShapeFlow::Single(in.items[i]));
+    if (!child.ok()) return AtChild(child.status(), absl::StrCat("layers[", i, "]"));
+    n += *child;
+  }
+  return n;
+}
+
 absl::StatusOr<Params> ParallelLayer::Init(const RngKey& key, const ShapeFlow& in) const {
   if (absl::Status st = CheckArity(in.items.size(), in.is_list); !st.ok()) return st;
   std::vector<RngKey> keys = key.Split(static_cast<int>(layers_.size()));
@@ -227,6 +252,14 @@ absl::StatusOr<ShapeFlow> RepeatLayer::OutputShape(const ShapeFlow& in) const {
                      ShapeToString(in.items.front()), " to ", ShapeToString(out->items.front())));
   }
   return out;
+}
+
+absl::StatusOr<double> RepeatLayer::NumParams(const ShapeFlow& in) const {
+  auto shape_ok = OutputShape(in);
+  if (!shape_ok.ok()) return shape_ok.status();
+  auto one = layer_->NumParams(in);
+  if (!one.ok()) return AtChild(one.status(), "layer");
+  return *one * n_;
 }
 
 absl::StatusOr<Params> RepeatLayer::Init(const RngKey& key, const ShapeFlow& in) const {

@@ -16,6 +16,7 @@ class SerialLayer : public Layer {
   Requirements requirements() const override { return req_; }
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
+  absl::StatusOr<double> NumParams(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
   using Layer::ApplyMasked;
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,
@@ -42,6 +43,7 @@ class ParallelLayer : public Layer {
   Requirements requirements() const override { return req_; }
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
+  absl::StatusOr<double> NumParams(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
   using Layer::ApplyMasked;
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,
@@ -67,6 +69,7 @@ class RepeatLayer : public Layer {
   Requirements requirements() const override;
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
+  absl::StatusOr<double> NumParams(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
   using Layer::ApplyMasked;
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,

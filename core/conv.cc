@@ -288,6 +288,18 @@ std::vector<Shape> ConvLayer::ParamShapes(const Geometry& g) const {
   return shapes;
 }
 
+absl::StatusOr<double> ConvLayer::NumParams(const ShapeFlow& in) const {
+  auto out_shape = OutputShape(in);
+  if (!out_shape.ok()) return out_shape.status();
+  double n = 0;
+  for (const Shape& s : ParamShapes(*Resolve(in.single()))) {
+    double e = 1;
+    for (int64_t d : s) e *= double(d);
+    n += e;
+  }
+  return n;
+}
+
 absl::StatusOr<Params> ConvLayer::Init(const RngKey& key, const ShapeFlow& in) const {
   auto out_shape = OutputShape(in);
   if (!out_shape.ok()) return out_shape.status();

@@ -59,6 +59,14 @@ absl::StatusOr<MaskFlow> DenseLayer::MaskFn(const MaskFlow& masks, const ShapeFl
   return AllOverChannels(name(), o_.channel_axis, masks);
 }
 
+absl::StatusOr<double> DenseLayer::NumParams(const ShapeFlow& in) const {
+  auto out = OutputShape(in);
+  if (!out.ok()) return out.status();
+  const Shape& s = in.single();
+  const int ch = *CanonicalAxis(name(), "channel_axis", o_.channel_axis, static_cast<int>(s.size()));
+  return double(s[ch]) * double(width()) + (o_.b_std ? double(width()) : 0.0);
+}
+
 absl::StatusOr<Params> DenseLayer::Init(const RngKey& key, const ShapeFlow& in) const {
   auto out = OutputShape(in);
   if (!out.ok()) return out.status();

@@ -34,6 +34,7 @@ class DenseLayer : public Layer {
   Requirements requirements() const override;
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
+  absl::StatusOr<double> NumParams(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
   // A position stays masked only if every input channel is masked.
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;

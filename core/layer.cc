@@ -56,6 +56,12 @@ absl::StatusOr<Params> Layer::Init(const RngKey& /*key*/, const ShapeFlow& in) c
   return Params{};
 }
 
+absl::StatusOr<double> Layer::NumParams(const ShapeFlow& in) const {
+  auto out = OutputShape(in);
+  if (!out.ok()) return out.status();
+  return 0.0;
+}
+
 absl::StatusOr<MaskFlow> Layer::MaskFn(const MaskFlow& masks, const ShapeFlow&) const { return masks; }
 
 absl::StatusOr<Layer::Masked> Layer::ApplyMasked(const Params& params, const ArrayFlow& x,

@@ -32,6 +32,11 @@ class KernelServiceImpl final : public nt::v1::KernelService::Service {
   // In predict_rpc.cc.
   grpc::Status Predict(grpc::ServerContext* context, const nt::v1::PredictRequest* request,
                        grpc::ServerWriter<nt::v1::PredictResponse>* writer) override;
+  // In finite_rpc.cc: init_fn and apply_fn of the finite network.
+  grpc::Status Init(grpc::ServerContext* context, const nt::v1::InitRequest* request,
+                    nt::v1::InitResponse* response) override;
+  grpc::Status Apply(grpc::ServerContext* context, const nt::v1::ApplyRequest* request,
+                     nt::v1::ApplyResponse* response) override;
 
   int64_t reserved_bytes() const { return reserved_.load(); }
   // Calls being handled right now (for a graceful shutdown that does not wait on idle connections).

@@ -1,6 +1,7 @@
 // The analytic NNGP agrees with Monte Carlo estimates from our own finite networks (init_fn/apply_fn).
 #include <cmath>
 
+#include "core/attention.h"
 #include "core/stax.h"
 #include "gtest/gtest.h"
 
@@ -221,6 +222,42 @@ TEST(RngTest, SameKeySameParametersOnEveryCall) {
   EXPECT_EQ(a->second.children[0].arrays[0].vec(), b->second.children[0].arrays[0].vec());
   auto c = net.init_fn(RngKey(6), {2, 4});
   EXPECT_NE(a->second.children[0].arrays[0].vec(), c->second.children[0].arrays[0].vec());
+}
+
+double CountArrays(const Params& p) {
+  double n = 0;
+  for (const Array& a : p.arrays) n += static_cast<double>(a.size());
+  for (const Params& c : p.children) n += CountArrays(c);
+  return n;
+}
+
+// NumParams (what Init will draw, known before it allocates) agrees with Init.
+TEST(NumParamsTest, EqualsWhatInitDraws) {
+  GlobalSelfAttentionOptions att;
+  att.n_chan_out = 6;
+  att.n_chan_key = 5;
+  att.n_chan_val = 4;
+  att.n_heads = 3;
+  att.linear_scaling = false;
+  att.b_std = 0.1;
+  att.pos_emb_type = PositionalEmbedding::kConcat;
+  att.n_chan_pos_emb = 2;
+  att.val_pos_emb = true;
+  const std::vector<std::pair<Net, Shape>> nets = {
+      {serial(Dense(7, 1.0, 0.1), Relu(), Dense(3)), {2, 5}},
+      {serial(Conv(4, {3, 2}, {}, "SAME", 1.0, 0.2), ConvLocal(3, {2, 2}), Flatten(), Dense(2, 1.0, 0.1)),
+       {2, 6, 5, 3}},
+      {serial(FanOut(2), parallel(Dense(3), serial(Dense(4), Dense(3, 1.0, 0.3))), FanInSum()), {2, 5}},
+      {repeat(serial(Dense(5, 1.0, 0.1), Erf()), 3), {2, 5}},
+      {serial(Conv(4, {2}), GlobalSelfAttention(att), LayerNorm()), {2, 5, 3}},
+  };
+  for (const auto& [net, shape] : nets) {
+    auto count = net.layer()->NumParams(ShapeFlow::Single(shape));
+    ASSERT_TRUE(count.ok()) << count.status();
+    auto init = net.init_fn(RngKey(1), shape);
+    ASSERT_TRUE(init.ok()) << init.status();
+    EXPECT_EQ(*count, CountArrays(init->second)) << ShapeToString(shape);
+  }
 }
 
 TEST(RngTest, NormalSamplesHaveUnitMoments) {

@@ -40,6 +40,12 @@ class Connection:
   def describe(self, request, timeout=None):
     return self.stub.Describe(request, timeout=timeout)
 
+  def init(self, request, timeout=None):
+    return self.stub.Init(request, timeout=timeout)
+
+  def apply(self, request, timeout=None):
+    return self.stub.Apply(request, timeout=timeout)
+
   def health(self, service='', timeout=10.0):
     """The grpc.health.v1 serving status name, e.g. 'SERVING'."""
     if _proto.health_pb2_grpc is None:

@@ -18,13 +18,14 @@ import enum
 import functools
 import inspect
 
+import numpy as np
+
 from ntclient import _proto
 from ntclient import arch_json
 from ntclient import connection as connection_lib
 from ntclient import tensors
 
 GET_NAMES = ('nngp', 'ntk', 'cov1', 'cov2')
-_FINITE_UNAVAILABLE = 'init_fn/apply_fn over the service is not available yet (issue 7)'
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -69,12 +70,73 @@ Slice = _Slice()
 # The triple.
 
 
-def _unavailable(name):
-  def fn(*args, **kwargs):
-    del args, kwargs
-    raise NotImplementedError(f'{name}: {_FINITE_UNAVAILABLE}')
-  fn.__name__ = name
-  return fn
+def _seed(rng):
+  """A uint64 seed from an int or a jax-style key (two uint32 words, high word first)."""
+  key = np.asarray(rng)
+  if key.shape == (2,):
+    return (int(key[0]) & 0xFFFFFFFF) << 32 | (int(key[1]) & 0xFFFFFFFF)
+  if key.shape == () and key.dtype.kind in 'iu':
+    return int(key) & 0xFFFFFFFFFFFFFFFF
+  raise TypeError(f'rng: expected an int seed or a key of two uint32 words, got {rng!r}')
+
+
+def _params_from_proto(p):
+  """nt.v1.Params -> upstream's nesting: a layer's arrays as a tuple, a combinator's children as a tuple."""
+  if p.children:
+    return tuple(_params_from_proto(c) for c in p.children)
+  return tuple(tensors.from_tensor(a) for a in p.arrays)
+
+
+def _params_to_proto(params, out):
+  for item in params:
+    if isinstance(item, (tuple, list)):
+      _params_to_proto(item, out.children.add())
+    else:
+      tensors.fill_tensor(out.arrays.add(), item)
+  return out
+
+
+class InitFn:
+  """init_fn(rng, input_shape) -> (output_shape, params), drawn by the server (Init RPC).
+
+  rng: an int seed or a jax-style key of two uint32 words; the same seed gives the same parameters on any
+  server. params nest like upstream's: a layer's arrays as a tuple, a combinator's children as a tuple.
+  """
+
+  def __init__(self, layer_proto):
+    self.layer_proto = layer_proto
+
+  def __call__(self, rng, input_shape, *, connection=None, timeout=None):
+    request = _proto.service_pb2.InitRequest(architecture=self.layer_proto, seed=_seed(rng),
+                                             input_shape=[int(d) for d in input_shape])
+    conn = connection or connection_lib.default_connection()
+    response = conn.init(request, timeout=timeout)
+    return tuple(response.output_shape), _params_from_proto(response.params)
+
+
+class ApplyFn:
+  """apply_fn(params, inputs, **kwargs): the finite network's forward pass on the server (Apply RPC).
+
+  kwargs: mask_constant, pattern (Aggregate), rng (Dropout in mode 'train'; an int seed or key).
+  """
+
+  def __init__(self, layer_proto):
+    self.layer_proto = layer_proto
+
+  def __call__(self, params, inputs, *, mask_constant=None, pattern=None, rng=None, output_dtype=None,
+               connection=None, timeout=None):
+    request = _proto.service_pb2.ApplyRequest(architecture=self.layer_proto,
+                                              output_dtype=tensors.wire_dtype(output_dtype))
+    _params_to_proto(params, request.params)
+    tensors.fill_tensor(request.x, inputs)
+    if mask_constant is not None:
+      request.mask_constant = float(mask_constant)
+    if pattern is not None:
+      tensors.fill_tensor(request.pattern, pattern, tensors.auto_dtype(pattern))
+    if rng is not None:
+      request.rng_seed = _seed(rng)
+    conn = connection or connection_lib.default_connection()
+    return tensors.from_tensor(conn.apply(request, timeout=timeout).y)
 
 
 class KernelFn:
@@ -111,7 +173,7 @@ class Triple(collections.namedtuple('Triple', ['init_fn', 'apply_fn', 'kernel_fn
 
 
 def _triple(layer):
-  return Triple(_unavailable('init_fn'), _unavailable('apply_fn'), KernelFn(layer))
+  return Triple(InitFn(layer), ApplyFn(layer), KernelFn(layer))
 
 
 def layer_proto(layer):
