@@ -1,5 +1,8 @@
 #include "core/combinators.h"
 
+#include <algorithm>
+#include <functional>
+
 #include "absl/strings/str_cat.h"
 
 namespace NT_CORE_NS {
@@ -68,18 +71,38 @@ absl::StatusOr<ShapeFlow> SerialLayer::OutputShape(const ShapeFlow& in) const {
   return s;
 }
 
-absl::StatusOr<double> SerialLayer::NumParams(const ShapeFlow& in) const {
-  double n = 0;
+absl::Status SerialLayer::ForEachLayerInput(
+    const ShapeFlow& in, const std::function<absl::Status(const Layer&, const ShapeFlow&)>& fn) const {
   ShapeFlow s = in;
   for (size_t i = 0; i < layers_.size(); ++i) {
-    auto child = layers_[i]->NumParams(s);
-    if (!child.ok()) return AtChild(child.status(), absl::StrCat("layers[", i, "]"));
-    n += *child;
+    if (absl::Status st = fn(*layers_[i], s); !st.ok()) return AtChild(st, absl::StrCat("layers[", i, "]"));
     auto next = layers_[i]->OutputShape(s);
     if (!next.ok()) return AtChild(next.status(), absl::StrCat("layers[", i, "]"));
     s = *std::move(next);
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> SerialLayer::NumParams(const ShapeFlow& in) const {
+  double n = 0;
+  absl::Status st = ForEachLayerInput(in, [&n](const Layer& l, const ShapeFlow& s) {
+    auto child = l.NumParams(s);
+    if (child.ok()) n += *child;
+    return child.status();
+  });
+  if (!st.ok()) return st;
   return n;
+}
+
+absl::StatusOr<double> SerialLayer::PeakActivations(const ShapeFlow& in) const {
+  double peak = 0;
+  absl::Status st = ForEachLayerInput(in, [&peak](const Layer& l, const ShapeFlow& s) {
+    auto child = l.PeakActivations(s);
+    if (child.ok()) peak = std::max(peak, *child);
+    return child.status();
+  });
+  if (!st.ok()) return st;
+  return peak;
 }
 
 absl::StatusOr<Params> SerialLayer::Init(const RngKey& key, const ShapeFlow& in) const {
@@ -177,6 +200,17 @@ absl::StatusOr<double> ParallelLayer::NumParams(const ShapeFlow& in) const {
   return n;
 }
 
+absl::StatusOr<double> ParallelLayer::PeakActivations(const ShapeFlow& in) const {
+  if (absl::Status st = CheckArity(in.items.size(), in.is_list); !st.ok()) return st;
+  double peak = 0;  // Branch outputs stay alive while the next branch runs: the sum bounds it.
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    auto child = layers_[i]->PeakActivations(ShapeFlow::Single(in.items[i]));
+    if (!child.ok()) return AtChild(child.status(), absl::StrCat("layers[", i, "]"));
+    peak += *child;
+  }
+  return peak;
+}
+
 absl::StatusOr<Params> ParallelLayer::Init(const RngKey& key, const ShapeFlow& in) const {
   if (absl::Status st = CheckArity(in.items.size(), in.is_list); !st.ok()) return st;
   std::vector<RngKey> keys = key.Split(static_cast<int>(layers_.size()));
@@ -260,6 +294,12 @@ absl::StatusOr<double> RepeatLayer::NumParams(const ShapeFlow& in) const {
   auto one = layer_->NumParams(in);
   if (!one.ok()) return AtChild(one.status(), "layer");
   return *one * n_;
+}
+
+absl::StatusOr<double> RepeatLayer::PeakActivations(const ShapeFlow& in) const {
+  auto shape_ok = OutputShape(in);
+  if (!shape_ok.ok()) return shape_ok.status();
+  return layer_->PeakActivations(in);  // The layer keeps shapes: every copy sees `in`.
 }
 
 absl::StatusOr<Params> RepeatLayer::Init(const RngKey& key, const ShapeFlow& in) const {

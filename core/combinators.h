@@ -2,6 +2,7 @@
 #ifndef NT_CORE_COMBINATORS_H_
 #define NT_CORE_COMBINATORS_H_
 
+#include <functional>
 #include <vector>
 
 #include "core/layer.h"
@@ -17,6 +18,7 @@ class SerialLayer : public Layer {
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
   absl::StatusOr<double> NumParams(const ShapeFlow& in) const override;
+  absl::StatusOr<double> PeakActivations(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
   using Layer::ApplyMasked;
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,
@@ -31,6 +33,9 @@ class SerialLayer : public Layer {
   bool is_combinator() const override { return true; }
 
  private:
+  // Calls fn(layer, its input shapes) for every layer in order; errors are prefixed with the layer's index.
+  absl::Status ForEachLayerInput(const ShapeFlow& in,
+                                 const std::function<absl::Status(const Layer&, const ShapeFlow&)>& fn) const;
   std::vector<LayerPtr> layers_;
   Requirements req_;
 };
@@ -44,6 +49,7 @@ class ParallelLayer : public Layer {
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
   absl::StatusOr<double> NumParams(const ShapeFlow& in) const override;
+  absl::StatusOr<double> PeakActivations(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
   using Layer::ApplyMasked;
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,
@@ -70,6 +76,7 @@ class RepeatLayer : public Layer {
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
   absl::StatusOr<double> NumParams(const ShapeFlow& in) const override;
+  absl::StatusOr<double> PeakActivations(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
   using Layer::ApplyMasked;
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,

@@ -147,8 +147,8 @@ absl::StatusOr<DotGeneralLayer::Geometry> DotGeneralLayer::Plan(const Shape& sha
   return g;
 }
 
+// The product is commutative: which side x is on only matters for the output axis order (g.out_axes).
 Array DotGeneralLayer::Contract(const Geometry& g, const Array& x, const Array& c) const {
-  const bool x_is_lhs = o_.rhs.has_value();
   Shape out_shape;
   for (const auto& [src, a] : g.out_axes) {
     out_shape.push_back(src == Geometry::kBatch ? x.dim(g.x_batch[a])
@@ -172,7 +172,6 @@ Array DotGeneralLayer::Contract(const Geometry& g, const Array& x, const Array& 
     }
     contracted = std::move(next);
   }
-  (void)x_is_lhs;  // The product is commutative: only the output axis order depends on the side.
   Array y(out_shape);
   const std::vector<int64_t> ys = Strides(out_shape);
   for (int64_t i = 0; i < y.size(); ++i) {

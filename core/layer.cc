@@ -62,6 +62,22 @@ absl::StatusOr<double> Layer::NumParams(const ShapeFlow& in) const {
   return 0.0;
 }
 
+namespace {
+
+double Entries(const ShapeFlow& s) {
+  double n = 0;
+  for (const Shape& shape : s.items) n += double(NumElements(shape));
+  return n;
+}
+
+}  // namespace
+
+absl::StatusOr<double> Layer::PeakActivations(const ShapeFlow& in) const {
+  auto out = OutputShape(in);
+  if (!out.ok()) return out.status();
+  return Entries(in) + Entries(*out);
+}
+
 absl::StatusOr<MaskFlow> Layer::MaskFn(const MaskFlow& masks, const ShapeFlow&) const { return masks; }
 
 absl::StatusOr<Layer::Masked> Layer::ApplyMasked(const Params& params, const ArrayFlow& x,

@@ -85,6 +85,9 @@ class Layer {
   virtual absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const;
   // How many numbers Init draws for `in` (known before anything is allocated; default: none).
   virtual absl::StatusOr<double> NumParams(const ShapeFlow& in) const;
+  // A bound on the activation entries alive at once while apply_fn runs on `in` (default: its inputs
+  // plus its outputs).
+  virtual absl::StatusOr<double> PeakActivations(const ShapeFlow& in) const;
   // supports_masking: output masks for input masks of activations of `shapes` (default: unchanged).
   virtual absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const;
   // Whether entries at masked positions are zeroed after this layer's kernel transform.

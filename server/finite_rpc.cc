@@ -105,8 +105,17 @@ grpc::Status KernelServiceImpl::Apply(grpc::ServerContext*, const nt::v1::ApplyR
                                   " bytes, more than the maximum message size of ",
                                   options_.max_message_bytes, "; apply fewer inputs at a time"));
   }
-  // The inputs, their masked copy and the output, each held about twice while layers run.
-  const int64_t need = static_cast<int64_t>(4 * (double(x->size()) * 8 + out_bytes));
+  // Activations alive at once, about twice for the layers' temporaries, plus the masked copy of x.
+  auto peak = (*net)->PeakActivations(ShapeFlow::Single(x->shape()));
+  if (!peak.ok()) return ToGrpcStatus(peak.status());
+  const double need_bytes = 2 * (*peak + double(x->size())) * 8;
+  if (need_bytes > double(options_.memory_budget_bytes)) {
+    return Exhausted(absl::StrCat("x: applying the network to inputs of shape ", ShapeToString(x->shape()),
+                                  " needs about ", int64_t(need_bytes) >> 20,
+                                  " MiB of activations, more than the server's memory budget; apply fewer "
+                                  "inputs at a time"));
+  }
+  const int64_t need = static_cast<int64_t>(need_bytes);
   if (!Reserve(need)) {
     return Exhausted(absl::StrCat("the server's memory budget is taken by other requests (", need >> 20,
                                   " MiB needed); retry later"));

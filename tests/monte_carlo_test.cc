@@ -258,6 +258,10 @@ TEST(NumParamsTest, EqualsWhatInitDraws) {
     ASSERT_TRUE(init.ok()) << init.status();
     EXPECT_EQ(*count, CountArrays(init->second)) << ShapeToString(shape);
   }
+  // The largest inputs + outputs of one layer: Relu's 2 x 7 in and out.
+  auto peak = nets[0].first.layer()->PeakActivations(ShapeFlow::Single(nets[0].second));
+  ASSERT_TRUE(peak.ok()) << peak.status();
+  EXPECT_EQ(*peak, 28.0);
 }
 
 TEST(RngTest, NormalSamplesHaveUnitMoments) {

@@ -120,6 +120,13 @@ class FiniteNetworkTest(server_fixture.ServerTestCase):
       stax.Dense(1 << 20)[0](0, (2, 1 << 12), connection=self.conn, timeout=30)
     self.assertEqual(cm.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
     self.assertIn('parameters', cm.exception.details())
+    # A wide hidden layer on many inputs: refused before anything is allocated.
+    wide_init, wide_apply, _ = stax.serial(stax.Dense(1 << 15), stax.Relu(), stax.Dense(1))
+    _, wide = wide_init(0, (1, 4), connection=self.conn, timeout=30)
+    with self.assertRaises(grpc.RpcError) as cm:
+      wide_apply(wide, np.zeros((40000, 4)), connection=self.conn, timeout=30)
+    self.assertEqual(cm.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    self.assertIn('memory budget', cm.exception.details())
     with self.assertRaises(grpc.RpcError) as cm:
       apply_fn(params, np.full(x.shape, np.inf), connection=self.conn, timeout=30)
     self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
