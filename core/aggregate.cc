@@ -84,6 +84,11 @@ absl::StatusOr<std::vector<PositionMatrix>> AggregateLayer::Adjacency(const Arra
                         absl::StrCat("a DENSE pattern must have shape (batch, *aggregated, *aggregated) = ",
                                      tail(want), ", got ", tail(pattern.shape())));
     }
+    for (int64_t e = 0; e < pattern.size(); ++e) {
+      if (!std::isfinite(pattern[e])) {
+        return LayerError(kName, field, absl::StrCat("entry ", e, " is not finite"));
+      }
+    }
     for (int64_t i = 0; i < n; ++i) {
       mats[i] = Eigen::Map<const PositionMatrix>(pattern.data() + i * v * v, v, v);
     }

@@ -1,6 +1,7 @@
 #include "core/dot_general.h"
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 #include <utility>
 
@@ -54,6 +55,14 @@ absl::Status DotGeneralLayer::Validate(const DotGeneralOptions& o) {
     return LayerError(kName, "dimension_numbers",
                       absl::StrCat("lhs and rhs batch dimensions differ in number (", o.lhs_batch.size(),
                                    " and ", o.rhs_batch.size(), ")"));
+  }
+  for (const std::optional<Array>* c : {&o.lhs, &o.rhs}) {
+    if (!*c) continue;
+    for (int64_t i = 0; i < (*c)->size(); ++i) {
+      if (!std::isfinite((**c)[i])) {
+        return LayerError(kName, c == &o.lhs ? "lhs" : "rhs", absl::StrCat("entry ", i, " is not finite"));
+      }
+    }
   }
   const bool any_dims = !o.lhs_contracting.empty() || !o.lhs_batch.empty();
   if (!o.lhs && !o.rhs && any_dims) {

@@ -134,6 +134,13 @@ TEST(AggregateErrorsTest, NameTheProblem) {
   EXPECT_EQ(serial(Conv(8, {2}), Aggregate(std::vector<int>{0})).kernel_fn(x1).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Aggregate(std::nullopt, 0, -1, "dense").status().code(), absl::StatusCode::kInvalidArgument);
+  // apply_fn checks its pattern too (kernel_fn's are checked when planning).
+  auto nan_pattern = std::make_shared<Array>(*Graphs(3, 5, 1));
+  (*nan_pattern)[4] = NAN;
+  auto init = net.init_fn(RngKey(0), x1.shape());
+  ASSERT_TRUE(init.ok());
+  EXPECT_EQ(net.apply_fn(init->second, x1, std::nullopt, ApplyContext{nan_pattern.get()}).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 struct McCase {

@@ -116,6 +116,7 @@ TEST(DotGeneralApplyTest, ContractsLikeLaxDotGeneral) {
 TEST(DotGeneralErrorsTest, NameTheProblem) {
   EXPECT_EQ(DotGeneral(Array::Scalar(1), Array::Scalar(2)).status().code(),
             absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(DotGeneral(std::nullopt, Vector({1, NAN})).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(DotGeneral(std::nullopt, Vector({1, 2}), Dims{{{1}, {}, {}, {}}}).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(DotGeneral(std::nullopt, Vector({1, 2}), Dims{{{1}, {3}, {}, {}}}).status().code(),
