@@ -1,6 +1,7 @@
 #include "core/array.h"
 
 #include <cassert>
+#include <cmath>
 #include <cstring>
 #include <utility>
 
@@ -153,6 +154,16 @@ void ZeroWhereMasked(const Array& mask, Array* x) {
       idx[ax] = 0;
     }
   }
+}
+
+std::optional<Array> MaskOfConstant(const Array& x, std::optional<double> c) {
+  if (!c) return std::nullopt;
+  Array mask(x.shape(), 0.0);
+  for (int64_t i = 0; i < x.size(); ++i) {
+    const bool masked = std::isnan(*c) ? std::isnan(x[i]) : x[i] == *c;
+    mask[i] = masked ? 1.0 : 0.0;
+  }
+  return mask;
 }
 
 Array SliceAxis(const Array& a, int axis, int64_t begin, int64_t end) {

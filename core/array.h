@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -86,6 +87,9 @@ Array AllAlongAxis(const Array& a, int axis);
 
 // Sets entries of `x` to 0 where `mask` (same rank; each axis equal or 1, broadcast) is non-zero.
 void ZeroWhereMasked(const Array& mask, Array* x);
+
+// apply_fn's mask_constant: 1 where x equals `c` (NaN: where x is NaN), 0 elsewhere; none without `c`.
+std::optional<Array> MaskOfConstant(const Array& x, std::optional<double> c);
 
 // a[..., begin:end, ...] along `axis`.
 Array SliceAxis(const Array& a, int axis, int64_t begin, int64_t end);

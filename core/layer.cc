@@ -1,5 +1,7 @@
 #include "core/layer.h"
 
+#include <algorithm>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
@@ -94,6 +96,41 @@ absl::StatusOr<Layer::Masked> Layer::ApplyMasked(const Params& params, const Arr
   auto m = MaskFn(masks, shapes);
   if (!m.ok()) return m.status();
   return Masked{*std::move(y), *std::move(m)};
+}
+
+absl::StatusOr<Layer::Linearized> Layer::Linearize(const Params&, const ArrayFlow&) const {
+  return LayerUnimplemented(name(), "has no reverse mode (empirical NTK) yet");
+}
+
+absl::StatusOr<Layer::LinearizedMasked> Layer::LinearizeMasked(const Params& params, const ArrayFlow& x,
+                                                               const MaskFlow& masks,
+                                                               const ApplyContext&) const {
+  ArrayFlow zeroed = x;
+  ShapeFlow shapes;
+  shapes.is_list = x.is_list;
+  std::vector<std::optional<Array>> in_masks(x.items.size());
+  for (size_t i = 0; i < zeroed.items.size(); ++i) {
+    if (i < masks.items.size() && masks.items[i]) {
+      ZeroWhereMasked(*masks.items[i], &zeroed.items[i]);
+      in_masks[i] = masks.items[i];
+    }
+    shapes.items.push_back(zeroed.items[i].shape());
+  }
+  auto lin = Linearize(params, zeroed);
+  if (!lin.ok()) return lin.status();
+  auto m = MaskFn(masks, shapes);
+  if (!m.ok()) return m.status();
+  Pullback inner = std::move(lin->pullback);
+  const bool any_mask = std::any_of(in_masks.begin(), in_masks.end(), [](const auto& a) { return a.has_value(); });
+  Pullback pullback = !any_mask ? inner : Pullback([inner, in_masks](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    auto c = inner(dy);
+    if (!c.ok()) return c.status();
+    for (size_t i = 0; i < in_masks.size() && i < c->dx.items.size(); ++i) {
+      if (in_masks[i]) ZeroWhereMasked(*in_masks[i], &c->dx.items[i]);
+    }
+    return c;
+  });
+  return LinearizedMasked{Masked{std::move(lin->y), *std::move(m)}, std::move(pullback)};
 }
 
 absl::Status Layer::ApplyKernel(KernelFlow* k, const KernelContext& ctx) const {

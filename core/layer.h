@@ -3,6 +3,7 @@
 #ifndef NT_CORE_LAYER_H_
 #define NT_CORE_LAYER_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -68,6 +69,16 @@ struct ApplyContext {
   std::optional<RngKey> rng;
 };
 
+// Reverse mode (jax.vjp of apply_fn): cotangents of a forward pass's inputs and parameters, with the same
+// structure and shapes as the inputs and params (a layer without parameters gives an empty Params).
+struct Cotangents {
+  ArrayFlow dx;
+  Params dparams;
+};
+// Maps cotangents of the outputs (same structure and shapes as the outputs) to Cotangents. It owns what
+// it needs of the forward pass, may be called any number of times, and concurrently.
+using Pullback = std::function<absl::StatusOr<Cotangents>(const ArrayFlow& dy)>;
+
 class Layer {
  public:
   virtual ~Layer() = default;
@@ -118,6 +129,23 @@ class Layer {
                                              const ApplyContext& ctx) const {
     return ApplyMasked(params, x, masks);
   }
+
+  // Reverse mode. The unmasked forward pass with its pullback; the default refuses (UNIMPLEMENTED).
+  struct Linearized {
+    ArrayFlow y;
+    Pullback pullback;
+  };
+  virtual absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const;
+  // The entry point, as ApplyMasked with keyword arguments: the default zeroes masked inputs, runs
+  // Linearize, takes output masks from MaskFn, and zeroes the input cotangents at masked entries (their
+  // values never reach the output). Layers that override ApplyMasked override this too.
+  struct LinearizedMasked {
+    Masked out;
+    Pullback pullback;
+  };
+  virtual absl::StatusOr<LinearizedMasked> LinearizeMasked(const Params& params, const ArrayFlow& x,
+                                                           const MaskFlow& masks,
+                                                           const ApplyContext& ctx) const;
 
   // kernel_fn on the Kernel path: checks this layer's requirements against the incoming kernel, runs
   // the transform, then recomputes shape1/shape2 from OutputShape and the masks from MaskFn (zeroing
