@@ -16,6 +16,7 @@ class ABReluLayer : public ElementwiseLayer {
                double* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override { return x < 0 ? a_ * x : b_ * x; }
+  double DPhi(double x) const override { return x < 0 ? a_ : b_; }
   // T(0, 0, 0) = 0 already (upstream does not re-mask either).
   bool remask_kernel() const override { return false; }
 

@@ -40,6 +40,42 @@ ApplyContext ChildContext(const ApplyContext& ctx, const std::vector<RngKey>& ke
   return child;
 }
 
+// Reverse mode of a chain of layers: pullbacks run in reverse order, each child's parameter cotangents
+// land in its slot.
+Pullback ChainPullback(std::vector<Pullback> pullbacks) {
+  return [pullbacks = std::move(pullbacks)](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    Cotangents out;
+    out.dparams.children.resize(pullbacks.size());
+    ArrayFlow g = dy;
+    for (size_t i = pullbacks.size(); i-- > 0;) {
+      auto c = pullbacks[i](g);
+      if (!c.ok()) return c.status();
+      out.dparams.children[i] = std::move(c->dparams);
+      g = std::move(c->dx);
+    }
+    out.dx = std::move(g);
+    return out;
+  };
+}
+
+// serial and repeat: runs `layer(i)` with params.children[i] for i < n, keeping each pullback.
+absl::StatusOr<Layer::LinearizedMasked> LinearizeChain(const std::function<const Layer&(size_t)>& layer,
+                                                       size_t n,
+                                                       const std::function<std::string(size_t)>& where,
+                                                       const Params& params, const ArrayFlow& x,
+                                                       const MaskFlow& masks, const ApplyContext& ctx) {
+  const std::vector<RngKey> keys = SplitRng(ctx, n);
+  Layer::Masked y{x, masks};
+  std::vector<Pullback> pullbacks;
+  for (size_t i = 0; i < n; ++i) {
+    auto next = layer(i).LinearizeMasked(params.children[i], y.values, y.masks, ChildContext(ctx, keys, i));
+    if (!next.ok()) return AtChild(next.status(), where(i));
+    y = std::move(next->out);
+    pullbacks.push_back(std::move(next->pullback));
+  }
+  return Layer::LinearizedMasked{std::move(y), ChainPullback(std::move(pullbacks))};
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------
@@ -140,6 +176,23 @@ absl::StatusOr<Layer::Masked> SerialLayer::ApplyMasked(const Params& params, con
     y = *std::move(next);
   }
   return y;
+}
+
+absl::StatusOr<Layer::Linearized> SerialLayer::Linearize(const Params& params, const ArrayFlow& x) const {
+  auto lin = LinearizeMasked(params, x, NoMasks(x), ApplyContext{});
+  if (!lin.ok()) return lin.status();
+  return Linearized{std::move(lin->out.values), std::move(lin->pullback)};
+}
+
+absl::StatusOr<Layer::LinearizedMasked> SerialLayer::LinearizeMasked(const Params& params, const ArrayFlow& x,
+                                                                     const MaskFlow& masks,
+                                                                     const ApplyContext& ctx) const {
+  if (params.children.size() != layers_.size()) {
+    return LayerError(name(), "params",
+                      absl::StrCat("expected ", layers_.size(), " entries, got ", params.children.size()));
+  }
+  return LinearizeChain([this](size_t i) -> const Layer& { return *layers_[i]; }, layers_.size(),
+                        [](size_t i) { return absl::StrCat("layers[", i, "]"); }, params, x, masks, ctx);
 }
 
 absl::Status SerialLayer::TransformKernel(KernelFlow* k, const KernelContext& ctx) const {
@@ -253,6 +306,53 @@ absl::StatusOr<Layer::Masked> ParallelLayer::ApplyMasked(const Params& params, c
   return Masked{ArrayFlow::List(std::move(out)), MaskFlow::List(std::move(out_masks))};
 }
 
+absl::StatusOr<Layer::Linearized> ParallelLayer::Linearize(const Params& params, const ArrayFlow& x) const {
+  auto lin = LinearizeMasked(params, x, NoMasks(x), ApplyContext{});
+  if (!lin.ok()) return lin.status();
+  return Linearized{std::move(lin->out.values), std::move(lin->pullback)};
+}
+
+absl::StatusOr<Layer::LinearizedMasked> ParallelLayer::LinearizeMasked(const Params& params,
+                                                                       const ArrayFlow& x,
+                                                                       const MaskFlow& masks,
+                                                                       const ApplyContext& ctx) const {
+  if (absl::Status st = CheckArity(x.items.size(), x.is_list); !st.ok()) return st;
+  if (params.children.size() != layers_.size()) {
+    return LayerError(name(), "params", "wrong number of entries");
+  }
+  const std::vector<RngKey> keys = SplitRng(ctx, layers_.size());
+  std::vector<Array> out;
+  std::vector<std::optional<Array>> out_masks;
+  std::vector<Pullback> pullbacks;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    auto y = layers_[i]->LinearizeMasked(params.children[i], ArrayFlow::Single(x.items[i]),
+                                         MaskFlow::Single(masks.items[i]), ChildContext(ctx, keys, i));
+    if (!y.ok()) return AtChild(y.status(), absl::StrCat("layers[", i, "]"));
+    if (y->out.values.is_list) {
+      return LayerUnimplemented(
+          name(), absl::StrCat("branch ", i, " returns a list; nested lists are not supported"));
+    }
+    out.push_back(std::move(y->out.values.single()));
+    out_masks.push_back(std::move(y->out.masks.single()));
+    pullbacks.push_back(std::move(y->pullback));
+  }
+  // Branch i sees input i only: cotangent item i goes through branch i.
+  Pullback pullback = [pullbacks = std::move(pullbacks)](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    Cotangents c;
+    std::vector<Array> dx;
+    for (size_t i = 0; i < pullbacks.size(); ++i) {
+      auto ci = pullbacks[i](ArrayFlow::Single(dy.items[i]));
+      if (!ci.ok()) return ci.status();
+      dx.push_back(std::move(ci->dx.single()));
+      c.dparams.children.push_back(std::move(ci->dparams));
+    }
+    c.dx = ArrayFlow::List(std::move(dx));
+    return c;
+  };
+  return LinearizedMasked{Masked{ArrayFlow::List(std::move(out)), MaskFlow::List(std::move(out_masks))},
+                          std::move(pullback)};
+}
+
 absl::Status ParallelLayer::TransformKernel(KernelFlow* k, const KernelContext& ctx) const {
   if (absl::Status st = CheckArity(k->items.size(), k->is_list); !st.ok()) return st;
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -334,6 +434,22 @@ absl::StatusOr<Layer::Masked> RepeatLayer::ApplyMasked(const Params& params, con
     y = *std::move(next);
   }
   return y;
+}
+
+absl::StatusOr<Layer::Linearized> RepeatLayer::Linearize(const Params& params, const ArrayFlow& x) const {
+  auto lin = LinearizeMasked(params, x, NoMasks(x), ApplyContext{});
+  if (!lin.ok()) return lin.status();
+  return Linearized{std::move(lin->out.values), std::move(lin->pullback)};
+}
+
+absl::StatusOr<Layer::LinearizedMasked> RepeatLayer::LinearizeMasked(const Params& params, const ArrayFlow& x,
+                                                                     const MaskFlow& masks,
+                                                                     const ApplyContext& ctx) const {
+  if (params.children.size() != static_cast<size_t>(n_)) {
+    return LayerError(name(), "params", "wrong number of entries");
+  }
+  return LinearizeChain([this](size_t) -> const Layer& { return *layer_; }, n_,
+                        [](size_t) { return std::string("layer"); }, params, x, masks, ctx);
 }
 
 absl::Status RepeatLayer::TransformKernel(KernelFlow* k, const KernelContext& ctx) const {

@@ -23,6 +23,10 @@ class SerialLayer : public Layer {
   using Layer::ApplyMasked;
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,
                                      const ApplyContext& ctx) const override;
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
+  absl::StatusOr<LinearizedMasked> LinearizeMasked(const Params& params, const ArrayFlow& x,
+                                                   const MaskFlow& masks,
+                                                   const ApplyContext& ctx) const override;
   const std::vector<LayerPtr>& layers() const { return layers_; }
   int64_t NumLayers() const override;
   // kDiagonal when every layer is; kReadout when only the last one is a readout.
@@ -54,6 +58,10 @@ class ParallelLayer : public Layer {
   using Layer::ApplyMasked;
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,
                                      const ApplyContext& ctx) const override;
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
+  absl::StatusOr<LinearizedMasked> LinearizeMasked(const Params& params, const ArrayFlow& x,
+                                                   const MaskFlow& masks,
+                                                   const ApplyContext& ctx) const override;
   int64_t NumLayers() const override;
 
  protected:
@@ -81,6 +89,10 @@ class RepeatLayer : public Layer {
   using Layer::ApplyMasked;
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,
                                      const ApplyContext& ctx) const override;
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
+  absl::StatusOr<LinearizedMasked> LinearizeMasked(const Params& params, const ArrayFlow& x,
+                                                   const MaskFlow& masks,
+                                                   const ApplyContext& ctx) const override;
   int64_t NumLayers() const override { return n_ * layer_->NumLayers(); }
   CovUse cov_use() const override {
     return layer_->cov_use() == CovUse::kDiagonal ? CovUse::kDiagonal : CovUse::kFull;

@@ -174,3 +174,54 @@ absl::Status DenseLayer::TransformKernel(KernelFlow* kf, const KernelContext&) c
 }
 
 }  // namespace NT_CORE_NS
+
+namespace NT_CORE_NS {
+
+absl::StatusOr<Layer::Linearized> DenseLayer::Linearize(const Params& params, const ArrayFlow& xf) const {
+  auto y = Apply(params, xf);  // Also checks the input and the parameter shapes.
+  if (!y.ok()) return y.status();
+  const Array& x = xf.single();
+  const int rank = x.rank();
+  const int ch = *CanonicalAxis(name(), "channel_axis", o_.channel_axis, rank);
+  std::vector<int> perm, inv(rank);
+  for (int i = 0; i < rank; ++i)
+    if (i != ch) perm.push_back(i);
+  perm.push_back(ch);
+  for (int i = 0; i < rank; ++i) inv[perm[i]] = i;
+  const int64_t n_in = x.dim(ch), n_out = width();
+  const bool ntk = o_.parameterization == Parameterization::kNtk;
+  const Real scale = ntk ? o_.W_std / std::sqrt(Real(n_in)) : 1.0 / std::sqrt(o_.s[0]);
+  const Real bscale = ntk && o_.b_std ? *o_.b_std : 1.0;
+  const bool bias = o_.b_std.has_value();
+  const Shape b_shape = bias ? params.arrays[1].shape() : Shape{};
+  // Channel-last copies of what the pullback needs.
+  auto xt = std::make_shared<const Array>(ch == rank - 1 ? x : Transpose(x, perm));
+  auto w = std::make_shared<const Array>(params.arrays[0]);
+  Pullback pullback = [=](const ArrayFlow& dyf) -> absl::StatusOr<Cotangents> {
+    const Array& dy = dyf.single();
+    const Array dyt = ch == rank - 1 ? dy : Transpose(dy, perm);
+    const int64_t rows = xt->size() / n_in;
+    using RowMat = Eigen::Matrix<Real, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    Eigen::Map<const RowMat> xm(xt->data(), rows, n_in);
+    Eigen::Map<const RowMat> wm(w->data(), n_in, n_out);
+    Eigen::Map<const RowMat> gm(dyt.data(), rows, n_out);
+    Cotangents c;
+    Array dw = Array::Uninitialized({n_in, n_out});
+    Eigen::Map<RowMat>(dw.data(), n_in, n_out).noalias() = scale * (xm.transpose() * gm);
+    c.dparams.arrays.push_back(std::move(dw));
+    if (bias) {
+      Array db(b_shape, 0.0);
+      Eigen::Map<Eigen::Matrix<Real, 1, Eigen::Dynamic>>(db.data(), n_out) = bscale * gm.colwise().sum();
+      c.dparams.arrays.push_back(std::move(db));
+    }
+    Shape dxt_shape = dyt.shape();
+    dxt_shape.back() = n_in;
+    Array dxt = Array::Uninitialized(dxt_shape);
+    Eigen::Map<RowMat>(dxt.data(), rows, n_in).noalias() = scale * (gm * wm.transpose());
+    c.dx = ArrayFlow::Single(ch == rank - 1 ? std::move(dxt) : Transpose(dxt, inv));
+    return c;
+  };
+  return Linearized{*std::move(y), std::move(pullback)};
+}
+
+}  // namespace NT_CORE_NS

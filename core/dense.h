@@ -36,6 +36,7 @@ class DenseLayer : public Layer {
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
   absl::StatusOr<double> NumParams(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
   // A position stays masked only if every input channel is masked.
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
   bool remask_kernel() const override { return true; }

@@ -1,6 +1,7 @@
 #include "core/elementwise.h"
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 namespace NT_CORE_NS {
@@ -113,6 +114,22 @@ absl::Status ElementwiseLayer::TransformKernel(KernelFlow* kf, const KernelConte
   if (k.cov2) map_cov(&*k.cov2, d2);
   k.is_gaussian = false;
   return absl::OkStatus();
+}
+
+absl::StatusOr<Layer::Linearized> ElementwiseLayer::Linearize(const Params& params,
+                                                              const ArrayFlow& x) const {
+  auto y = Apply(params, x);  // Also refuses layers without a finite network.
+  if (!y.ok()) return y.status();
+  auto d = std::make_shared<Array>(x.single().shape());
+  const Array& xs = x.single();
+  for (int64_t i = 0; i < xs.size(); ++i) (*d)[i] = static_cast<Real>(DPhi(xs[i]));
+  std::shared_ptr<const Array> dphi = std::move(d);
+  Pullback pullback = [dphi](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    Array dx = dy.single();
+    for (int64_t i = 0; i < dx.size(); ++i) dx[i] *= (*dphi)[i];
+    return Cotangents{ArrayFlow::Single(std::move(dx)), Params{}};
+  };
+  return Linearized{*std::move(y), std::move(pullback)};
 }
 
 }  // namespace NT_CORE_NS

@@ -41,6 +41,10 @@ class ElementwiseLayer : public Layer {
   virtual void DiagMap(const double* q, int64_t n, double* t) const;
   // phi(x) for the finite network.
   virtual double Phi(double x) const = 0;
+  // phi'(x), for reverse mode (the empirical NTK).
+  virtual double DPhi(double x) const = 0;
+  // Reverse mode: y = apply_fn(x), dx = dy phi'(x).
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
 
  protected:
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;

@@ -16,6 +16,7 @@ class ErfLayer : public ElementwiseLayer {
                double* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override { return a_ * std::erf(b_ * x) + c_; }
+  double DPhi(double x) const override { return a_ * b_ * M_2_SQRTPI * std::exp(-b_ * b_ * x * x); }
   // T(0, 0, 0) = c^2 is not 0: masked entries are zeroed again (as upstream).
   bool remask_kernel() const override { return true; }
 

@@ -21,6 +21,7 @@ class ExpNormalizedLayer : public ElementwiseLayer {
   void PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
                double* tdot) const override;
   double Phi(double) const override { return std::numeric_limits<double>::quiet_NaN(); }
+  double DPhi(double) const override { return std::numeric_limits<double>::quiet_NaN(); }
   // T(0, 0, 0) = 1e-15 exp(gamma shift) is not 0: masked entries are zeroed again (as upstream).
   bool remask_kernel() const override { return true; }
 

@@ -159,4 +159,12 @@ absl::Status ElementwiseExpressionLayer::TransformKernel(KernelFlow* k, const Ke
   return ElementwiseLayer::TransformKernel(k, ctx);
 }
 
+// fn' by the expression's central differences (text expressions have no symbolic derivative).
+double ElementwiseExpressionLayer::DPhi(double x) const {
+  double y = std::nan("");
+  const double* args[] = {&x};
+  if (fn_) fn_->Diff(0, args, nullptr, 1, &y);
+  return y;
+}
+
 }  // namespace NT_CORE_NS

@@ -68,6 +68,7 @@ class ElementwiseExpressionLayer : public ElementwiseLayer {
   void PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
                double* tdot) const override;
   double Phi(double x) const override;
+  double DPhi(double x) const override;
   bool remask_kernel() const override { return true; }
 
  protected:

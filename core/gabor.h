@@ -17,6 +17,7 @@ class GaborLayer : public ElementwiseLayer {
                double* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override { return std::exp(-x * x) * std::sin(x); }
+  double DPhi(double x) const override { return std::exp(-x * x) * (std::cos(x) - 2 * x * std::sin(x)); }
   // T(0, 0, 0) = 0 already (upstream does not re-mask either).
   bool remask_kernel() const override { return false; }
 };

@@ -18,6 +18,7 @@ class GaussianLayer : public ElementwiseLayer {
                double* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override { return a_ * std::exp(b_ * x * x); }
+  double DPhi(double x) const override { return 2 * a_ * b_ * x * std::exp(b_ * x * x); }
   // T(0, 0, 0) = a^2 is not 0: masked entries are zeroed again (as upstream).
   bool remask_kernel() const override { return true; }
 

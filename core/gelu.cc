@@ -45,4 +45,13 @@ void GeluLayer::DiagMap(const double* q, int64_t n, double* t) const {
   }
 }
 
+double GeluLayer::DPhi(double x) const {
+  if (approximate_) {
+    const double c = std::sqrt(2 / M_PI);
+    const double t = std::tanh(c * (x + 0.044715 * x * x * x));
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x);
+  }
+  return 0.5 * (1 + std::erf(x * M_SQRT1_2)) + x * std::exp(-0.5 * x * x) * (0.5 * M_2_SQRTPI * M_SQRT1_2);
+}
+
 }  // namespace NT_CORE_NS

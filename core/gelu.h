@@ -19,6 +19,7 @@ class GeluLayer : public ElementwiseLayer {
   void DiagMap(const double* q, int64_t n, double* t) const override;
   // As upstream, `approximate` only changes the finite network: the kernel is the exact GELU's.
   double Phi(double x) const override;
+  double DPhi(double x) const override;
   // T(0, 0, 0) = 0 already (upstream does not re-mask either).
   bool remask_kernel() const override { return false; }
 

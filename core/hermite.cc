@@ -47,4 +47,15 @@ void HermiteLayer::DiagMap(const double* q, int64_t n, double* t) const {
   PairMap(q, q, q, n, t, nullptr);
 }
 
+// h_k' = sqrt(k) h_{k-1} (He_k' = k He_{k-1}).
+double HermiteLayer::DPhi(double x) const {
+  double prev = 0, cur = 1;
+  for (int k = 0; k + 1 < degree_; ++k) {
+    const double next = (x * cur - std::sqrt(double(k)) * prev) / std::sqrt(double(k + 1));
+    prev = cur;
+    cur = next;
+  }
+  return degree_ == 0 ? 0.0 : std::sqrt(double(degree_)) * cur;
+}
+
 }  // namespace NT_CORE_NS

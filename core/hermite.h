@@ -20,6 +20,7 @@ class HermiteLayer : public ElementwiseLayer {
                double* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override;
+  double DPhi(double x) const override;
   // T(0, 0, 0) = 1 for degree 0: masked entries are zeroed again (as upstream).
   bool remask_kernel() const override { return true; }
 

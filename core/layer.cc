@@ -121,15 +121,17 @@ absl::StatusOr<Layer::LinearizedMasked> Layer::LinearizeMasked(const Params& par
   auto m = MaskFn(masks, shapes);
   if (!m.ok()) return m.status();
   Pullback inner = std::move(lin->pullback);
-  const bool any_mask = std::any_of(in_masks.begin(), in_masks.end(), [](const auto& a) { return a.has_value(); });
-  Pullback pullback = !any_mask ? inner : Pullback([inner, in_masks](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
-    auto c = inner(dy);
-    if (!c.ok()) return c.status();
-    for (size_t i = 0; i < in_masks.size() && i < c->dx.items.size(); ++i) {
-      if (in_masks[i]) ZeroWhereMasked(*in_masks[i], &c->dx.items[i]);
-    }
-    return c;
-  });
+  const bool any_mask =
+      std::any_of(in_masks.begin(), in_masks.end(), [](const auto& a) { return a.has_value(); });
+  Pullback pullback =
+      !any_mask ? inner : Pullback([inner, in_masks](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+        auto c = inner(dy);
+        if (!c.ok()) return c.status();
+        for (size_t i = 0; i < in_masks.size() && i < c->dx.items.size(); ++i) {
+          if (in_masks[i]) ZeroWhereMasked(*in_masks[i], &c->dx.items[i]);
+        }
+        return c;
+      });
   return LinearizedMasked{Masked{std::move(lin->y), *std::move(m)}, std::move(pullback)};
 }
 

@@ -94,4 +94,10 @@ void MonomialLayer::DiagMap(const double* q, int64_t n, double* t) const {
   }
 }
 
+double MonomialLayer::DPhi(double x) const {
+  double y = degree_;
+  for (int k = 1; k < degree_; ++k) y *= x;
+  return degree_ == 0 ? 0.0 : y;
+}
+
 }  // namespace NT_CORE_NS

@@ -18,6 +18,7 @@ class MonomialLayer : public ElementwiseLayer {
                double* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override;
+  double DPhi(double x) const override;
   // As upstream: T(0, 0, 0) is 0 except for degree 0 (1), which stays in masked entries.
   bool remask_kernel() const override { return false; }
 

@@ -166,4 +166,10 @@ void NumericalActivationLayer::DiagMap(const double* q, int64_t n, double* t) co
   }
 }
 
+double NumericalActivationLayer::DPhi(double x) const {
+  double y;
+  dphi_(&x, 1, &y);
+  return y;
+}
+
 }  // namespace NT_CORE_NS

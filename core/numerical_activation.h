@@ -45,6 +45,7 @@ class NumericalActivationLayer : public ElementwiseLayer {
                double* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override;
+  double DPhi(double x) const override;
   // apply_fn over the whole array in one batch call.
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
   // phi(0) need not be 0: masked entries are zeroed again (as upstream's ElementwiseNumerical).

@@ -73,4 +73,13 @@ void PolynomialLayer::DiagMap(const double* q, int64_t n, double* t) const {
   PairMap(q, q, q, n, t, nullptr);
 }
 
+double PolynomialLayer::DPhi(double x) const {
+  double y = 0, dy = 0;
+  for (auto it = coef_.rbegin(); it != coef_.rend(); ++it) {
+    dy = dy * x + y;
+    y = y * x + *it;
+  }
+  return dy;
+}
+
 }  // namespace NT_CORE_NS

@@ -18,6 +18,7 @@ class PolynomialLayer : public ElementwiseLayer {
                double* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override;
+  double DPhi(double x) const override;
   // As upstream: masked entries keep T(0, 0, 0) = coef[0]^2.
   bool remask_kernel() const override { return false; }
 

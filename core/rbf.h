@@ -18,6 +18,9 @@ class RbfLayer : public ElementwiseLayer {
                double* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override { return M_SQRT2 * std::sin(std::sqrt(2 * gamma_) * x + M_PI_4); }
+  double DPhi(double x) const override {
+    return M_SQRT2 * std::sqrt(2 * gamma_) * std::cos(std::sqrt(2 * gamma_) * x + M_PI_4);
+  }
   // T(0, 0, 0) = 1 is not 0: masked entries are zeroed again (as upstream).
   bool remask_kernel() const override { return true; }
 

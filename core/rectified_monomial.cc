@@ -89,4 +89,10 @@ void RectifiedMonomialLayer::DiagMap(const double* q, int64_t n, double* t) cons
   }
 }
 
+double RectifiedMonomialLayer::DPhi(double x) const {
+  double y = degree_;
+  for (int k = 1; k < degree_; ++k) y *= x;
+  return degree_ == 0 || x < 0 ? 0.0 : y;
+}
+
 }  // namespace NT_CORE_NS

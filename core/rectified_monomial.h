@@ -17,6 +17,7 @@ class RectifiedMonomialLayer : public ElementwiseLayer {
                double* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override;
+  double DPhi(double x) const override;
   // As upstream (whose T(0, 0, 0) is NaN; ours is f(0)^2: 1 for degree 0, else 0).
   bool remask_kernel() const override { return false; }
 

@@ -16,6 +16,7 @@ class SignLayer : public ElementwiseLayer {
                double* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override { return double(x > 0) - double(x < 0); }
+  double DPhi(double) const override { return 0.0; }  // Almost everywhere (as jax.grad of sign).
   // T(0, 0, 0) = 0 already (upstream does not re-mask either).
   bool remask_kernel() const override { return false; }
 };

@@ -19,6 +19,7 @@ class SinLayer : public ElementwiseLayer {
                double* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override { return a_ * std::sin(b_ * x + c_); }
+  double DPhi(double x) const override { return a_ * b_ * std::cos(b_ * x + c_); }
   // T(0, 0, 0) = a^2 sin(c)^2 is not 0: masked entries are zeroed again (as upstream).
   bool remask_kernel() const override { return true; }
 

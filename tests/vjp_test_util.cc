@@ -86,7 +86,8 @@ void ExpectVjpMatchesFiniteDifferences(const Layer& layer, const Params& params,
   std::vector<RngKey> keys = RngKey(seed).Split(3);
   std::vector<Array> dy = RandomLike(lin->out.values.items, keys[0]);
   for (size_t i = 0; i < dy.size(); ++i) {
-    if (i < lin->out.masks.items.size() && lin->out.masks.items[i]) ZeroWhereMasked(*lin->out.masks.items[i], &dy[i]);
+    if (i < lin->out.masks.items.size() && lin->out.masks.items[i])
+      ZeroWhereMasked(*lin->out.masks.items[i], &dy[i]);
   }
   ArrayFlow dyf;
   dyf.items = dy;
@@ -118,7 +119,8 @@ void ExpectVjpMatchesFiniteDifferences(const Layer& layer, const Params& params,
   double vjp_x = 0, x_scale = 0;
   for (size_t i = 0; i < dx.size(); ++i) {
     vjp_x += Dot(cot->dx.items[i], dx[i]);
-    for (int64_t j = 0; j < x.items[i].size(); ++j) x_scale = std::max(x_scale, std::abs(double(x.items[i][j])));
+    for (int64_t j = 0; j < x.items[i].size(); ++j)
+      x_scale = std::max(x_scale, std::abs(double(x.items[i][j])));
   }
   const double hx = 1e-5 * std::max(x_scale, 1e-3);
   const double fd_x = Derivative(
@@ -143,7 +145,8 @@ void ExpectVjpMatchesFiniteDifferences(const Layer& layer, const Params& params,
   double vjp_p = 0, p_scale = 0;
   for (size_t i = 0; i < dp.size(); ++i) {
     vjp_p += Dot(*dp_arrays[i], dp[i]);
-    for (int64_t j = 0; j < p_values[i].size(); ++j) p_scale = std::max(p_scale, std::abs(double(p_values[i][j])));
+    for (int64_t j = 0; j < p_values[i].size(); ++j)
+      p_scale = std::max(p_scale, std::abs(double(p_values[i][j])));
   }
   const double hp = 1e-5 * std::max(p_scale, 1e-3);
   const double fd_p = Derivative(
@@ -160,8 +163,9 @@ void ExpectVjpMatchesFiniteDifferences(const Layer& layer, const Params& params,
   ExpectClose(fd_p, vjp_p, tol, absl::StrCat(layer.name(), ": parameter cotangent"));
 }
 
-void ExpectNetVjpMatchesFiniteDifferences(const stax::Net& net, const Array& x, std::optional<double> mask_constant,
-                                          const ApplyContext& ctx, double tol, uint64_t param_seed) {
+void ExpectNetVjpMatchesFiniteDifferences(const stax::Net& net, const Array& x,
+                                          std::optional<double> mask_constant, const ApplyContext& ctx,
+                                          double tol, uint64_t param_seed) {
   ASSERT_TRUE(net.status().ok()) << net.status();
   auto init = net.init_fn(RngKey(param_seed), x.shape());
   ASSERT_TRUE(init.ok()) << init.status();
