@@ -333,6 +333,33 @@ absl::StatusOr<Shape> EmpiricalKernelShape(const Shape& s1, const Shape& s2, con
   return plan->out_shape;
 }
 
+absl::StatusOr<double> EmpiricalKernelBytes(const Layer& net, double num_params, const Shape& x1,
+                                            const Shape* x2, bool get_ntk, const EmpiricalOptions& o) {
+  auto s1 = net.OutputShape(ShapeFlow::Single(x1));
+  if (!s1.ok()) return s1.status();
+  auto s2 = net.OutputShape(ShapeFlow::Single(x2 ? *x2 : x1));
+  if (!s2.ok()) return s2.status();
+  if (s1->is_list || s2->is_list) {
+    return absl::UnimplementedError("networks with several outputs: empirical kernels take one output");
+  }
+  auto plan = MakePlan(s1->single(), s2->single(), o);
+  if (!plan.ok()) return plan.status();
+  const double y1 = static_cast<double>(NumElements(s1->single()));
+  const double y2 = static_cast<double>(NumElements(s2->single()));
+  const double entries = (get_ntk ? (y1 + (x2 ? y2 : 0)) * num_params : 0) + (y1 + y2) +
+                         2.0 * plan->other1.size() * plan->other2.size() +
+                         static_cast<double>(NumElements(plan->out_shape));
+  const double bytes = entries * sizeof(Real);
+  if (o.memory_budget_bytes > 0 && bytes > o.memory_budget_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the empirical kernel needs about ", static_cast<int64_t>(bytes / 1e6),
+                     " MB (Jacobians of ", static_cast<int64_t>(y1), " + ", static_cast<int64_t>(x2 ? y2 : 0),
+                     " outputs by ", static_cast<int64_t>(num_params), " parameters), over the budget of ",
+                     static_cast<int64_t>(o.memory_budget_bytes / 1e6), " MB: send fewer inputs at a time"));
+  }
+  return bytes;
+}
+
 absl::StatusOr<EmpiricalKernel> EmpiricalKernelFn(const Layer& net, const Params& params, const Array& x1,
                                                   const Array* x2, bool get_nngp, bool get_ntk,
                                                   const EmpiricalOptions& o) {
@@ -344,21 +371,11 @@ absl::StatusOr<EmpiricalKernel> EmpiricalKernelFn(const Layer& net, const Params
   if (s1->is_list || s2->is_list) {
     return absl::UnimplementedError("networks with several outputs: empirical kernels take one output");
   }
+  auto bytes = EmpiricalKernelBytes(net, static_cast<double>(NumParamEntries(params)), x1.shape(),
+                                    x2 && !same ? &x2->shape() : nullptr, get_ntk, o);
+  if (!bytes.ok()) return bytes.status();
   auto plan = MakePlan(s1->single(), s2->single(), o);
   if (!plan.ok()) return plan.status();
-  const double p = static_cast<double>(NumParamEntries(params));
-  const double y1 = static_cast<double>(NumElements(s1->single())),
-               y2 = static_cast<double>(NumElements(s2->single()));
-  const double entries = (get_ntk ? (y1 + (same ? 0 : y2)) * p : 0) + (y1 + y2) +
-                         2.0 * plan->other1.size() * plan->other2.size() +
-                         static_cast<double>(NumElements(plan->out_shape));
-  if (o.memory_budget_bytes > 0 && entries * sizeof(Real) > o.memory_budget_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the empirical kernel needs about ", static_cast<int64_t>(entries * sizeof(Real) / 1e6),
-        " MB (Jacobians of ", static_cast<int64_t>(y1), " + ", static_cast<int64_t>(same ? 0 : y2),
-        " outputs by ", static_cast<int64_t>(p), " parameters), over the budget of ",
-        static_cast<int64_t>(o.memory_budget_bytes / 1e6), " MB: send fewer inputs at a time"));
-  }
   std::optional<RngKey> rng2 = o.rng;
   if (o.rng && !same) rng2 = o.rng->FoldIn(1);
   auto j1 = ComputeJacobian(net, params, x1, o.pattern1, o.rng, o, get_ntk);
@@ -385,7 +402,7 @@ absl::StatusOr<EmpiricalKernel> EmpiricalKernelFn(const Layer& net, const Params
 absl::Status MonteCarloKernelFn(const Layer& net, const Array& x1, const Array* x2, bool get_nngp,
                                 bool get_ntk, const MonteCarloOptions& o,
                                 const std::function<absl::Status(int n, const EmpiricalKernel&)>& on_estimate,
-                                const std::function<void(int done, int total)>& progress) {
+                                const std::function<absl::Status(int done, int total)>& progress) {
   std::set<int> wanted;
   for (int n : o.n_samples) {
     if (n <= 0) return absl::InvalidArgumentError(absl::StrCat("n_samples: must be positive, got ", n));
@@ -429,7 +446,9 @@ absl::Status MonteCarloKernelFn(const Layer& net, const Array& x1, const Array* 
       add(&sum.nngp, results[i]->nngp);
       add(&sum.ntk, results[i]->ntk);
       const int n = start + i + 1;
-      if (progress) progress(n, total);
+      if (progress) {
+        if (absl::Status st = progress(n, total); !st.ok()) return st;
+      }
       if (wanted.count(n)) {
         EmpiricalKernel est = sum;
         const Real inv = Real(1) / static_cast<Real>(n);

@@ -61,6 +61,11 @@ int64_t NumParamEntries(const Params& params);
 // diagonal_axes.
 absl::StatusOr<Shape> EmpiricalKernelShape(const Shape& s1, const Shape& s2, const EmpiricalOptions& o);
 
+// Bytes EmpiricalKernelFn would hold (Jacobians, outputs, kernels) for inputs of these shapes (x2 null:
+// the same batch) and `num_params` parameters.
+absl::StatusOr<double> EmpiricalKernelBytes(const Layer& net, double num_params, const Shape& x1,
+                                            const Shape* x2, bool get_ntk, const EmpiricalOptions& o);
+
 // empirical_kernel_fn(f)(x1, x2, get, params): x2 = null means x1.
 absl::StatusOr<EmpiricalKernel> EmpiricalKernelFn(const Layer& net, const Params& params, const Array& x1,
                                                   const Array* x2, bool get_nngp, bool get_ntk,
@@ -78,11 +83,11 @@ struct MonteCarloOptions {
 // = split(sample_key_n), params = init_fn(init_key, x1.shape), then the empirical kernel with
 // rng = dropout_key. Samples run in parallel and are summed in order, so results do not depend on the
 // thread count. Calls on_estimate(n, estimate) for each requested n in increasing order (an error from it
-// stops the run) and progress(samples done, samples total) after each sample in order.
+// stops the run) and progress(samples done, samples total) after each sample in order (the same).
 absl::Status MonteCarloKernelFn(const Layer& net, const Array& x1, const Array* x2, bool get_nngp,
                                 bool get_ntk, const MonteCarloOptions& o,
                                 const std::function<absl::Status(int n, const EmpiricalKernel&)>& on_estimate,
-                                const std::function<void(int done, int total)>& progress = {});
+                                const std::function<absl::Status(int done, int total)>& progress = {});
 
 }  // namespace NT_CORE_NS
 

@@ -37,6 +37,10 @@ class KernelServiceImpl final : public nt::v1::KernelService::Service {
                     nt::v1::InitResponse* response) override;
   grpc::Status Apply(grpc::ServerContext* context, const nt::v1::ApplyRequest* request,
                      nt::v1::ApplyResponse* response) override;
+  grpc::Status EmpiricalKernel(grpc::ServerContext* context, const nt::v1::EmpiricalKernelRequest* request,
+                               nt::v1::EmpiricalKernelResponse* response) override;
+  grpc::Status MonteCarloKernel(grpc::ServerContext* context, const nt::v1::MonteCarloKernelRequest* request,
+                                grpc::ServerWriter<nt::v1::MonteCarloKernelResponse>* writer) override;
 
   int64_t reserved_bytes() const { return reserved_.load(); }
   // Calls being handled right now (for a graceful shutdown that does not wait on idle connections).

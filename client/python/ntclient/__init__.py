@@ -8,6 +8,7 @@
 """
 
 from ntclient import arch_json
+from ntclient import empirical
 from ntclient import predict
 from ntclient import stax
 from ntclient import tensors
@@ -15,6 +16,10 @@ from ntclient.connection import connect
 from ntclient.connection import Connection
 from ntclient.connection import default_connection
 from ntclient.connection import health
+from ntclient.empirical import empirical_kernel_fn
+from ntclient.empirical import empirical_nngp_fn
+from ntclient.empirical import empirical_ntk_fn
+from ntclient.empirical import monte_carlo_kernel_fn
 from ntclient.stax import compute_kernel
 from ntclient.stax import describe
 from ntclient.stax import from_json
@@ -22,5 +27,6 @@ from ntclient.stax import to_json
 
 __all__ = [
     'Connection', 'arch_json', 'compute_kernel', 'connect', 'default_connection', 'describe',
-    'from_json', 'health', 'predict', 'stax', 'tensors', 'to_json',
+    'empirical', 'empirical_kernel_fn', 'empirical_nngp_fn', 'empirical_ntk_fn', 'from_json', 'health',
+    'monte_carlo_kernel_fn', 'predict', 'stax', 'tensors', 'to_json',
 ]

@@ -46,6 +46,13 @@ class Connection:
   def apply(self, request, timeout=None):
     return self.stub.Apply(request, timeout=timeout)
 
+  def empirical_kernel(self, request, timeout=None):
+    return self.stub.EmpiricalKernel(request, timeout=timeout)
+
+  def monte_carlo_kernel(self, request, timeout=None):
+    """A stream of MonteCarloKernelResponse."""
+    return self.stub.MonteCarloKernel(request, timeout=timeout)
+
   def health(self, service='', timeout=10.0):
     """The grpc.health.v1 serving status name, e.g. 'SERVING'."""
     if _proto.health_pb2_grpc is None:
