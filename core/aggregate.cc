@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -132,23 +134,33 @@ absl::StatusOr<Array> AggregateLayer::Aggregate(const Array& x, const Array& pat
   auto mats = Adjacency(pattern, x.shape(), "pattern");
   if (!mats.ok()) return mats.status();
   auto axes = Axes(x.shape());
+  if (!axes.ok()) return axes.status();
+  return AggregateWith(x, *mats, *axes, o_.batch_axis, false);
+}
+
+Array AggregateLayer::AggregateWith(const Array& x, const std::vector<PositionMatrix>& mats,
+                                    const std::vector<int>& axes, int batch_axis, bool transposed) {
   const int rank = x.rank();
-  const int b = ((o_.batch_axis % rank) + rank) % rank;
+  const int b = ((batch_axis % rank) + rank) % rank;
   // (batch, other axes, aggregated axes): y_n = x_n A_n on the trailing block.
   std::vector<int> perm{b};
   for (int a = 0; a < rank; ++a) {
-    if (a != b && !std::count(axes->begin(), axes->end(), a)) perm.push_back(a);
+    if (a != b && !std::count(axes.begin(), axes.end(), a)) perm.push_back(a);
   }
-  perm.insert(perm.end(), axes->begin(), axes->end());
+  perm.insert(perm.end(), axes.begin(), axes.end());
   const Array xt = Transpose(x, perm);
   const int64_t n = x.dim(b);
-  const int64_t v = (*mats)[0].rows();
+  const int64_t v = mats[0].rows();
   const int64_t rows = x.size() / std::max<int64_t>(n * v, 1);
   Array yt = Array::Uninitialized(xt.shape());
   for (int64_t i = 0; i < n; ++i) {
     Eigen::Map<const PositionMatrix> xi(xt.data() + i * rows * v, rows, v);
     Eigen::Map<PositionMatrix> yi(yt.data() + i * rows * v, rows, v);
-    yi.noalias() = xi * (*mats)[i];
+    if (transposed) {
+      yi.noalias() = xi * mats[i].transpose();
+    } else {
+      yi.noalias() = xi * mats[i];
+    }
   }
   std::vector<int> back(rank);
   for (int i = 0; i < rank; ++i) back[perm[i]] = i;
@@ -171,6 +183,60 @@ absl::StatusOr<Layer::Masked> AggregateLayer::ApplyMasked(const Params& params, 
   auto y = Aggregate(zeroed, *ctx.pattern);
   if (!y.ok()) return y.status();
   return Masked{ArrayFlow::Single(*std::move(y)), masks};
+}
+
+absl::StatusOr<Layer::Linearized> AggregateLayer::Linearize(const Params&, const ArrayFlow& x) const {
+  // Without a pattern: the identity.
+  if (absl::Status st = ExpectSingle(kName, x.is_list, x.items.size()); !st.ok()) return st;
+  if (auto axes = Axes(x.single().shape()); !axes.ok()) return axes.status();
+  const Shape shape = x.single().shape();
+  Pullback pullback = [shape](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    if (absl::Status st = ExpectSingle(kName, dy.is_list, dy.items.size()); !st.ok()) return st;
+    if (dy.single().shape() != shape) {
+      return LayerError(kName, "",
+                        absl::StrCat("output cotangent of shape ", ShapeToString(dy.single().shape()),
+                                     " for outputs of shape ", ShapeToString(shape)));
+    }
+    return Cotangents{dy, Params{}};
+  };
+  return Linearized{x, std::move(pullback)};
+}
+
+absl::StatusOr<Layer::LinearizedMasked> AggregateLayer::LinearizeMasked(const Params& params,
+                                                                        const ArrayFlow& x,
+                                                                        const MaskFlow& masks,
+                                                                        const ApplyContext& ctx) const {
+  if (!ctx.pattern) return Layer::LinearizeMasked(params, x, masks, ctx);
+  // As ApplyMasked with a pattern.
+  if (absl::Status st = ExpectSingle(kName, x.is_list, x.items.size()); !st.ok()) return st;
+  Array zeroed = x.single();
+  std::optional<Array> mask;
+  if (!masks.items.empty() && masks.items[0]) {
+    mask = *masks.items[0];
+    ZeroWhereMasked(*mask, &zeroed);
+  }
+  auto mats = Adjacency(*ctx.pattern, zeroed.shape(), "pattern");
+  if (!mats.ok()) return mats.status();
+  auto axes = Axes(zeroed.shape());
+  if (!axes.ok()) return axes.status();
+  Array y = AggregateWith(zeroed, *mats, *axes, o_.batch_axis, false);
+  const Shape shape = zeroed.shape();
+  const int batch_axis = o_.batch_axis;
+  // y = x A per sample, so dx = dy A^T; masked inputs were zeroed before use.
+  Pullback pullback = [mats = std::make_shared<const std::vector<PositionMatrix>>(*std::move(mats)),
+                       axes = *std::move(axes), shape, mask,
+                       batch_axis](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    if (absl::Status st = ExpectSingle(kName, dy.is_list, dy.items.size()); !st.ok()) return st;
+    if (dy.single().shape() != shape) {
+      return LayerError(kName, "",
+                        absl::StrCat("output cotangent of shape ", ShapeToString(dy.single().shape()),
+                                     " for outputs of shape ", ShapeToString(shape)));
+    }
+    Array dx = AggregateWith(dy.single(), *mats, axes, batch_axis, true);
+    if (mask) ZeroWhereMasked(*mask, &dx);
+    return Cotangents{ArrayFlow::Single(std::move(dx)), Params{}};
+  };
+  return LinearizedMasked{Masked{ArrayFlow::Single(std::move(y)), masks}, std::move(pullback)};
 }
 
 absl::Status AggregateLayer::TransformKernel(KernelFlow* kf, const KernelContext& ctx) const {

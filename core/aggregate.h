@@ -38,6 +38,11 @@ class AggregateLayer : public Layer {
   using Layer::ApplyMasked;
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,
                                      const ApplyContext& ctx) const override;
+  // Linear in x given the pattern: the pullback aggregates along the reversed arcs (A^T).
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
+  absl::StatusOr<LinearizedMasked> LinearizeMasked(const Params& params, const ArrayFlow& x,
+                                                   const MaskFlow& masks,
+                                                   const ApplyContext& ctx) const override;
   bool remask_kernel() const override { return true; }
 
   // The adjacency matrices A[n] (V x V, arc i -> j at [i, j]) of a pattern for activations of `shape`.
@@ -52,6 +57,9 @@ class AggregateLayer : public Layer {
   absl::StatusOr<std::vector<int>> Axes(const Shape& shape) const;
   // apply_fn with a pattern.
   absl::StatusOr<Array> Aggregate(const Array& x, const Array& pattern) const;
+  // y_n = x_n A_n (or A_n^T with `transposed`) over the aggregated axes, for the adjacency `mats`.
+  static Array AggregateWith(const Array& x, const std::vector<PositionMatrix>& mats,
+                             const std::vector<int>& axes, int batch_axis, bool transposed);
   AggregateOptions o_;
 };
 

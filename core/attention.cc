@@ -77,7 +77,51 @@ double Dot(const Real* a, const Real* b, int64_t n) {
   return s;
 }
 
+// Turns `d` (the cotangent of the attention weights `a` = phi(logits)) into that of the logits.
+void MechanismBackward(AttentionMechanism mech, const RowMat& a, const RowMat* logits, RowMat* d) {
+  switch (mech) {
+    case AttentionMechanism::kSoftmax:
+      for (int64_t r = 0; r < a.rows(); ++r) {
+        const Real s = d->row(r).dot(a.row(r));
+        d->row(r) = (a.row(r).array() * (d->row(r).array() - s)).matrix();
+      }
+      break;
+    case AttentionMechanism::kIdentity:
+      break;
+    case AttentionMechanism::kAbs:
+      // sign(0) = 0, as jax's derivative of abs.
+      *d = (d->array() * logits->array().sign()).matrix();
+      break;
+    case AttentionMechanism::kRelu:
+      // relu(g) > 0 exactly where g > 0; the derivative at 0 is 0, as jax's.
+      *d = (a.array() > 0).select(d->array(), Real(0)).matrix();
+      break;
+  }
+}
+
 }  // namespace
+
+// Everything in the canonical layout (N, spatial..., C), positions of a sample flattened row-major.
+struct GlobalSelfAttentionLayer::Tape {
+  AttentionMechanism mech;
+  std::vector<int> perm, inv;  // To the canonical layout and back.
+  Shape y_shape;               // The outputs, in the caller's layout.
+  Shape xt_shape;              // The inputs, canonical.
+  Shape emb_shape;             // Per-sample embeddings (N, spatial..., c_pe).
+  Shape pe_t_shape;            // The embedding parameter (1, spatial..., c_pe).
+  Shape bias_shape;
+  int64_t n = 0, p = 0, c_in = 0, c_k = 0, c_v = 0, nk = 0, nv = 0, heads = 0, c_out = 0, c_pe = 0;
+  bool has_query = false, has_bias = false, has_pe = false, values_read_keys = true;
+  Real scale = 0, out_scale = 0, b_std = 0, w_pe = 0;
+  Array wq, wk, wv, wo;
+  RowMat xk, xv;                  // Inputs of keys/queries and of values (xv empty when the values read xk).
+  std::vector<RowMat> q, k, v;    // Per head (q empty without W_query: the queries are the keys).
+  std::vector<RowMat> a, logits;  // Per head and sample (h N + i): weights; ABS's logits.
+  RowMat heads_out;
+  std::vector<char> key_masked;
+  std::optional<Array> emb_mask;  // The mask applied to the per-sample embeddings.
+  std::optional<RowMat> chol;     // The Cholesky factor that correlates the embeddings.
+};
 
 absl::StatusOr<AttentionMechanism> ParseAttentionMechanism(const std::string& value) {
   if (value == "SOFTMAX") return AttentionMechanism::kSoftmax;
@@ -294,8 +338,50 @@ absl::StatusOr<Layer::Masked> GlobalSelfAttentionLayer::ApplyMasked(const Params
   return Masked{ArrayFlow::Single(*std::move(y)), *std::move(out_masks)};
 }
 
+absl::StatusOr<Layer::Linearized> GlobalSelfAttentionLayer::Linearize(const Params& params,
+                                                                      const ArrayFlow& xf) const {
+  if (absl::Status st = ExpectSingle(name(), xf.is_list, xf.items.size()); !st.ok()) return st;
+  std::shared_ptr<Tape> tape;
+  auto y = Forward(params, xf.single(), nullptr, &tape);
+  if (!y.ok()) return y.status();
+  Pullback pullback = [tape = std::shared_ptr<const Tape>(std::move(tape))](const ArrayFlow& dy) {
+    return Backward(*tape, dy);
+  };
+  return Linearized{ArrayFlow::Single(*std::move(y)), std::move(pullback)};
+}
+
+absl::StatusOr<Layer::LinearizedMasked> GlobalSelfAttentionLayer::LinearizeMasked(
+    const Params& params, const ArrayFlow& xf, const MaskFlow& masks, const ApplyContext& ctx) const {
+  if (absl::Status st = ExpectSingle(name(), xf.is_list, xf.items.size()); !st.ok()) return st;
+  if (masks.items.empty() || !masks.items.front()) return Layer::LinearizeMasked(params, xf, masks, ctx);
+  // As ApplyMasked.
+  const Array& mask = *masks.items.front();
+  Array x = xf.single();
+  if (!Broadcasts(mask, x.shape())) {
+    return LayerError(name(), "mask",
+                      absl::StrCat("of shape ", ShapeToString(mask.shape()),
+                                   " does not broadcast to the input shape ", ShapeToString(x.shape())));
+  }
+  ZeroWhereMasked(mask, &x);
+  std::shared_ptr<Tape> tape;
+  auto y = Forward(params, x, &mask, &tape);
+  if (!y.ok()) return y.status();
+  auto out_masks = MaskFn(masks, ShapeFlow::Single(x.shape()));
+  if (!out_masks.ok()) return out_masks.status();
+  // Masked inputs were zeroed before use: their values never reach the outputs.
+  Pullback pullback = [tape = std::shared_ptr<const Tape>(std::move(tape)),
+                       mask](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    auto c = Backward(*tape, dy);
+    if (c.ok()) ZeroWhereMasked(mask, &c->dx.single());
+    return c;
+  };
+  return LinearizedMasked{Masked{ArrayFlow::Single(*std::move(y)), *std::move(out_masks)},
+                          std::move(pullback)};
+}
+
 absl::StatusOr<Array> GlobalSelfAttentionLayer::Forward(const Params& params, const Array& x,
-                                                        const Array* mask) const {
+                                                        const Array* mask,
+                                                        std::shared_ptr<Tape>* tape) const {
   const int rank = x.rank();
   auto bc = BatchAndChannelAxes(name(), o_.batch_axis, o_.channel_axis, rank);
   if (!bc.ok()) return bc.status();
@@ -362,6 +448,34 @@ absl::StatusOr<Array> GlobalSelfAttentionLayer::Forward(const Params& params, co
     pos_emb = *a;
   }
 
+  std::shared_ptr<Tape> tp;
+  if (tape) {
+    tp = std::make_shared<Tape>();
+    tp->mech = o_.attention_mechanism;
+    tp->perm = perm;
+    tp->inv = inv;
+    tp->n = n;
+    tp->p = p;
+    tp->c_in = c_in;
+    tp->c_k = c_k;
+    tp->c_v = c_v;
+    tp->nk = nk;
+    tp->nv = nv;
+    tp->heads = heads;
+    tp->c_out = c_out;
+    tp->c_pe = c_pe;
+    tp->has_query = wq != nullptr;
+    tp->has_bias = bias != nullptr;
+    tp->has_pe = has_pe;
+    if (wq) tp->wq = *wq;
+    tp->wk = **wk;
+    tp->wv = **wv;
+    tp->wo = **wo;
+    if (bias) tp->bias_shape = bias->shape();
+    tp->b_std = static_cast<Real>(o_.b_std.value_or(0.0));
+    tp->w_pe = static_cast<Real>(o_.W_pos_emb_std);
+  }
+
   const Array xt = Transpose(x, perm);
   std::optional<Array> mask_t;
   if (mask) {
@@ -389,6 +503,7 @@ absl::StatusOr<Array> GlobalSelfAttentionLayer::Forward(const Params& params, co
       }
       const Eigen::MatrixXd l = llt.matrixL();
       e = (l.cast<Real>() * e).eval();
+      if (tp) tp->chol = RowMat(l.cast<Real>());
     }
     // Per-sample embeddings: zeroed at masked entries, then scaled.
     Shape full = xt.shape();
@@ -410,6 +525,11 @@ absl::StatusOr<Array> GlobalSelfAttentionLayer::Forward(const Params& params, co
         m = AllAlongAxis(m, rank - 1);
       }
       ZeroWhereMasked(m, &emb);
+      if (tp) tp->emb_mask = std::move(m);
+    }
+    if (tp) {
+      tp->emb_shape = emb.shape();
+      tp->pe_t_shape = et.shape();
     }
     const Real w_pe = static_cast<Real>(o_.W_pos_emb_std);
     MatMap em(emb.data(), n * p, c_pe);
@@ -441,12 +561,21 @@ absl::StatusOr<Array> GlobalSelfAttentionLayer::Forward(const Params& params, co
   // Heads concatenated value-channel-major: column v * heads + h.
   RowMat heads_out(n * p, nv * heads);
   RowMat g(p, p);
+  if (tp) {
+    tp->scale = scale;
+    tp->key_masked = key_masked;
+    tp->k.resize(heads);
+    tp->v.resize(heads);
+    if (wq) tp->q.resize(heads);
+    tp->a.resize(heads * n);
+    if (o_.attention_mechanism == AttentionMechanism::kAbs) tp->logits.resize(heads * n);
+  }
   for (int64_t h = 0; h < heads; ++h) {
-    const RowMat kh = xk * ConstMatMap((*wk)->data() + h * c_k * nk, c_k, nk);
+    RowMat kh = xk * ConstMatMap((*wk)->data() + h * c_k * nk, c_k, nk);
     RowMat qh;
     if (wq) qh = xk * ConstMatMap(wq->data() + h * c_k * nk, c_k, nk);
     const RowMat& qr = wq ? qh : kh;
-    const RowMat vh = xv * ConstMatMap((*wv)->data() + h * c_v * nv, c_v, nv);
+    RowMat vh = xv * ConstMatMap((*wv)->data() + h * c_v * nv, c_v, nv);
     for (int64_t i = 0; i < n; ++i) {
       g.noalias() = scale * (qr.middleRows(i * p, p) * kh.middleRows(i * p, p).transpose());
       if (!key_masked.empty()) {
@@ -455,11 +584,18 @@ absl::StatusOr<Array> GlobalSelfAttentionLayer::Forward(const Params& params, co
           if (key_masked[i * p + k]) g.col(k).setConstant(fill);
         }
       }
+      if (tp && !tp->logits.empty()) tp->logits[h * n + i] = g;
       ApplyMechanism(o_.attention_mechanism, p, p, g.data());
+      if (tp) tp->a[h * n + i] = g;
       const RowMat head = g * vh.middleRows(i * p, p);
       for (int64_t q = 0; q < p; ++q) {
         for (int64_t v = 0; v < nv; ++v) heads_out(i * p + q, v * heads + h) = head(q, v);
       }
+    }
+    if (tp) {
+      tp->k[h] = std::move(kh);
+      if (wq) tp->q[h] = std::move(qh);
+      tp->v[h] = std::move(vh);
     }
   }
   Shape ys = xt.shape();
@@ -475,7 +611,120 @@ absl::StatusOr<Array> GlobalSelfAttentionLayer::Forward(const Params& params, co
       for (int64_t o = 0; o < c_out; ++o) ym(r, o) += b_std * (*bias)[o];
     }
   }
-  return Transpose(yt, inv);
+  Array y = Transpose(yt, inv);
+  if (tp) {
+    tp->out_scale = out_scale;
+    tp->y_shape = y.shape();
+    tp->xt_shape = xt.shape();
+    tp->values_read_keys = !has_pe || values_see_pe;
+    tp->xk = std::move(xk);
+    tp->xv = std::move(xv_own);
+    tp->heads_out = std::move(heads_out);
+    *tape = std::move(tp);
+  }
+  return y;
+}
+
+absl::StatusOr<Cotangents> GlobalSelfAttentionLayer::Backward(const Tape& t, const ArrayFlow& dyf) {
+  const std::string layer = "GlobalSelfAttention";
+  if (absl::Status st = ExpectSingle(layer, dyf.is_list, dyf.items.size()); !st.ok()) return st;
+  if (dyf.single().shape() != t.y_shape) {
+    return LayerError(layer, "",
+                      absl::StrCat("output cotangent of shape ", ShapeToString(dyf.single().shape()),
+                                   " for outputs of shape ", ShapeToString(t.y_shape)));
+  }
+  const int64_t n = t.n, p = t.p, np = n * p, heads = t.heads, nk = t.nk, nv = t.nv;
+  const int64_t c_in = t.c_in, c_k = t.c_k, c_v = t.c_v, c_out = t.c_out;
+  const Array dyt = Transpose(dyf.single(), t.perm);
+  const ConstMatMap dy(dyt.data(), np, c_out);
+
+  // y = out_scale heads_out W_out + b_std b.
+  Array dwo(t.wo.shape());
+  MatMap(dwo.data(), nv * heads, c_out).noalias() = t.out_scale * (t.heads_out.transpose() * dy);
+  const RowMat dheads = t.out_scale * (dy * ConstMatMap(t.wo.data(), nv * heads, c_out).transpose());
+
+  // Per head and sample: head = phi(scale Q K^T, masked keys filled) V.
+  RowMat dxk = RowMat::Zero(np, c_k);
+  RowMat dxv_own;
+  if (!t.values_read_keys) dxv_own = RowMat::Zero(np, c_v);
+  RowMat& dxv = t.values_read_keys ? dxk : dxv_own;
+  const RowMat& xv = t.values_read_keys ? t.xk : t.xv;
+  Array dwq(t.wq.shape()), dwk(t.wk.shape()), dwv(t.wv.shape());
+  RowMat dhead(p, nv), dg(p, p);
+  for (int64_t h = 0; h < heads; ++h) {
+    const RowMat& kh = t.k[h];
+    const RowMat& qr = t.has_query ? t.q[h] : kh;
+    const RowMat& vh = t.v[h];
+    RowMat dk(np, nk), dq, dv(np, nv);
+    if (t.has_query) dq.resize(np, nk);
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t q = 0; q < p; ++q) {
+        for (int64_t v = 0; v < nv; ++v) dhead(q, v) = dheads(i * p + q, v * heads + h);
+      }
+      const RowMat& a = t.a[h * n + i];
+      dv.middleRows(i * p, p).noalias() = a.transpose() * dhead;
+      dg.noalias() = dhead * vh.middleRows(i * p, p).transpose();
+      MechanismBackward(t.mech, a, t.logits.empty() ? nullptr : &t.logits[h * n + i], &dg);
+      // Masked keys' logits are replaced by a constant.
+      if (!t.key_masked.empty()) {
+        for (int64_t k = 0; k < p; ++k) {
+          if (t.key_masked[i * p + k]) dg.col(k).setZero();
+        }
+      }
+      dg *= t.scale;
+      dk.middleRows(i * p, p).noalias() = dg.transpose() * qr.middleRows(i * p, p);
+      if (t.has_query) {
+        dq.middleRows(i * p, p).noalias() = dg * kh.middleRows(i * p, p);
+      } else {
+        dk.middleRows(i * p, p).noalias() += dg * kh.middleRows(i * p, p);
+      }
+    }
+    const ConstMatMap wk(t.wk.data() + h * c_k * nk, c_k, nk);
+    MatMap(dwk.data() + h * c_k * nk, c_k, nk).noalias() = t.xk.transpose() * dk;
+    dxk.noalias() += dk * wk.transpose();
+    if (t.has_query) {
+      const ConstMatMap wq(t.wq.data() + h * c_k * nk, c_k, nk);
+      MatMap(dwq.data() + h * c_k * nk, c_k, nk).noalias() = t.xk.transpose() * dq;
+      dxk.noalias() += dq * wq.transpose();
+    }
+    const ConstMatMap wv(t.wv.data() + h * c_v * nv, c_v, nv);
+    MatMap(dwv.data() + h * c_v * nv, c_v, nv).noalias() = xv.transpose() * dv;
+    dxv.noalias() += dv * wv.transpose();
+  }
+
+  // x is the first c_in columns of the keys' inputs (all of them with SUM), and the values' own inputs.
+  Array dxt(t.xt_shape);
+  MatMap dx(dxt.data(), np, c_in);
+  dx = dxk.leftCols(c_in);
+  if (!t.values_read_keys) dx += dxv_own;
+
+  Cotangents out;
+  out.dx = ArrayFlow::Single(Transpose(dxt, t.inv));
+  Params& dp = out.dparams;
+  if (t.has_query) dp.arrays.push_back(std::move(dwq));
+  dp.arrays.push_back(std::move(dwk));
+  dp.arrays.push_back(std::move(dwv));
+  dp.arrays.push_back(std::move(dwo));
+  if (t.has_bias) {
+    Array db(t.bias_shape);
+    for (int64_t o = 0; o < c_out; ++o) db[o] = t.b_std * dy.col(o).sum();
+    dp.arrays.push_back(std::move(db));
+  }
+  if (t.has_pe) {
+    // The embeddings are the last c_pe columns of the keys' inputs (all of them with SUM), scaled by
+    // W_pos_emb_std, zeroed where masked, the same for every sample and correlated by the Cholesky factor.
+    const int64_t c_pe = t.c_pe;
+    Array demb(t.emb_shape);
+    MatMap(demb.data(), np, c_pe) = t.w_pe * dxk.rightCols(c_pe);
+    if (t.emb_mask) ZeroWhereMasked(*t.emb_mask, &demb);
+    RowMat de = RowMat::Zero(p, c_pe);
+    for (int64_t i = 0; i < n; ++i) de += ConstMatMap(demb.data() + i * p * c_pe, p, c_pe);
+    if (t.chol) de = (t.chol->transpose() * de).eval();
+    Array det(t.pe_t_shape);
+    MatMap(det.data(), p, c_pe) = de;
+    dp.arrays.push_back(Transpose(det, t.inv));
+  }
+  return out;
 }
 
 absl::Status GlobalSelfAttentionLayer::TransformKernel(KernelFlow* kf, const KernelContext&) const {

@@ -5,6 +5,7 @@
 #define NT_CORE_ATTENTION_H_
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -70,6 +71,11 @@ class GlobalSelfAttentionLayer : public Layer {
   // path of Layer does not suffice.
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x,
                                      const MaskFlow& masks) const override;
+  // Reverse mode: the same forward passes as Apply / ApplyMasked, with their pullbacks.
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
+  absl::StatusOr<LinearizedMasked> LinearizeMasked(const Params& params, const ArrayFlow& x,
+                                                   const MaskFlow& masks,
+                                                   const ApplyContext& ctx) const override;
   // A position stays masked only if every input channel is masked.
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
   bool remask_kernel() const override { return true; }
@@ -82,8 +88,14 @@ class GlobalSelfAttentionLayer : public Layer {
   std::vector<std::pair<int, Shape>> ParamShapes(const Shape& s) const;
   // Channels of the positional embedding for `c_in` input channels.
   int64_t PosEmbChannels(int64_t c_in) const;
-  // The forward pass; `mask` (1 = masked, same rank as x, broadcastable) may be null.
-  absl::StatusOr<Array> Forward(const Params& params, const Array& x, const Array* mask) const;
+  // What the backward pass needs of a forward pass (defined in attention.cc).
+  struct Tape;
+  // The forward pass; `mask` (1 = masked, same rank as x, broadcastable) may be null. With `tape`, also
+  // records what the pullback needs.
+  absl::StatusOr<Array> Forward(const Params& params, const Array& x, const Array* mask,
+                                std::shared_ptr<Tape>* tape = nullptr) const;
+  // The pullback of a recorded forward pass: cotangents of the (already zeroed) input and the params.
+  static absl::StatusOr<Cotangents> Backward(const Tape& t, const ArrayFlow& dy);
   // R[q, q'] over positions flattened row-major (P x P): the decay of the p-norm distance, or the
   // identity without a decay function.
   std::vector<double> PositionalCovariance(const std::vector<int64_t>& sizes) const;

@@ -1,6 +1,8 @@
 #include "core/branching.h"
 
 #include <algorithm>
+#include <memory>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/spatial.h"
@@ -31,7 +33,39 @@ void AddInto(Array* a, const Array& b) {
   for (int64_t i = 0; i < a->size(); ++i) (*a)[i] += b[i];
 }
 
+// The shapes of a flow's items.
+std::vector<Shape> ShapesOf(const ArrayFlow& f) {
+  std::vector<Shape> s;
+  for (const Array& a : f.items) s.push_back(a.shape());
+  return s;
+}
+
+// Pullbacks receive cotangents with the structure and shapes of the forward outputs.
+absl::Status ExpectCotangents(const std::string& layer, const ArrayFlow& dy, bool is_list,
+                              const std::vector<Shape>& shapes) {
+  if (dy.is_list != is_list || ShapesOf(dy) != shapes) {
+    std::string want;
+    for (const Shape& s : shapes) absl::StrAppend(&want, want.empty() ? "" : ", ", ShapeToString(s));
+    return LayerError(
+        layer, "",
+        absl::StrCat("the pullback expects ",
+                     is_list ? "a list of cotangents of shapes " : "one cotangent of shape ", want));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+absl::StatusOr<Layer::Linearized> IdentityLayer::Linearize(const Params& params, const ArrayFlow& x) const {
+  auto y = Apply(params, x);
+  if (!y.ok()) return y.status();
+  Pullback pullback = [layer = name(), is_list = x.is_list,
+                       shapes = ShapesOf(x)](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    if (absl::Status st = ExpectCotangents(layer, dy, is_list, shapes); !st.ok()) return st;
+    return Cotangents{dy, Params{}};
+  };
+  return Linearized{*std::move(y), std::move(pullback)};
+}
 
 absl::StatusOr<ShapeFlow> FanOutLayer::OutputShape(const ShapeFlow& in) const {
   if (num_ < 1) return LayerError(name(), "num", absl::StrCat("must be >= 1, got ", num_));
@@ -42,6 +76,19 @@ absl::StatusOr<ShapeFlow> FanOutLayer::OutputShape(const ShapeFlow& in) const {
 absl::StatusOr<ArrayFlow> FanOutLayer::Apply(const Params&, const ArrayFlow& x) const {
   if (absl::Status st = ExpectSingle(name(), x.is_list, x.items.size()); !st.ok()) return st;
   return ArrayFlow::List(std::vector<Array>(num_, x.single()));
+}
+
+absl::StatusOr<Layer::Linearized> FanOutLayer::Linearize(const Params& params, const ArrayFlow& x) const {
+  auto y = Apply(params, x);
+  if (!y.ok()) return y.status();
+  Pullback pullback = [layer = name(),
+                       shapes = ShapesOf(*y)](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    if (absl::Status st = ExpectCotangents(layer, dy, true, shapes); !st.ok()) return st;
+    Array dx = dy.items[0];
+    for (size_t i = 1; i < dy.items.size(); ++i) AddInto(&dx, dy.items[i]);
+    return Cotangents{ArrayFlow::Single(std::move(dx)), Params{}};
+  };
+  return Linearized{*std::move(y), std::move(pullback)};
 }
 
 absl::StatusOr<MaskFlow> FanOutLayer::MaskFn(const MaskFlow& masks, const ShapeFlow&) const {
@@ -78,6 +125,17 @@ absl::StatusOr<ArrayFlow> FanInSumLayer::Apply(const Params&, const ArrayFlow& x
   Array y = x.items[0];
   for (size_t i = 1; i < x.items.size(); ++i) AddInto(&y, x.items[i]);
   return ArrayFlow::Single(std::move(y));
+}
+
+absl::StatusOr<Layer::Linearized> FanInSumLayer::Linearize(const Params& params, const ArrayFlow& x) const {
+  auto y = Apply(params, x);
+  if (!y.ok()) return y.status();
+  Pullback pullback = [layer = name(), n = x.items.size(),
+                       shapes = ShapesOf(*y)](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    if (absl::Status st = ExpectCotangents(layer, dy, false, shapes); !st.ok()) return st;
+    return Cotangents{ArrayFlow::List(std::vector<Array>(n, dy.single())), Params{}};
+  };
+  return Linearized{*std::move(y), std::move(pullback)};
 }
 
 absl::StatusOr<MaskFlow> FanInSumLayer::MaskFn(const MaskFlow& masks, const ShapeFlow&) const {
@@ -148,6 +206,34 @@ absl::StatusOr<ArrayFlow> FanInProdLayer::Apply(const Params&, const ArrayFlow& 
     for (int64_t e = 0; e < y.size(); ++e) y[e] *= x.items[i][e];
   }
   return ArrayFlow::Single(std::move(y));
+}
+
+absl::StatusOr<Layer::Linearized> FanInProdLayer::Linearize(const Params& params, const ArrayFlow& x) const {
+  auto y = Apply(params, x);
+  if (!y.ok()) return y.status();
+  // others[i] = prod_{j != i} x_j, from prefix and suffix products (no division: inputs may be zero).
+  const size_t n = x.items.size();
+  auto others = std::make_shared<std::vector<Array>>();
+  Array prefix(x.items[0].shape(), 1.0);
+  for (size_t i = 0; i < n; ++i) {
+    others->push_back(prefix);
+    for (int64_t e = 0; e < prefix.size(); ++e) prefix[e] *= x.items[i][e];
+  }
+  Array suffix(x.items[0].shape(), 1.0);
+  for (size_t i = n; i-- > 0;) {
+    for (int64_t e = 0; e < suffix.size(); ++e) (*others)[i][e] *= suffix[e];
+    for (int64_t e = 0; e < suffix.size(); ++e) suffix[e] *= x.items[i][e];
+  }
+  Pullback pullback = [layer = name(), others = std::shared_ptr<const std::vector<Array>>(std::move(others)),
+                       shapes = ShapesOf(*y)](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    if (absl::Status st = ExpectCotangents(layer, dy, false, shapes); !st.ok()) return st;
+    std::vector<Array> dx = *others;
+    for (Array& d : dx) {
+      for (int64_t e = 0; e < d.size(); ++e) d[e] *= dy.single()[e];
+    }
+    return Cotangents{ArrayFlow::List(std::move(dx)), Params{}};
+  };
+  return Linearized{*std::move(y), std::move(pullback)};
 }
 
 absl::Status FanInProdLayer::TransformKernel(KernelFlow* kf, const KernelContext&) const {
@@ -264,6 +350,27 @@ absl::StatusOr<ArrayFlow> FanInConcatLayer::Apply(const Params&, const ArrayFlow
   std::vector<const Array*> parts;
   for (const Array& a : x.items) parts.push_back(&a);
   return ArrayFlow::Single(Concatenate(parts, *CanonicalAxis(name(), "axis", axis_, x.items[0].rank())));
+}
+
+absl::StatusOr<Layer::Linearized> FanInConcatLayer::Linearize(const Params& params,
+                                                              const ArrayFlow& x) const {
+  auto y = Apply(params, x);
+  if (!y.ok()) return y.status();
+  const int ax = *CanonicalAxis(name(), "axis", axis_, x.items[0].rank());
+  std::vector<int64_t> sizes;
+  for (const Array& a : x.items) sizes.push_back(a.dim(ax));
+  Pullback pullback = [layer = name(), ax, sizes,
+                       shapes = ShapesOf(*y)](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    if (absl::Status st = ExpectCotangents(layer, dy, false, shapes); !st.ok()) return st;
+    std::vector<Array> dx;
+    int64_t begin = 0;
+    for (int64_t s : sizes) {
+      dx.push_back(SliceAxis(dy.single(), ax, begin, begin + s));
+      begin += s;
+    }
+    return Cotangents{ArrayFlow::List(std::move(dx)), Params{}};
+  };
+  return Linearized{*std::move(y), std::move(pullback)};
 }
 
 absl::StatusOr<MaskFlow> FanInConcatLayer::MaskFn(const MaskFlow& masks, const ShapeFlow&) const {

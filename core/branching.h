@@ -2,6 +2,9 @@
 #ifndef NT_CORE_BRANCHING_H_
 #define NT_CORE_BRANCHING_H_
 
+#include <string>
+#include <vector>
+
 #include "core/layer.h"
 #include "core/real.h"
 
@@ -12,6 +15,7 @@ class IdentityLayer : public Layer {
   std::string name() const override { return "Identity"; }
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override { return in; }
   absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow& x) const override { return x; }
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
   CovUse cov_use() const override { return CovUse::kDiagonal; }
 
  protected:
@@ -25,6 +29,8 @@ class FanOutLayer : public Layer {
   std::string name() const override { return "FanOut"; }
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow& x) const override;
+  // The pullback sums the cotangents of the copies.
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
 
  protected:
@@ -40,6 +46,8 @@ class FanInSumLayer : public Layer {
   std::string name() const override { return "FanInSum"; }
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow& x) const override;
+  // Every input receives the output's cotangent.
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
   // A position is masked only where every input that has a mask masks it (absent masks are ignored, as
   // upstream does).
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
@@ -56,6 +64,8 @@ class FanInProdLayer : public FanInSumLayer {
  public:
   std::string name() const override { return "FanInProd"; }
   absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow& x) const override;
+  // Product rule: input i receives the cotangent times the product of the other inputs.
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
 
  protected:
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;
@@ -71,6 +81,8 @@ class FanInConcatLayer : public Layer {
   std::string name() const override { return "FanInConcat"; }
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params&, const ArrayFlow& x) const override;
+  // The pullback splits the cotangent along the axis.
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
 
  protected:

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <set>
+#include <utility>
 
 #include "Eigen/Core"
 #include "absl/strings/str_cat.h"
@@ -83,6 +85,16 @@ void AddOnSpatialDiagonal(Real v, const std::vector<int64_t>& sizes, Array* t) {
   for (int64_t o = 0; o < t->size() / block; ++o) {
     for (int64_t off : offsets) (*t)[o * block + off] += v;
   }
+}
+
+// The transposed map: out[i] = sum over j of m[j, i] in[j].
+AxisMatrix Adjoint(const AxisMatrix& m) {
+  AxisMatrix t{m.n_out, m.n_in, {}};
+  t.rows.resize(m.n_in);
+  for (int64_t j = 0; j < m.n_out; ++j) {
+    for (const auto& [i, w] : m.rows[j]) t.rows[i].emplace_back(j, w);
+  }
+  return t;
 }
 
 }  // namespace
@@ -323,7 +335,26 @@ absl::StatusOr<Params> ConvLayer::Init(const RngKey& key, const ShapeFlow& in) c
   return p;
 }
 
+struct ConvLayer::Saved {
+  Geometry g;
+  Shape y_shape;  // The output, in out_spec layout.
+  // Patch matrix (N Q, F C): rows (n, q) over the unfolded output grid, columns laid out by col.
+  Array patches;
+  Array w;                   // W in canonical order (lhs spatial letters, I, O).
+  std::vector<int64_t> pos;  // Input spatial position read by (q, f), or -1 (padding).
+  std::vector<int64_t> col;  // Patch column of (f, channel 0); channels step by col_step.
+  int64_t col_step = 1;
+  Shape b_shape;  // The bias in canonical order (empty without one).
+  Real scale = 1.0, bscale = 1.0;
+};
+
 absl::StatusOr<ArrayFlow> ConvLayer::Apply(const Params& params, const ArrayFlow& xf) const {
+  auto y = Forward(params, xf, nullptr);
+  if (!y.ok()) return y.status();
+  return ArrayFlow::Single(*std::move(y));
+}
+
+absl::StatusOr<Array> ConvLayer::Forward(const Params& params, const ArrayFlow& xf, Saved* saved) const {
   if (absl::Status st = ExpectSingle(name(), xf.is_list, xf.items.size()); !st.ok()) return st;
   auto g = Resolve(xf.single().shape());
   if (!g.ok()) return g.status();
@@ -348,8 +379,9 @@ absl::StatusOr<ArrayFlow> ConvLayer::Apply(const Params& params, const ArrayFlow
   const std::vector<int64_t>& outs = g->out_before_fold;
   const int64_t q_total = NumElements(outs);
   const int64_t p_in = NumElements(g->in);
-  // Filter positions in lhs order; for ConvLocal the patch follows rhs letter order.
-  std::vector<int64_t> f_rhs_flat(f_total);
+  // Patch columns: f * C + c (shared) or c * F + f_rhs (local: the patch follows rhs letter order).
+  std::vector<int64_t> col(f_total);
+  const int64_t col_step = kind_ == ConvKind::kLocal ? f_total : 1;
   {
     std::vector<int64_t> f(s, 0);
     std::vector<int64_t> rhs_sizes(s);
@@ -359,44 +391,50 @@ absl::StatusOr<ArrayFlow> ConvLayer::Apply(const Params& params, const ArrayFlow
       for (int d = 0; d < s; ++d) fr[rhs_of_lhs_[d]] = f[d];
       int64_t flat = 0;
       for (int d = 0; d < s; ++d) flat = flat * rhs_sizes[d] + fr[d];
-      f_rhs_flat[e] = flat;
+      col[e] = kind_ == ConvKind::kLocal ? flat : e * c;
       Next(k_, &f);
     }
   }
-  // Patches: rows (n, q), columns f * C + c (shared) or c * F + f_rhs (local).
-  RowMat patches = RowMat::Zero(n * q_total, f_total * c);
-  std::vector<int64_t> q(s, 0);
-  for (int64_t qi = 0; qi < q_total; ++qi) {
-    std::vector<int64_t> f(s, 0);
-    for (int64_t fi = 0; fi < f_total; ++fi) {
-      int64_t pos = 0;
-      bool inside = true;
-      for (int d = 0; d < s && inside; ++d) {
-        const int64_t i = g->taps[d].at(q[d], f[d]);
-        inside = i >= 0;
-        pos = pos * g->in[d] + i;
-      }
-      if (inside) {
-        for (int64_t b = 0; b < n; ++b) {
-          const Real* src = x.data() + (b * p_in + pos) * c;
-          auto row = patches.row(b * q_total + qi);
-          if (kind_ == ConvKind::kLocal) {
-            for (int64_t ch = 0; ch < c; ++ch) row(ch * f_total + f_rhs_flat[fi]) = src[ch];
-          } else {
-            for (int64_t ch = 0; ch < c; ++ch) row(fi * c + ch) = src[ch];
-          }
+  // The input position each (q, f) reads (filter positions in lhs order).
+  std::vector<int64_t> pos(q_total * f_total);
+  {
+    std::vector<int64_t> q(s, 0);
+    for (int64_t qi = 0; qi < q_total; ++qi) {
+      std::vector<int64_t> f(s, 0);
+      for (int64_t fi = 0; fi < f_total; ++fi) {
+        int64_t p = 0;
+        bool inside = true;
+        for (int d = 0; d < s && inside; ++d) {
+          const int64_t i = g->taps[d].at(q[d], f[d]);
+          inside = i >= 0;
+          p = p * g->in[d] + i;
         }
+        pos[qi * f_total + fi] = inside ? p : -1;
+        Next(k_, &f);
       }
-      Next(k_, &f);
+      Next(outs, &q);
     }
-    Next(outs, &q);
+  }
+  // Patches: rows (n, q).
+  Array patches({n * q_total, f_total * c}, 0.0);
+  Eigen::Map<RowMat> pm(patches.data(), n * q_total, f_total * c);
+  for (int64_t qi = 0; qi < q_total; ++qi) {
+    for (int64_t fi = 0; fi < f_total; ++fi) {
+      const int64_t p = pos[qi * f_total + fi];
+      if (p < 0) continue;
+      for (int64_t b = 0; b < n; ++b) {
+        const Real* src = x.data() + (b * p_in + p) * c;
+        Real* row = pm.row(b * q_total + qi).data() + col[fi];
+        for (int64_t ch = 0; ch < c; ++ch) row[ch * col_step] = src[ch];
+      }
+    }
   }
   // Weights to (F * C, O) per location in the patch order.
   const std::string lsp = SpatialLetters(lhs_, "NC");
   const std::string canon_w = lsp + "IO";
   std::vector<int> wperm;
   for (char ch : canon_w) wperm.push_back(static_cast<int>(rhs_.find(ch)));
-  const Array w = Transpose(params.arrays[0], wperm);
+  Array w = Transpose(params.arrays[0], wperm);
   const Real scale = o_.parameterization == Parameterization::kNtk ? o_.W_std / std::sqrt(Real(c * f_total))
                                                                    : 1.0 / std::sqrt(o_.s[0]);
   Shape y_shape{n};
@@ -417,24 +455,142 @@ absl::StatusOr<ArrayFlow> ConvLayer::Apply(const Params& params, const ArrayFlow
     }
   } else {
     Eigen::Map<const RowMat> wm(w.data(), f_total * c, o);
-    ym.noalias() = scale * (patches * wm);
+    ym.noalias() = scale * (pm * wm);
   }
   if (kind_ == ConvKind::kTranspose && o_.padding == Padding::kCircular) {
     for (int d = 0; d < s; ++d) y = ApplyAlongAxis(y, 1 + d, FoldMatrix(outs[d], g->out[d]));
   }
+  const Real bscale = o_.parameterization == Parameterization::kNtk && o_.b_std ? *o_.b_std : 1.0;
+  Shape b_shape;
   if (o_.b_std) {
-    const Real bscale = o_.parameterization == Parameterization::kNtk ? *o_.b_std : 1.0;
     // The bias in canonical order: (1, output spatial sizes or ones, O).
     std::vector<int> to_lhs;
     for (char ch : lhs_) to_lhs.push_back(static_cast<int>(out_.find(ch)));
     const Array b = ToCanonical(Transpose(params.arrays[1], to_lhs));
+    b_shape = b.shape();
     const int64_t per_sample = y.size() / n;
     for (int64_t b0 = 0; b0 < n; ++b0) {
       Real* yb = y.data() + b0 * per_sample;
       for (int64_t e = 0; e < per_sample; ++e) yb[e] += bscale * b[b.size() == o ? e % o : e];
     }
   }
-  return ArrayFlow::Single(FromCanonical(y));
+  y = FromCanonical(y);
+  if (saved != nullptr) {
+    saved->g = *std::move(g);
+    saved->y_shape = y.shape();
+    saved->patches = std::move(patches);
+    saved->w = std::move(w);
+    saved->pos = std::move(pos);
+    saved->col = std::move(col);
+    saved->col_step = col_step;
+    saved->b_shape = std::move(b_shape);
+    saved->scale = scale;
+    saved->bscale = bscale;
+  }
+  return y;
+}
+
+absl::StatusOr<Layer::Linearized> ConvLayer::Linearize(const Params& params, const ArrayFlow& xf) const {
+  auto saved = std::make_shared<Saved>();
+  auto y = Forward(params, xf, saved.get());
+  if (!y.ok()) return y.status();
+  // The pullback owns a copy of the layer (a few strings and vectors), not a pointer to it.
+  auto self = std::make_shared<const ConvLayer>(*this);
+  std::shared_ptr<const Saved> frozen = std::move(saved);
+  Pullback pullback = [self, frozen](const ArrayFlow& dy) { return self->Backward(*frozen, dy); };
+  return Linearized{ArrayFlow::Single(*std::move(y)), std::move(pullback)};
+}
+
+absl::StatusOr<Cotangents> ConvLayer::Backward(const Saved& sv, const ArrayFlow& dyf) const {
+  if (dyf.is_list || dyf.items.size() != 1) {
+    return LayerError(name(), "cotangent", "expects a single output cotangent");
+  }
+  if (dyf.single().shape() != sv.y_shape) {
+    return LayerError(name(), "cotangent",
+                      absl::StrCat("has shape ", ShapeToString(dyf.single().shape()), ", expected ",
+                                   ShapeToString(sv.y_shape)));
+  }
+  const Geometry& g = sv.g;
+  const int s = static_cast<int>(g.in.size());
+  const int64_t n = g.n, c = g.c_in, o = width(), f_total = filter_size();
+  const std::vector<int64_t>& outs = g.out_before_fold;
+  const int64_t q_total = NumElements(outs), p_in = NumElements(g.in);
+  // dy from out_spec to canonical (N, spatial in lhs order, O): the inverse of FromCanonical.
+  const std::string lsp = SpatialLetters(lhs_, "NC");
+  const std::string canon = "N" + lsp + "C";
+  Array dy = dyf.single();
+  if (canon != out_) {
+    std::vector<int> perm;
+    for (char ch : canon) perm.push_back(static_cast<int>(out_.find(ch)));
+    dy = Transpose(dy, perm);
+  }
+  Cotangents cot;
+  Array db;
+  if (o_.b_std) {
+    // The bias is added after the fold: sum dy over samples (and locations when shared).
+    db = Array(sv.b_shape, 0.0);
+    const int64_t per_sample = dy.size() / n;
+    const bool shared = db.size() == o;
+    for (int64_t b0 = 0; b0 < n; ++b0) {
+      const Real* dyb = dy.data() + b0 * per_sample;
+      for (int64_t e = 0; e < per_sample; ++e) db[shared ? e % o : e] += sv.bscale * dyb[e];
+    }
+    db = FromCanonical(db);
+  }
+  // The adjoint of the CIRCULAR fold: copy every output back to the positions folded onto it.
+  if (kind_ == ConvKind::kTranspose && o_.padding == Padding::kCircular) {
+    for (int d = 0; d < s; ++d) dy = ApplyAlongAxis(dy, 1 + d, Adjoint(FoldMatrix(outs[d], g.out[d])));
+  }
+  const int64_t rows = f_total * c;
+  Eigen::Map<const RowMat> gm(dy.data(), n * q_total, o);
+  Eigen::Map<const RowMat> pm(sv.patches.data(), n * q_total, rows);
+  Array dw = Array::Uninitialized(sv.w.shape());
+  Array dpatches = Array::Uninitialized({n * q_total, rows});
+  if (kind_ == ConvKind::kLocal) {
+    using Strided = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
+    using StridedOut = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
+    for (int64_t qi = 0; qi < q_total; ++qi) {
+      Eigen::Map<const RowMat> wq(sv.w.data() + qi * rows * o, rows, o);
+      Strided pq(sv.patches.data() + qi * rows, n, rows, Eigen::OuterStride<>(q_total * rows));
+      Strided gq(dy.data() + qi * o, n, o, Eigen::OuterStride<>(q_total * o));
+      Eigen::Map<RowMat>(dw.data() + qi * rows * o, rows, o).noalias() = sv.scale * (pq.transpose() * gq);
+      StridedOut(dpatches.data() + qi * rows, n, rows, Eigen::OuterStride<>(q_total * rows)).noalias() =
+          sv.scale * (gq * wq.transpose());
+    }
+  } else {
+    Eigen::Map<const RowMat> wm(sv.w.data(), rows, o);
+    Eigen::Map<RowMat>(dw.data(), rows, o).noalias() = sv.scale * (pm.transpose() * gm);
+    Eigen::Map<RowMat>(dpatches.data(), n * q_total, rows).noalias() = sv.scale * (gm * wm.transpose());
+  }
+  // W back to rhs_spec order.
+  const std::string canon_w = lsp + "IO";
+  std::vector<int> to_rhs(canon_w.size());
+  for (size_t i = 0; i < canon_w.size(); ++i) to_rhs[rhs_.find(canon_w[i])] = static_cast<int>(i);
+  cot.dparams.arrays.push_back(Transpose(dw, to_rhs));
+  if (o_.b_std) cot.dparams.arrays.push_back(std::move(db));
+  // dx: scatter-add of the patch cotangents (the transpose of the gather), then back to lhs_spec.
+  Shape dx_shape{n};
+  dx_shape.insert(dx_shape.end(), g.in.begin(), g.in.end());
+  dx_shape.push_back(c);
+  Array dx(dx_shape, 0.0);
+  for (int64_t qi = 0; qi < q_total; ++qi) {
+    for (int64_t fi = 0; fi < f_total; ++fi) {
+      const int64_t p = sv.pos[qi * f_total + fi];
+      if (p < 0) continue;
+      for (int64_t b = 0; b < n; ++b) {
+        Real* dst = dx.data() + (b * p_in + p) * c;
+        const Real* row = dpatches.data() + (b * q_total + qi) * rows + sv.col[fi];
+        for (int64_t ch = 0; ch < c; ++ch) dst[ch] += row[ch * sv.col_step];
+      }
+    }
+  }
+  if (canon != lhs_) {
+    std::vector<int> to_lhs(lhs_.size());
+    for (size_t i = 0; i < canon.size(); ++i) to_lhs[lhs_.find(canon[i])] = static_cast<int>(i);
+    dx = Transpose(dx, to_lhs);
+  }
+  cot.dx = ArrayFlow::Single(std::move(dx));
+  return cot;
 }
 
 absl::StatusOr<MaskFlow> ConvLayer::MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const {

@@ -41,6 +41,9 @@ class ConvLayer : public Layer {
   absl::StatusOr<Params> Init(const RngKey& key, const ShapeFlow& in) const override;
   absl::StatusOr<double> NumParams(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  // Reverse mode: the transposed convolution for the inputs, input-output correlations for W, sums of the
+  // output cotangents for b. Masks: the default LinearizeMasked (no ApplyMasked override).
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
   bool remask_kernel() const override { return true; }
   // The output's (q, q) entries read only (i, i) entries (the same tap on both sides).
@@ -58,6 +61,12 @@ class ConvLayer : public Layer {
     std::vector<int64_t> out_before_fold;
   };
   absl::StatusOr<Geometry> Resolve(const Shape& in) const;
+  // What the forward pass keeps for its pullback (defined in conv.cc).
+  struct Saved;
+  // apply_fn proper, shared by Apply and Linearize; fills `saved` when not null.
+  absl::StatusOr<Array> Forward(const Params& params, const ArrayFlow& xf, Saved* saved) const;
+  // The pullback of the forward pass that filled `saved`.
+  absl::StatusOr<Cotangents> Backward(const Saved& saved, const ArrayFlow& dyf) const;
   // Shapes of W (laid out by rhs_spec) and, with a bias, b (by out_spec).
   std::vector<Shape> ParamShapes(const Geometry& g) const;
   int64_t width() const;

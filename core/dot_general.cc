@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <set>
 #include <utility>
 
@@ -156,46 +157,80 @@ absl::StatusOr<DotGeneralLayer::Geometry> DotGeneralLayer::Plan(const Shape& sha
   return g;
 }
 
-// The product is commutative: which side x is on only matters for the output axis order (g.out_axes).
-Array DotGeneralLayer::Contract(const Geometry& g, const Array& x, const Array& c) const {
+namespace {
+
+// Where the terms of one contraction lie: output entry i is the sum over `contracted` (dx, dc) of
+// x[xo + dx] * c[co + dc], with (xo, co) = Base(i).
+struct ContractionOffsets {
   Shape out_shape;
-  for (const auto& [src, a] : g.out_axes) {
-    out_shape.push_back(src == Geometry::kBatch ? x.dim(g.x_batch[a])
-                        : src == Geometry::kX   ? x.dim(a)
-                                                : c.dim(a));
-  }
-  const std::vector<int64_t> xs = Strides(x.shape()), cs = Strides(c.shape());
-  // Offsets into x and c of each output axis' coordinate and of every contracted index.
-  std::vector<int64_t> x_step, c_step;
-  for (const auto& [src, a] : g.out_axes) {
-    x_step.push_back(src == Geometry::kBatch ? xs[g.x_batch[a]] : src == Geometry::kX ? xs[a] : 0);
-    c_step.push_back(src == Geometry::kBatch ? cs[g.c_batch[a]] : src == Geometry::kConstant ? cs[a] : 0);
-  }
-  std::vector<std::pair<int64_t, int64_t>> contracted{{0, 0}};
-  for (size_t i = 0; i < g.x_contracting.size(); ++i) {
-    std::vector<std::pair<int64_t, int64_t>> next;
-    for (int64_t j = 0; j < x.dim(g.x_contracting[i]); ++j) {
-      for (const auto& [xo, co] : contracted) {
-        next.push_back({xo + j * xs[g.x_contracting[i]], co + j * cs[g.c_contracting[i]]});
-      }
-    }
-    contracted = std::move(next);
-  }
-  Array y(out_shape);
-  const std::vector<int64_t> ys = Strides(out_shape);
-  for (int64_t i = 0; i < y.size(); ++i) {
+  std::vector<int64_t> out_strides, x_step, c_step;
+  std::vector<std::pair<int64_t, int64_t>> contracted;
+
+  std::pair<int64_t, int64_t> Base(int64_t i) const {
     int64_t xo = 0, co = 0, rest = i;
     for (size_t d = 0; d < out_shape.size(); ++d) {
-      const int64_t k = rest / ys[d];
-      rest %= ys[d];
+      const int64_t k = rest / out_strides[d];
+      rest %= out_strides[d];
       xo += k * x_step[d];
       co += k * c_step[d];
     }
+    return {xo, co};
+  }
+};
+
+ContractionOffsets Offsets(const DotGeneralLayer::Geometry& g, const Shape& x_shape, const Array& c) {
+  using Geometry = DotGeneralLayer::Geometry;
+  ContractionOffsets o;
+  for (const auto& [src, a] : g.out_axes) {
+    o.out_shape.push_back(src == Geometry::kBatch ? x_shape[g.x_batch[a]]
+                          : src == Geometry::kX   ? x_shape[a]
+                                                  : c.dim(a));
+  }
+  const std::vector<int64_t> xs = Strides(x_shape), cs = Strides(c.shape());
+  // Offsets into x and c of each output axis' coordinate and of every contracted index.
+  for (const auto& [src, a] : g.out_axes) {
+    o.x_step.push_back(src == Geometry::kBatch ? xs[g.x_batch[a]] : src == Geometry::kX ? xs[a] : 0);
+    o.c_step.push_back(src == Geometry::kBatch ? cs[g.c_batch[a]] : src == Geometry::kConstant ? cs[a] : 0);
+  }
+  o.contracted = {{0, 0}};
+  for (size_t i = 0; i < g.x_contracting.size(); ++i) {
+    std::vector<std::pair<int64_t, int64_t>> next;
+    for (int64_t j = 0; j < x_shape[g.x_contracting[i]]; ++j) {
+      for (const auto& [xo, co] : o.contracted) {
+        next.push_back({xo + j * xs[g.x_contracting[i]], co + j * cs[g.c_contracting[i]]});
+      }
+    }
+    o.contracted = std::move(next);
+  }
+  o.out_strides = Strides(o.out_shape);
+  return o;
+}
+
+}  // namespace
+
+// The product is commutative: which side x is on only matters for the output axis order (g.out_axes).
+Array DotGeneralLayer::Contract(const Geometry& g, const Array& x, const Array& c) {
+  const ContractionOffsets o = Offsets(g, x.shape(), c);
+  Array y(o.out_shape);
+  for (int64_t i = 0; i < y.size(); ++i) {
+    const auto [xo, co] = o.Base(i);
     Real sum = 0;
-    for (const auto& [dx, dc] : contracted) sum += x[xo + dx] * c[co + dc];
+    for (const auto& [dx, dc] : o.contracted) sum += x[xo + dx] * c[co + dc];
     y[i] = sum;
   }
   return y;
+}
+
+Array DotGeneralLayer::ContractTransposed(const Geometry& g, const Array& dy, const Array& c,
+                                          const Shape& x_shape) {
+  const ContractionOffsets o = Offsets(g, x_shape, c);
+  Array dx(x_shape);
+  for (int64_t i = 0; i < dy.size(); ++i) {
+    const auto [xo, co] = o.Base(i);
+    const Real d = dy[i];
+    for (const auto& [ox, oc] : o.contracted) dx[xo + ox] += d * c[co + oc];
+  }
+  return dx;
 }
 
 absl::StatusOr<ShapeFlow> DotGeneralLayer::OutputShape(const ShapeFlow& in) const {
@@ -211,6 +246,27 @@ absl::StatusOr<ArrayFlow> DotGeneralLayer::Apply(const Params&, const ArrayFlow&
   if (!g.ok()) return g.status();
   if (!constant()) return x;
   return ArrayFlow::Single(Contract(*g, x.single(), *constant()));
+}
+
+absl::StatusOr<Layer::Linearized> DotGeneralLayer::Linearize(const Params&, const ArrayFlow& x) const {
+  if (absl::Status st = ExpectSingle(kName, x.is_list, x.items.size()); !st.ok()) return st;
+  auto g = Plan(x.single().shape());
+  if (!g.ok()) return g.status();
+  const Shape x_shape = x.single().shape();
+  // The constant is copied once, shared by every call of the pullback.
+  std::shared_ptr<const Array> c = constant() ? std::make_shared<const Array>(*constant()) : nullptr;
+  ArrayFlow y = c ? ArrayFlow::Single(Contract(*g, x.single(), *c)) : x;
+  Pullback pullback = [g = *std::move(g), c, x_shape](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    if (absl::Status st = ExpectSingle(kName, dy.is_list, dy.items.size()); !st.ok()) return st;
+    if (dy.single().shape() != g.out_shape) {
+      return LayerError(kName, "",
+                        absl::StrCat("output cotangent of shape ", ShapeToString(dy.single().shape()),
+                                     " for outputs of shape ", ShapeToString(g.out_shape)));
+    }
+    if (!c) return Cotangents{dy, Params{}};  // The identity.
+    return Cotangents{ArrayFlow::Single(ContractTransposed(g, dy.single(), *c, x_shape)), Params{}};
+  };
+  return Linearized{std::move(y), std::move(pullback)};
 }
 
 absl::StatusOr<MaskFlow> DotGeneralLayer::MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const {

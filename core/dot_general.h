@@ -32,6 +32,8 @@ class DotGeneralLayer : public Layer {
   Requirements requirements() const override;
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  // Linear in x: the pullback contracts the output cotangent back with the constant.
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
 
   // One contraction of the activation (x) with the constant, as lax.dot_general.
@@ -51,7 +53,9 @@ class DotGeneralLayer : public Layer {
  private:
   const Array* constant() const { return o_.rhs ? &*o_.rhs : o_.lhs ? &*o_.lhs : nullptr; }
   // dot_general(x, c) or dot_general(c, x) for a constant `c` of the constant's shape.
-  Array Contract(const Geometry& g, const Array& x, const Array& c) const;
+  static Array Contract(const Geometry& g, const Array& x, const Array& c);
+  // The transpose of Contract in x: the cotangent of x (of `x_shape`) for the cotangent `dy` of the output.
+  static Array ContractTransposed(const Geometry& g, const Array& dy, const Array& c, const Shape& x_shape);
   DotGeneralOptions o_;
 };
 

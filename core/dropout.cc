@@ -1,6 +1,8 @@
 #include "core/dropout.h"
 
 #include <cmath>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -65,6 +67,47 @@ absl::StatusOr<Layer::Masked> DropoutLayer::ApplyMasked(const Params& params, co
   const Real scale = static_cast<Real>(1.0 / o_.rate);
   for (int64_t i = 0; i < y.size(); ++i) y[i] = u[i] < o_.rate ? y[i] * scale : Real(0);
   return Masked{ArrayFlow::Single(std::move(y)), masks};
+}
+
+absl::StatusOr<Layer::Linearized> DropoutLayer::Linearize(const Params& params, const ArrayFlow& x) const {
+  auto y = Apply(params, x);
+  if (!y.ok()) return y.status();
+  Pullback pullback = [layer = name(),
+                       shape = x.single().shape()](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    if (dy.is_list || dy.items.size() != 1 || dy.single().shape() != shape) {
+      return LayerError(layer, "",
+                        absl::StrCat("the pullback expects one cotangent of shape ", ShapeToString(shape)));
+    }
+    return Cotangents{dy, Params{}};
+  };
+  return Linearized{*std::move(y), std::move(pullback)};
+}
+
+absl::StatusOr<Layer::LinearizedMasked> DropoutLayer::LinearizeMasked(const Params& params,
+                                                                      const ArrayFlow& x,
+                                                                      const MaskFlow& masks,
+                                                                      const ApplyContext& ctx) const {
+  if (!o_.train || !ctx.rng) return Layer::LinearizeMasked(params, x, masks, ctx);
+  auto out = ApplyMasked(params, x, masks, ctx);
+  if (!out.ok()) return out.status();
+  // The forward pass's factor per entry (the same draw from the same key): 1 / rate where kept, else 0,
+  // and 0 at masked inputs, whose values never reach the output.
+  auto factor = std::make_shared<Array>(ctx.rng->Uniform(x.single().shape()));
+  const Real scale = static_cast<Real>(1.0 / o_.rate);
+  for (Real& v : factor->vec()) v = v < o_.rate ? scale : Real(0);
+  if (!masks.items.empty() && masks.items[0]) ZeroWhereMasked(*masks.items[0], factor.get());
+  Pullback pullback = [layer = name(), factor = std::shared_ptr<const Array>(std::move(factor))](
+                          const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    if (dy.is_list || dy.items.size() != 1 || dy.single().shape() != factor->shape()) {
+      return LayerError(
+          layer, "",
+          absl::StrCat("the pullback expects one cotangent of shape ", ShapeToString(factor->shape())));
+    }
+    Array dx = dy.single();
+    for (int64_t i = 0; i < dx.size(); ++i) dx[i] *= (*factor)[i];
+    return Cotangents{ArrayFlow::Single(std::move(dx)), Params{}};
+  };
+  return LinearizedMasked{*std::move(out), std::move(pullback)};
 }
 
 absl::Status DropoutLayer::TransformKernel(KernelFlow* kf, const KernelContext&) const {

@@ -28,6 +28,12 @@ class DropoutLayer : public Layer {
   using Layer::ApplyMasked;
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x, const MaskFlow& masks,
                                      const ApplyContext& ctx) const override;
+  // Test mode: the identity (train mode without rng fails as Apply does).
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
+  // Train mode with rng: the pullback multiplies by the same keep mask / rate as the forward pass.
+  absl::StatusOr<LinearizedMasked> LinearizeMasked(const Params& params, const ArrayFlow& x,
+                                                   const MaskFlow& masks,
+                                                   const ApplyContext& ctx) const override;
 
  protected:
   absl::Status TransformKernel(KernelFlow* k, const KernelContext& ctx) const override;

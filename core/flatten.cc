@@ -41,13 +41,17 @@ absl::StatusOr<ShapeFlow> FlattenLayer::OutputShape(const ShapeFlow& in) const {
 absl::StatusOr<Array> FlattenLayer::FlattenArray(const Array& x) const {
   auto out = OutputShape(ShapeFlow::Single(x.shape()));
   if (!out.ok()) return out.status();
-  const int b = *CanonicalAxis(name(), "batch_axis", o_.batch_axis, x.rank());
+  return Transpose(x, Permutation(x.rank())).Reshaped(out->single());
+}
+
+std::vector<int> FlattenLayer::Permutation(int rank) const {
+  const int b = *CanonicalAxis(name(), "batch_axis", o_.batch_axis, rank);
   std::vector<int> perm;
-  for (int a = 0; a < x.rank(); ++a) {
+  for (int a = 0; a < rank; ++a) {
     if (a != b) perm.push_back(a);
   }
   perm.insert(batch_out() == 0 ? perm.begin() : perm.end(), b);
-  return Transpose(x, perm).Reshaped(out->single());
+  return perm;
 }
 
 absl::StatusOr<ArrayFlow> FlattenLayer::Apply(const Params&, const ArrayFlow& xf) const {
@@ -55,6 +59,28 @@ absl::StatusOr<ArrayFlow> FlattenLayer::Apply(const Params&, const ArrayFlow& xf
   auto y = FlattenArray(xf.single());
   if (!y.ok()) return y.status();
   return ArrayFlow::Single(*std::move(y));
+}
+
+absl::StatusOr<Layer::Linearized> FlattenLayer::Linearize(const Params& params, const ArrayFlow& xf) const {
+  auto y = Apply(params, xf);
+  if (!y.ok()) return y.status();
+  const Shape& in = xf.single().shape();
+  const std::vector<int> perm = Permutation(static_cast<int>(in.size()));
+  Shape permuted;
+  std::vector<int> inv(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) {
+    permuted.push_back(in[perm[i]]);
+    inv[perm[i]] = static_cast<int>(i);
+  }
+  Pullback pullback = [layer = name(), permuted, inv,
+                       out = y->single().shape()](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    if (dy.is_list || dy.items.size() != 1 || dy.single().shape() != out) {
+      return LayerError(layer, "",
+                        absl::StrCat("the pullback expects one cotangent of shape ", ShapeToString(out)));
+    }
+    return Cotangents{ArrayFlow::Single(Transpose(dy.single().Reshaped(permuted), inv)), Params{}};
+  };
+  return Linearized{*std::move(y), std::move(pullback)};
 }
 
 absl::StatusOr<MaskFlow> FlattenLayer::MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const {

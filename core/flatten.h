@@ -3,6 +3,8 @@
 #ifndef NT_CORE_FLATTEN_H_
 #define NT_CORE_FLATTEN_H_
 
+#include <vector>
+
 #include "core/layer.h"
 #include "core/real.h"
 
@@ -24,6 +26,8 @@ class FlattenLayer : public Layer {
   Requirements requirements() const override;
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  // A permutation of the entries: the pullback undoes it.
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
   // The mask broadcast to the activation and rearranged exactly like the values.
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
   // The mean of the spatial diagonal.
@@ -37,6 +41,8 @@ class FlattenLayer : public Layer {
   int batch_out() const { return o_.batch_axis_out == 0 || o_.batch_axis_out == -2 ? 0 : 1; }
   // Moves the batch axis first (batch_out 0) or last (1) and merges the rest.
   absl::StatusOr<Array> FlattenArray(const Array& x) const;
+  // The axis permutation FlattenArray applies before merging.
+  std::vector<int> Permutation(int rank) const;
 
   FlattenOptions o_;
 };

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -170,12 +171,18 @@ Shape ImageResizeLayer::Target(const Shape& in) const {
   return out;
 }
 
+std::vector<std::pair<int, AxisMatrix>> ImageResizeLayer::Maps(const Shape& in, const Shape& target) const {
+  std::vector<std::pair<int, AxisMatrix>> maps;
+  for (size_t a = 0; a < in.size(); ++a) {
+    if (in[a] == target[a]) continue;  // Unchanged axes are untouched (jax skips them too).
+    maps.emplace_back(static_cast<int>(a), ResizeMatrix(*method_, in[a], target[a], o_.antialias));
+  }
+  return maps;
+}
+
 Array ImageResizeLayer::Resize(const Array& x, const Shape& target) const {
   Array y = x;
-  for (int a = 0; a < y.rank(); ++a) {
-    if (y.dim(a) == target[a]) continue;  // Unchanged axes are untouched (jax skips them too).
-    y = ApplyAlongAxis(y, a, ResizeMatrix(*method_, y.dim(a), target[a], o_.antialias));
-  }
+  for (const auto& [axis, m] : Maps(x.shape(), target)) y = ApplyAlongAxis(y, axis, m);
   return y;
 }
 
@@ -196,6 +203,34 @@ absl::StatusOr<ArrayFlow> ImageResizeLayer::Apply(const Params&, const ArrayFlow
   auto out = OutputShape(ShapeFlow::Single(xf.single().shape()));
   if (!out.ok()) return out.status();
   return ArrayFlow::Single(Resize(xf.single(), out->single()));
+}
+
+absl::StatusOr<Layer::Linearized> ImageResizeLayer::Linearize(const Params& params,
+                                                              const ArrayFlow& xf) const {
+  auto y = Apply(params, xf);
+  if (!y.ok()) return y.status();
+  const Shape& in = xf.single().shape();
+  // Transposes of the per-axis maps, applied in reverse order (they commute anyway: distinct axes).
+  auto adjoints = std::make_shared<std::vector<std::pair<int, AxisMatrix>>>();
+  for (const auto& [axis, m] : Maps(in, y->single().shape())) {
+    AxisMatrix t{m.n_out, m.n_in, {}};
+    t.rows.resize(m.n_in);
+    for (int64_t j = 0; j < m.n_out; ++j) {
+      for (const auto& [i, w] : m.rows[j]) t.rows[i].emplace_back(j, w);
+    }
+    adjoints->emplace(adjoints->begin(), axis, std::move(t));
+  }
+  Pullback pullback = [layer = name(), adjoints,
+                       out = y->single().shape()](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    if (dy.is_list || dy.items.size() != 1 || dy.single().shape() != out) {
+      return LayerError(layer, "",
+                        absl::StrCat("the pullback expects one cotangent of shape ", ShapeToString(out)));
+    }
+    Array dx = dy.single();
+    for (const auto& [axis, m] : *adjoints) dx = ApplyAlongAxis(dx, axis, m);
+    return Cotangents{ArrayFlow::Single(std::move(dx)), Params{}};
+  };
+  return Linearized{*std::move(y), std::move(pullback)};
 }
 
 absl::StatusOr<MaskFlow> ImageResizeLayer::MaskFn(const MaskFlow& masks, const ShapeFlow&) const {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/layer.h"
@@ -47,6 +48,8 @@ class ImageResizeLayer : public Layer {
   Requirements requirements() const override;
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  // Linear in x: the pullback applies the transposed per-axis resize maps.
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
   // not resize(not mask): a position stays unmasked if any unmasked input contributes to it.
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
   bool remask_kernel() const override { return true; }
@@ -57,6 +60,8 @@ class ImageResizeLayer : public Layer {
  private:
   // Output shape for an input shape of the right rank (-1 entries replaced).
   Shape Target(const Shape& in) const;
+  // The (axis, map) pairs that resize `in` to `target`, in the order they apply.
+  std::vector<std::pair<int, AxisMatrix>> Maps(const Shape& in, const Shape& target) const;
   // Resizes every axis of `x` whose size differs from `target`.
   Array Resize(const Array& x, const Shape& target) const;
 

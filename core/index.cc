@@ -139,6 +139,34 @@ Array GatherAxes(const Array& a, const std::vector<AxisSelection>& sel) {
   return out;
 }
 
+Array ScatterAxes(const Array& g, const std::vector<AxisSelection>& sel, const Shape& shape) {
+  const int r = static_cast<int>(shape.size());
+  bool identity = true;
+  for (const AxisSelection& s : sel) identity = identity && s.identity && !s.drop;
+  if (identity) return g;
+  std::vector<int64_t> stride(r, 1);
+  for (int i = r - 2; i >= 0; --i) stride[i] = stride[i + 1] * shape[i + 1];
+  std::vector<std::vector<int64_t>> off(r);
+  for (int i = 0; i < r; ++i) {
+    for (int64_t t : sel[i].take) off[i].push_back(t * stride[i]);
+  }
+  Array out(shape, 0.0);
+  if (g.size() == 0 || out.size() == 0) return out;
+  const Real* src = g.data();
+  Real* dst = out.data();
+  // The traversal of GatherAxes: g is read in row-major order. Adds, so that repeated positions would
+  // accumulate (slices and ints never repeat one).
+  auto rec = [&](auto&& self, int axis, int64_t base) -> void {
+    if (axis == r - 1) {
+      for (int64_t v : off[axis]) dst[base + v] += *src++;
+      return;
+    }
+    for (int64_t v : off[axis]) self(self, axis + 1, base + v);
+  };
+  rec(rec, 0, 0);
+  return out;
+}
+
 absl::Status IndexLayer::Validate(const IndexOptions& o) {
   int ellipses = 0;
   for (const IndexItem& it : o.idx) {
@@ -203,6 +231,23 @@ absl::StatusOr<ArrayFlow> IndexLayer::Apply(const Params&, const ArrayFlow& xf) 
   auto sel = Select(xf.single().shape());
   if (!sel.ok()) return sel.status();
   return ArrayFlow::Single(GatherAxes(xf.single(), *sel));
+}
+
+absl::StatusOr<Layer::Linearized> IndexLayer::Linearize(const Params&, const ArrayFlow& xf) const {
+  if (absl::Status st = ExpectSingle(name(), xf.is_list, xf.items.size()); !st.ok()) return st;
+  const Shape& in = xf.single().shape();
+  auto sel = Select(in);
+  if (!sel.ok()) return sel.status();
+  Array y = GatherAxes(xf.single(), *sel);
+  Pullback pullback = [layer = name(), sel = *std::move(sel), in,
+                       out = y.shape()](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    if (dy.is_list || dy.items.size() != 1 || dy.single().shape() != out) {
+      return LayerError(layer, "",
+                        absl::StrCat("the pullback expects one cotangent of shape ", ShapeToString(out)));
+    }
+    return Cotangents{ArrayFlow::Single(ScatterAxes(dy.single(), sel, in)), Params{}};
+  };
+  return Linearized{ArrayFlow::Single(std::move(y)), std::move(pullback)};
 }
 
 absl::StatusOr<MaskFlow> IndexLayer::MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const {

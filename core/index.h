@@ -71,6 +71,8 @@ class IndexLayer : public Layer {
   Requirements requirements() const override;
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  // A gather: the pullback scatter-adds into zeros of the input's shape.
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
   // mask[idx]; axes where the mask is broadcast (size 1) keep size 1 under slices.
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
   bool remask_kernel() const override { return false; }
@@ -89,6 +91,8 @@ class IndexLayer : public Layer {
 
 // a[ix_(take...)] with dropped axes removed: one selection per axis of `a`.
 Array GatherAxes(const Array& a, const std::vector<AxisSelection>& sel);
+// The adjoint of GatherAxes: zeros of `shape` with `g` added at the gathered positions.
+Array ScatterAxes(const Array& g, const std::vector<AxisSelection>& sel, const Shape& shape);
 
 }  // namespace NT_CORE_NS
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/spatial.h"
@@ -40,23 +42,24 @@ absl::StatusOr<ShapeFlow> LayerNormLayer::OutputShape(const ShapeFlow& in) const
   return in;
 }
 
-absl::StatusOr<ArrayFlow> LayerNormLayer::Apply(const Params&, const ArrayFlow& xf) const {
-  if (absl::Status st = ExpectSingle(name(), xf.is_list, xf.items.size()); !st.ok()) return st;
-  const Array& x = xf.single();
+absl::StatusOr<LayerNormLayer::Normalized> LayerNormLayer::Normalize(const Array& x) const {
   auto axes = Axes(x.rank());
   if (!axes.ok()) return axes.status();
+  Normalized n;
   // Move the normalised axes last: each row is then one group.
-  std::vector<int> perm, inv(x.rank());
+  n.inv.resize(x.rank());
   for (int i = 0; i < x.rank(); ++i) {
-    if (std::find(axes->begin(), axes->end(), i) == axes->end()) perm.push_back(i);
+    if (std::find(axes->begin(), axes->end(), i) == axes->end()) n.perm.push_back(i);
   }
-  for (int a : *axes) perm.push_back(a);
-  for (int i = 0; i < x.rank(); ++i) inv[perm[i]] = i;
-  Array t = Transpose(x, perm);
-  int64_t group = 1;
-  for (int a : *axes) group *= x.dim(a);
-  for (int64_t r = 0; r < t.size() / std::max<int64_t>(group, 1); ++r) {
-    Real* g = t.data() + r * group;
+  for (int a : *axes) n.perm.push_back(a);
+  for (int i = 0; i < x.rank(); ++i) n.inv[n.perm[i]] = i;
+  n.t = Transpose(x, n.perm);
+  for (int a : *axes) n.group *= x.dim(a);
+  const int64_t group = n.group;
+  const int64_t rows = n.t.size() / std::max<int64_t>(group, 1);
+  n.scale.resize(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    Real* g = n.t.data() + r * group;
     double mean = 0, var = 0;
     for (int64_t e = 0; e < group; ++e) mean += g[e];
     mean /= double(group);
@@ -64,8 +67,49 @@ absl::StatusOr<ArrayFlow> LayerNormLayer::Apply(const Params&, const ArrayFlow& 
     var /= double(group);
     const double scale = 1.0 / std::sqrt(o_.eps + var);
     for (int64_t e = 0; e < group; ++e) g[e] = static_cast<Real>((g[e] - mean) * scale);
+    n.scale[r] = static_cast<Real>(scale);
   }
-  return ArrayFlow::Single(Transpose(t, inv));
+  return n;
+}
+
+absl::StatusOr<ArrayFlow> LayerNormLayer::Apply(const Params&, const ArrayFlow& xf) const {
+  if (absl::Status st = ExpectSingle(name(), xf.is_list, xf.items.size()); !st.ok()) return st;
+  auto n = Normalize(xf.single());
+  if (!n.ok()) return n.status();
+  return ArrayFlow::Single(Transpose(n->t, n->inv));
+}
+
+absl::StatusOr<Layer::Linearized> LayerNormLayer::Linearize(const Params&, const ArrayFlow& xf) const {
+  if (absl::Status st = ExpectSingle(name(), xf.is_list, xf.items.size()); !st.ok()) return st;
+  auto n = Normalize(xf.single());
+  if (!n.ok()) return n.status();
+  Array y = Transpose(n->t, n->inv);
+  auto fwd = std::make_shared<const Normalized>(*std::move(n));
+  Pullback pullback = [layer = name(), fwd,
+                       shape = y.shape()](const ArrayFlow& dyf) -> absl::StatusOr<Cotangents> {
+    if (dyf.is_list || dyf.items.size() != 1 || dyf.single().shape() != shape) {
+      return LayerError(layer, "",
+                        absl::StrCat("the pullback expects one cotangent of shape ", ShapeToString(shape)));
+    }
+    // d y_i / d x_j = s (delta_ij - 1 / G - xhat_i xhat_j / G) within a group of G entries.
+    Array g = Transpose(dyf.single(), fwd->perm);
+    const int64_t group = fwd->group;
+    for (size_t r = 0; r < fwd->scale.size(); ++r) {
+      Real* d = g.data() + r * group;
+      const Real* xhat = fwd->t.data() + r * group;
+      double mean_d = 0, mean_dx = 0;
+      for (int64_t e = 0; e < group; ++e) {
+        mean_d += d[e];
+        mean_dx += double(d[e]) * double(xhat[e]);
+      }
+      mean_d /= double(group);
+      mean_dx /= double(group);
+      const double s = fwd->scale[r];
+      for (int64_t e = 0; e < group; ++e) d[e] = static_cast<Real>(s * (d[e] - mean_d - xhat[e] * mean_dx));
+    }
+    return Cotangents{ArrayFlow::Single(Transpose(g, fwd->inv)), Params{}};
+  };
+  return Linearized{ArrayFlow::Single(std::move(y)), std::move(pullback)};
 }
 
 absl::Status LayerNormLayer::TransformKernel(KernelFlow* kf, const KernelContext&) const {

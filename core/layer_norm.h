@@ -2,6 +2,7 @@
 #ifndef NT_CORE_LAYER_NORM_H_
 #define NT_CORE_LAYER_NORM_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,9 @@ class LayerNormLayer : public Layer {
   Requirements requirements() const override;
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  // The pullback of each group: s (dy - mean(dy) - xhat mean(dy xhat)), xhat the output, s = 1 / sqrt(eps
+  // + var).
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
   // Scales every entry by per-position factors computed from the variances alone.
   CovUse cov_use() const override { return CovUse::kDiagonal; }
 
@@ -35,6 +39,15 @@ class LayerNormLayer : public Layer {
  private:
   // The normalised axes of an activation of `rank`, canonical and sorted.
   absl::StatusOr<std::vector<int>> Axes(int rank) const;
+  // The forward pass in the layout where each group is a row: x transposed by `perm` (the normalised axes
+  // last), every row of `group` entries normalised; `scale` holds each row's 1 / sqrt(eps + var).
+  struct Normalized {
+    Array t;
+    std::vector<int> perm, inv;
+    int64_t group = 1;
+    std::vector<Real> scale;
+  };
+  absl::StatusOr<Normalized> Normalize(const Array& x) const;
   LayerNormOptions o_;
 };
 

@@ -1,6 +1,7 @@
 #include "core/pooling.h"
 
 #include <algorithm>
+#include <memory>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -28,6 +29,25 @@ absl::StatusOr<Array> Broadcast(const std::string& layer, const Array& m, const 
     out = ApplyAlongAxis(out, a, repeat);
   }
   return out;
+}
+
+// The transpose of `m` (its pullback): every weight moves from (row j, column i) to (row i, column j).
+AxisMatrix Adjoint(const AxisMatrix& m) {
+  AxisMatrix t{m.n_out, m.n_in, {}};
+  t.rows.resize(m.n_in);
+  for (int64_t j = 0; j < m.n_out; ++j) {
+    for (const auto& [i, w] : m.rows[j]) t.rows[i].emplace_back(j, w);
+  }
+  return t;
+}
+
+// Pullbacks receive one cotangent shaped like the forward output.
+absl::Status ExpectCotangent(const std::string& layer, const ArrayFlow& dy, const Shape& shape) {
+  if (dy.is_list || dy.items.size() != 1 || dy.single().shape() != shape) {
+    return LayerError(layer, "",
+                      absl::StrCat("the pullback expects one cotangent of shape ", ShapeToString(shape)));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -127,6 +147,27 @@ absl::StatusOr<ArrayFlow> PoolLayer::Apply(const Params&, const ArrayFlow& xf) c
     y = ApplyAlongAxis(y, a.spatial[i], PoolMatrix(x.dim(a.spatial[i]), a.window[i], a.strides[i], false));
   }
   return ArrayFlow::Single(std::move(y));
+}
+
+absl::StatusOr<Layer::Linearized> PoolLayer::Linearize(const Params& params, const ArrayFlow& xf) const {
+  auto y = Apply(params, xf);
+  if (!y.ok()) return y.status();
+  const Array& x = xf.single();
+  const Axes a = *ResolveAxes(x.rank());
+  // The per-axis maps act on different axes and commute: their transposes apply in any order.
+  auto adjoints = std::make_shared<std::vector<std::pair<int, AxisMatrix>>>();
+  for (size_t i = 0; i < a.spatial.size(); ++i) {
+    adjoints->emplace_back(a.spatial[i],
+                           Adjoint(PoolMatrix(x.dim(a.spatial[i]), a.window[i], a.strides[i], false)));
+  }
+  Pullback pullback = [layer = name(), adjoints,
+                       out = y->single().shape()](const ArrayFlow& dy) -> absl::StatusOr<Cotangents> {
+    if (absl::Status st = ExpectCotangent(layer, dy, out); !st.ok()) return st;
+    Array dx = dy.single();
+    for (const auto& [axis, m] : *adjoints) dx = ApplyAlongAxis(dx, axis, m);
+    return Cotangents{ArrayFlow::Single(std::move(dx)), Params{}};
+  };
+  return Linearized{*std::move(y), std::move(pullback)};
 }
 
 absl::StatusOr<MaskFlow> PoolLayer::MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const {
@@ -233,7 +274,7 @@ absl::StatusOr<ShapeFlow> GlobalPoolLayer::OutputShape(const ShapeFlow& in) cons
   return ShapeFlow::Single(Shape{s[lo], s[hi]});
 }
 
-absl::StatusOr<Array> GlobalPoolLayer::Pool(const Array& x, const Array* mask) const {
+absl::StatusOr<Array> GlobalPoolLayer::Pool(const Array& x, const Array* mask, Array* scale) const {
   const int rank = x.rank();
   auto bc = ResolveAxes(rank);
   if (!bc.ok()) return bc.status();
@@ -262,7 +303,68 @@ absl::StatusOr<Array> GlobalPoolLayer::Pool(const Array& x, const Array* mask) c
     // Upstream's masked mean: the sum over all entries (masked ones are zero) over the unmasked count.
     for (int64_t o = 0; o < sum.size(); ++o) sum[o] /= std::max<Real>(p - masked[o], 1);
   }
+  if (scale) {
+    *scale = Array(sum.shape(), 1.0);
+    if (kind_ == PoolKind::kAvg) {
+      const Real p = static_cast<Real>(x.size()) / static_cast<Real>(std::max<int64_t>(sum.size(), 1));
+      for (int64_t o = 0; o < sum.size(); ++o) (*scale)[o] = Real(1) / std::max<Real>(p - masked[o], 1);
+    }
+  }
   return sum;
+}
+
+absl::StatusOr<Layer::Linearized> GlobalPoolLayer::LinearizePool(const Array& x,
+                                                                 const std::optional<Array>& mask) const {
+  auto scale = std::make_shared<Array>();
+  auto y = Pool(x, mask ? &*mask : nullptr, scale.get());
+  if (!y.ok()) return y.status();
+  const auto [b, c] = *ResolveAxes(x.rank());
+  const auto [lo, hi] = std::minmax(b, c);
+  auto in_mask = mask ? std::make_shared<const Array>(*mask) : nullptr;
+  Pullback pullback = [layer = name(), scale = std::shared_ptr<const Array>(std::move(scale)), in_mask,
+                       shape = x.shape(), out = y->shape(), lo = lo,
+                       hi = hi](const ArrayFlow& dyf) -> absl::StatusOr<Cotangents> {
+    if (absl::Status st = ExpectCotangent(layer, dyf, out); !st.ok()) return st;
+    const Array& dy = dyf.single();
+    // Every input entry feeds its (batch, channel) output once, with that output's factor.
+    Array dx = Array::Uninitialized(shape);
+    const int rank = static_cast<int>(shape.size());
+    const int64_t d_hi = shape[hi];
+    std::vector<int64_t> idx(rank, 0);
+    for (int64_t e = 0; e < dx.size(); ++e) {
+      const int64_t o = idx[lo] * d_hi + idx[hi];
+      dx[e] = dy[o] * (*scale)[o];
+      for (int a = rank - 1; a >= 0; --a) {
+        if (++idx[a] < shape[a]) break;
+        idx[a] = 0;
+      }
+    }
+    if (in_mask) ZeroWhereMasked(*in_mask, &dx);  // Masked inputs never reach the output.
+    return Cotangents{ArrayFlow::Single(std::move(dx)), Params{}};
+  };
+  return Linearized{ArrayFlow::Single(*std::move(y)), std::move(pullback)};
+}
+
+absl::StatusOr<Layer::Linearized> GlobalPoolLayer::Linearize(const Params&, const ArrayFlow& xf) const {
+  if (absl::Status st = ExpectSingle(name(), xf.is_list, xf.items.size()); !st.ok()) return st;
+  return LinearizePool(xf.single(), std::nullopt);
+}
+
+absl::StatusOr<Layer::LinearizedMasked> GlobalPoolLayer::LinearizeMasked(const Params& params,
+                                                                         const ArrayFlow& xf,
+                                                                         const MaskFlow& masks,
+                                                                         const ApplyContext& ctx) const {
+  if (absl::Status st = ExpectSingle(name(), xf.is_list, xf.items.size()); !st.ok()) return st;
+  const std::optional<Array>* mask = masks.items.empty() ? nullptr : &masks.items.front();
+  if (!mask || !*mask) return Layer::LinearizeMasked(params, xf, masks, ctx);
+  // As ApplyMasked: the masked mean over the zeroed input.
+  Array x = xf.single();
+  auto out_masks = MaskFn(masks, ShapeFlow::Single(x.shape()));
+  if (!out_masks.ok()) return out_masks.status();
+  ZeroWhereMasked(**mask, &x);
+  auto lin = LinearizePool(x, *mask);
+  if (!lin.ok()) return lin.status();
+  return LinearizedMasked{Masked{std::move(lin->y), *std::move(out_masks)}, std::move(lin->pullback)};
 }
 
 absl::StatusOr<ArrayFlow> GlobalPoolLayer::Apply(const Params&, const ArrayFlow& xf) const {

@@ -5,6 +5,7 @@
 #define NT_CORE_POOLING_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,8 @@ class PoolLayer : public Layer {
   Requirements requirements() const override;
   absl::StatusOr<ShapeFlow> OutputShape(const ShapeFlow& in) const override;
   absl::StatusOr<ArrayFlow> Apply(const Params& params, const ArrayFlow& x) const override;
+  // Linear: the pullback applies the transposed per-axis window maps.
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
   // Channel-collapsed masks only; strided outputs take the mask of their window's centre.
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
   bool remask_kernel() const override { return true; }
@@ -86,6 +89,12 @@ class GlobalPoolLayer : public Layer {
   using Layer::ApplyMasked;
   absl::StatusOr<Masked> ApplyMasked(const Params& params, const ArrayFlow& x,
                                      const MaskFlow& masks) const override;
+  // Linear in x: each input entry receives its output's cotangent times the output's divisor (masked
+  // inputs none).
+  absl::StatusOr<Linearized> Linearize(const Params& params, const ArrayFlow& x) const override;
+  absl::StatusOr<LinearizedMasked> LinearizeMasked(const Params& params, const ArrayFlow& x,
+                                                   const MaskFlow& masks,
+                                                   const ApplyContext& ctx) const override;
   // Channel-collapsed masks only; an output is masked iff all its positions are.
   CovUse cov_use() const override { return CovUse::kReadout; }
   absl::StatusOr<MaskFlow> MaskFn(const MaskFlow& masks, const ShapeFlow& shapes) const override;
@@ -95,8 +104,11 @@ class GlobalPoolLayer : public Layer {
 
  private:
   absl::StatusOr<std::pair<int, int>> ResolveAxes(int rank) const;
-  // Sum (or masked mean) over the spatial axes of x; `mask` (1 = masked) broadcasts against x.
-  absl::StatusOr<Array> Pool(const Array& x, const Array* mask) const;
+  // Sum (or masked mean) over the spatial axes of x; `mask` (1 = masked) broadcasts against x. `scale`
+  // (optional) receives each output's factor (1, or 1 / its count of unmasked positions).
+  absl::StatusOr<Array> Pool(const Array& x, const Array* mask, Array* scale = nullptr) const;
+  // The forward pass (masked when `mask` is set) with its pullback.
+  absl::StatusOr<Linearized> LinearizePool(const Array& x, const std::optional<Array>& mask) const;
 
   PoolKind kind_;
   GlobalPoolOptions o_;
