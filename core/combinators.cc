@@ -76,6 +76,13 @@ absl::StatusOr<Layer::LinearizedMasked> LinearizeChain(const std::function<const
   return Layer::LinearizedMasked{std::move(y), ChainPullback(std::move(pullbacks))};
 }
 
+// Linearize of a combinator: its LinearizeMasked without masks or keyword arguments.
+absl::StatusOr<Layer::Linearized> Unmasked(const Layer& layer, const Params& params, const ArrayFlow& x) {
+  auto lin = layer.LinearizeMasked(params, x, NoMasks(x), ApplyContext{});
+  if (!lin.ok()) return lin.status();
+  return Layer::Linearized{std::move(lin->out.values), std::move(lin->pullback)};
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------
@@ -179,9 +186,7 @@ absl::StatusOr<Layer::Masked> SerialLayer::ApplyMasked(const Params& params, con
 }
 
 absl::StatusOr<Layer::Linearized> SerialLayer::Linearize(const Params& params, const ArrayFlow& x) const {
-  auto lin = LinearizeMasked(params, x, NoMasks(x), ApplyContext{});
-  if (!lin.ok()) return lin.status();
-  return Linearized{std::move(lin->out.values), std::move(lin->pullback)};
+  return Unmasked(*this, params, x);
 }
 
 absl::StatusOr<Layer::LinearizedMasked> SerialLayer::LinearizeMasked(const Params& params, const ArrayFlow& x,
@@ -307,9 +312,7 @@ absl::StatusOr<Layer::Masked> ParallelLayer::ApplyMasked(const Params& params, c
 }
 
 absl::StatusOr<Layer::Linearized> ParallelLayer::Linearize(const Params& params, const ArrayFlow& x) const {
-  auto lin = LinearizeMasked(params, x, NoMasks(x), ApplyContext{});
-  if (!lin.ok()) return lin.status();
-  return Linearized{std::move(lin->out.values), std::move(lin->pullback)};
+  return Unmasked(*this, params, x);
 }
 
 absl::StatusOr<Layer::LinearizedMasked> ParallelLayer::LinearizeMasked(const Params& params,
@@ -437,9 +440,7 @@ absl::StatusOr<Layer::Masked> RepeatLayer::ApplyMasked(const Params& params, con
 }
 
 absl::StatusOr<Layer::Linearized> RepeatLayer::Linearize(const Params& params, const ArrayFlow& x) const {
-  auto lin = LinearizeMasked(params, x, NoMasks(x), ApplyContext{});
-  if (!lin.ok()) return lin.status();
-  return Linearized{std::move(lin->out.values), std::move(lin->pullback)};
+  return Unmasked(*this, params, x);
 }
 
 absl::StatusOr<Layer::LinearizedMasked> RepeatLayer::LinearizeMasked(const Params& params, const ArrayFlow& x,

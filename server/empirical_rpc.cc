@@ -22,19 +22,6 @@ namespace nt::server {
 
 namespace {
 
-grpc::Status Invalid(const std::string& msg) { return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg); }
-grpc::Status Exhausted(const std::string& msg) {
-  return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, msg);
-}
-
-struct Reservation {
-  std::function<void(int64_t)> release;
-  int64_t bytes = 0;
-  ~Reservation() {
-    if (bytes > 0) release(bytes);
-  }
-};
-
 // What a request asks of the empirical kernel, decoded and checked.
 struct Decoded {
   LayerPtr net;
@@ -167,8 +154,7 @@ grpc::Status KernelServiceImpl::EmpiricalKernel(grpc::ServerContext*,
   if (!bytes.ok()) return ToGrpcStatus(bytes.status());
   const int64_t need = static_cast<int64_t>(*bytes);
   if (!Reserve(need)) {
-    return Exhausted(absl::StrCat("the server's memory budget is taken by other requests (", need >> 20,
-                                  " MiB needed); retry later"));
+    return BudgetTaken(need);
   }
   Reservation reservation{[this](int64_t b) { Release(b); }, need};
   auto k = EmpiricalKernelFn(*d->net, *params, d->x1, d->x2 ? &*d->x2 : nullptr, d->nngp, d->ntk, d->options);
@@ -214,8 +200,7 @@ grpc::Status KernelServiceImpl::MonteCarloKernel(
   }
   const int64_t need = static_cast<int64_t>(need_bytes);
   if (!Reserve(need)) {
-    return Exhausted(absl::StrCat("the server's memory budget is taken by other requests (", need >> 20,
-                                  " MiB needed); retry later"));
+    return BudgetTaken(need);
   }
   Reservation reservation{[this](int64_t b) { Release(b); }, need};
   auto cancelled = [&]() -> absl::Status {

@@ -14,24 +14,6 @@
 
 namespace nt::server {
 
-namespace {
-
-grpc::Status Invalid(const std::string& msg) { return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg); }
-grpc::Status Exhausted(const std::string& msg) {
-  return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, msg);
-}
-
-// Gives a reservation of the memory budget back when the call ends.
-struct Reservation {
-  std::function<void(int64_t)> release;
-  int64_t bytes = 0;
-  ~Reservation() {
-    if (bytes > 0) release(bytes);
-  }
-};
-
-}  // namespace
-
 grpc::Status KernelServiceImpl::Init(grpc::ServerContext*, const nt::v1::InitRequest* req,
                                      nt::v1::InitResponse* resp) {
   ActiveCall active(&active_);
@@ -56,8 +38,7 @@ grpc::Status KernelServiceImpl::Init(grpc::ServerContext*, const nt::v1::InitReq
   }
   const int64_t need = static_cast<int64_t>(2 * bytes);
   if (!Reserve(need)) {
-    return Exhausted(absl::StrCat("the server's memory budget is taken by other requests (", need >> 20,
-                                  " MiB needed); retry later"));
+    return BudgetTaken(need);
   }
   Reservation reservation{[this](int64_t b) { Release(b); }, need};
   auto out = (*net)->OutputShape(in);
@@ -117,8 +98,7 @@ grpc::Status KernelServiceImpl::Apply(grpc::ServerContext*, const nt::v1::ApplyR
   }
   const int64_t need = static_cast<int64_t>(need_bytes);
   if (!Reserve(need)) {
-    return Exhausted(absl::StrCat("the server's memory budget is taken by other requests (", need >> 20,
-                                  " MiB needed); retry later"));
+    return BudgetTaken(need);
   }
   Reservation reservation{[this](int64_t b) { Release(b); }, need};
   auto params = DecodeParams(req->params(), "params");

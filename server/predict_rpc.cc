@@ -23,8 +23,6 @@ namespace nt::server {
 
 namespace {
 
-grpc::Status Invalid(const std::string& msg) { return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg); }
-
 std::string Deterministic(const google::protobuf::Message& m) {
   std::string out;
   {
