@@ -5,6 +5,7 @@
 #include <cmath>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,8 @@ Array Analytic(const Net& net, const Case& c, const Array& x1, const Array* x2, 
   EXPECT_TRUE(k.ok()) << k.status();
   return k.ok() ? k->arrays[0].second : Array();
 }
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class ConvergenceTest : public ::testing::TestWithParam<Case> {};
 
