@@ -346,7 +346,17 @@ absl::StatusOr<double> EmpiricalKernelBytes(const Layer& net, double num_params,
   if (!plan.ok()) return plan.status();
   const double y1 = static_cast<double>(NumElements(s1->single()));
   const double y2 = static_cast<double>(NumElements(s2->single()));
-  const double entries = (get_ntk ? (y1 + (x2 ? y2 : 0)) * num_params : 0) + (y1 + y2) +
+  // What the pullbacks keep of the forward pass: at most every layer's inputs and outputs, with a factor 2
+  // for saved intermediates (an estimate: convolutions keep patch matrices, attention its weights).
+  auto peak1 = net.PeakActivations(ShapeFlow::Single(x1));
+  if (!peak1.ok()) return peak1.status();
+  double saved = 2.0 * static_cast<double>(net.NumLayers()) * *peak1;
+  if (x2) {
+    auto peak2 = net.PeakActivations(ShapeFlow::Single(*x2));
+    if (!peak2.ok()) return peak2.status();
+    saved += 2.0 * static_cast<double>(net.NumLayers()) * *peak2;
+  }
+  const double entries = saved + (get_ntk ? (y1 + (x2 ? y2 : 0)) * num_params : 0) + (y1 + y2) +
                          2.0 * plan->other1.size() * plan->other2.size() +
                          static_cast<double>(NumElements(plan->out_shape));
   const double bytes = entries * sizeof(Real);

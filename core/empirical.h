@@ -61,8 +61,9 @@ int64_t NumParamEntries(const Params& params);
 // diagonal_axes.
 absl::StatusOr<Shape> EmpiricalKernelShape(const Shape& s1, const Shape& s2, const EmpiricalOptions& o);
 
-// Bytes EmpiricalKernelFn would hold (Jacobians, outputs, kernels) for inputs of these shapes (x2 null:
-// the same batch) and `num_params` parameters.
+// Bytes EmpiricalKernelFn would hold (Jacobians, outputs, kernels, and an estimate of what the pullbacks
+// keep of the forward passes) for inputs of these shapes (x2 null: the same batch) and `num_params`
+// parameters; RESOURCE_EXHAUSTED over o.memory_budget_bytes.
 absl::StatusOr<double> EmpiricalKernelBytes(const Layer& net, double num_params, const Shape& x1,
                                             const Shape* x2, bool get_ntk, const EmpiricalOptions& o);
 

@@ -196,6 +196,89 @@ TEST(EmpiricalKernelTest, TraceAndDiagonalAxes) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// upstream's testAxes: a CONV network with outputs (N, H, W, C), every non-overlapping pair of trace_axes
+// and diagonal_axes subsets, for x2 = None and another x2, against a naive reduction of the full (trace_axes
+// = ()) kernel: the sum of K_full[a1, a2] over the output index pairs that agree on every traced and diagonal
+// axis.
+TEST(EmpiricalKernelTest, EveryTraceAndDiagonalAxesCombination) {
+  const stax::Net net = stax::serial(stax::Conv(3, {2, 2}, {}, "SAME", 1.2, 0.1), stax::Relu(),
+                                     stax::Conv(2, {2, 1}, {}, "SAME", 1.0, 0.2));
+  const Array x1 = CosNormal({3, 3, 2, 2}, 11), x2 = CosNormal({2, 3, 2, 2}, 12);
+  auto init = net.init_fn(RngKey(4), x1.shape());
+  ASSERT_TRUE(init.ok());
+  int checked = 0;
+  for (const bool same : {false, true}) {
+    const Array* x2p = same ? nullptr : &x2;
+    EmpiricalOptions full_o;
+    full_o.trace_axes = {};
+    auto full = EmpiricalKernelFn(*net.layer(), init->second, x1, x2p, true, true, full_o);
+    ASSERT_TRUE(full.ok()) << full.status();
+    const Shape s1 = {3, 3, 2, 2}, s2 = same ? s1 : Shape{2, 3, 2, 2};
+    for (int tmask = 0; tmask < 16; ++tmask) {
+      for (int dmask = 0; dmask < 16; ++dmask) {
+        if (tmask & dmask) continue;
+        EmpiricalOptions o;
+        o.trace_axes.clear();
+        for (int a = 0; a < 4; ++a) {
+          // Negative and positive spellings of the same axes.
+          if (tmask & (1 << a)) o.trace_axes.push_back(a % 2 ? a - 4 : a);
+          if (dmask & (1 << a)) o.diagonal_axes.push_back(a);
+        }
+        auto k = EmpiricalKernelFn(*net.layer(), init->second, x1, x2p, true, true, o);
+        if (!same &&
+            ((tmask | dmask) & 1)) {  // The batch axis differs in size between x1 and x2: only as a pair.
+          EXPECT_EQ(k.status().code(), absl::StatusCode::kInvalidArgument);
+          continue;
+        }
+        ASSERT_TRUE(k.ok()) << k.status();
+        Shape want_shape;
+        double traced = 1;
+        for (int a = 0; a < 4; ++a) {
+          if (tmask & (1 << a)) {
+            traced *= s1[a];
+          } else if (dmask & (1 << a)) {
+            want_shape.push_back(s1[a]);
+          } else {
+            want_shape.insert(want_shape.end(), {s1[a], s2[a]});
+          }
+        }
+        ASSERT_EQ(k->ntk->shape(), want_shape) << tmask << " " << dmask;
+        for (const bool ntk : {true, false}) {
+          const Array& src = ntk ? *full->ntk : *full->nngp;
+          Array want(want_shape, 0.0);
+          // Walk every (a1, a2) of the full kernel, whose layout is (n1, n2, h1, h2, w1, w2, c1, c2).
+          int64_t e = 0;
+          std::vector<int64_t> idx(8, 0);
+          const Shape fs = {s1[0], s2[0], 3, 3, 2, 2, 2, 2};
+          for (; e < src.size(); ++e) {
+            bool keep = true;
+            int64_t pos = 0;
+            for (int a = 0; a < 4; ++a) {
+              const int64_t i1 = idx[2 * a], i2 = idx[2 * a + 1];
+              if ((tmask | dmask) & (1 << a)) keep = keep && i1 == i2;
+              if (tmask & (1 << a)) continue;
+              if (dmask & (1 << a)) {
+                pos = pos * s1[a] + i1;
+              } else {
+                pos = (pos * s1[a] + i1) * s2[a] + i2;
+              }
+            }
+            if (keep) want[pos] += src[e] / traced;
+            for (int d = 7; d >= 0; --d) {
+              if (++idx[d] < fs[d]) break;
+              idx[d] = 0;
+            }
+          }
+          ExpectArraysNear(want, ntk ? *k->ntk : *k->nngp, 1e-12, ntk ? "ntk" : "nngp");
+        }
+        ++checked;
+      }
+    }
+  }
+  // 81 disjoint pairs with x2 = None; with another x2, less the 54 that trace or diagonalise the batch axis.
+  EXPECT_EQ(checked, 81 + 27);
+}
+
 // vmap_axes is a hint: per-example Jacobians give the same kernel, also with masks.
 TEST(EmpiricalKernelTest, VmapAxesGiveTheSameKernel) {
   const stax::Net net = stax::serial(stax::Dense(6, 1.2, 0.1), stax::Erf(), stax::Dense(2, 1.0, 0.3));

@@ -13,6 +13,7 @@ import numpy as np
 
 import server_fixture
 import ntclient
+from ntclient import connection as connection_lib
 from ntclient import stax
 
 W1, B1, W2, B2 = 1.5, 0.1, 1.2, 0.05
@@ -125,6 +126,22 @@ class EmpiricalKernelTest(server_fixture.ServerTestCase):
       err = np.linalg.norm(got - want) / np.linalg.norm(want)
       # Standard-error limited: measured 0.078 (nngp) and 0.011 (ntk) at 256 samples.
       self.assertLess(err, {'nngp': 0.15, 'ntk': 0.04}[name], name)
+
+  def test_same_seed_same_kernels_on_any_thread_count(self):
+    init_fn, apply_fn, _ = stax.serial(cnn(), stax.Erf(), stax.Dropout(0.7), stax.Dense(2, b_std=0.2))
+    results = []
+    for threads in (1, 2):
+      with server_fixture.running_server(extra_args=[f'--threads={threads}']) as address:
+        with connection_lib.Connection(address) as conn:
+          _, params = init_fn(4, self.x1.shape, connection=conn, timeout=30)
+          empirical = ntclient.empirical_kernel_fn(apply_fn, trace_axes=())(
+              self.x1, self.x2, None, params, rng=9, connection=conn, timeout=60)
+          mc = list(ntclient.monte_carlo_kernel_fn(init_fn, apply_fn, key=3, n_samples=(3, 8))(
+              self.x1, self.x2, connection=conn, timeout=120))
+          results.append([empirical.nngp, empirical.ntk] + [a for e in mc for a in e])
+    for a, b in zip(*results):
+      np.testing.assert_array_equal(a, b)
+    self.assertFalse(np.array_equal(results[0][2], results[0][4]))  # Estimates at 3 and 8 differ.
 
 
 if __name__ == '__main__':
