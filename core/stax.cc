@@ -95,8 +95,8 @@ absl::StatusOr<std::pair<Shape, Params>> Net::init_fn(const RngKey& key, const S
 
 absl::StatusOr<Array> Net::apply_fn(const Params& params, const Array& x, std::optional<double> mask_constant,
                                     const ApplyContext& kwargs) const {
-  auto y = layer_->ApplyMasked(params, ArrayFlow::Single(x), MaskFlow::Single(MaskOfConstant(x, mask_constant)),
-                               kwargs);
+  auto y = layer_->ApplyMasked(params, ArrayFlow::Single(x),
+                               MaskFlow::Single(MaskOfConstant(x, mask_constant)), kwargs);
   if (!y.ok()) return y.status();
   if (y->values.is_list) return absl::UnimplementedError("networks with several outputs: use the Layer API");
   Array out = std::move(y->values.single());
