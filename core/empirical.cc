@@ -35,7 +35,7 @@ bool SameArray(const Array& a, const Array& b) {
 // NumParamEntries order).
 struct Jacobian {
   Array y;
-  std::vector<Real> j;
+  Storage j;  // Every row is written whole: no zero fill.
   int64_t cols = 0;
 };
 
@@ -82,7 +82,7 @@ absl::StatusOr<Jacobian> ComputeJacobian(const Layer& net, const Params& params,
     auto lin = LinearizeApply(net, params, x, o.mask_constant, ctx);
     if (!lin.ok()) return lin.status();
     if (need_j) {
-      out.j.assign(lin->y.size() * out.cols, Real(0));
+      out.j.resize(lin->y.size() * out.cols);
       absl::Status st = JacobianRows(
           *lin, out.cols, [](int64_t e) { return e; }, out.j.data());
       if (!st.ok()) return st;
@@ -143,7 +143,7 @@ absl::StatusOr<Jacobian> ComputeJacobian(const Layer& net, const Params& params,
     for (int64_t e = 0; e < per; ++e) out.y[full_index(b, e)] = lins[b]->y[e];
   }
   if (need_j) {
-    out.j.assign(out.y.size() * out.cols, Real(0));
+    out.j.resize(out.y.size() * out.cols);
     tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, 1), [&](const tbb::blocked_range<int64_t>& r) {
       for (int64_t b = r.begin(); b != r.end(); ++b) {
         errors[b] = JacobianRows(
@@ -271,22 +271,33 @@ absl::StatusOr<AxisPlan> MakePlan(const Shape& s1, const Shape& s2, const Empiri
 // plan's kernel. Rows are blocked in fixed blocks, so the result does not depend on the thread count.
 Array Contract(const Real* a, const Real* b, int64_t cols, const AxisPlan& p) {
   const int64_t o1 = p.other1.size(), o2 = p.other2.size(), t = p.traced1.size();
+  using ConstRows = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
+  // Rows `offsets[i] + shift` of `m`: a view when they are consecutive (no traced axis after the other
+  // axes), else gathered into `buf`.
+  auto rows = [cols](const Real* m, const std::vector<int64_t>& offsets, int64_t begin, int64_t n,
+                     int64_t shift, RowMat* buf) -> ConstRows {
+    bool consecutive = true;
+    for (int64_t i = 1; i < n && consecutive; ++i) consecutive = offsets[begin + i] == offsets[begin] + i;
+    if (consecutive) {
+      return ConstRows(m + (offsets[begin] + shift) * cols, n, cols, Eigen::OuterStride<>(cols));
+    }
+    buf->resize(n, cols);
+    for (int64_t i = 0; i < n; ++i) {
+      buf->row(i) = Eigen::Map<const Eigen::Matrix<Real, 1, Eigen::Dynamic>>(
+          m + (offsets[begin + i] + shift) * cols, cols);
+    }
+    return ConstRows(buf->data(), n, cols, Eigen::OuterStride<>(cols));
+  };
   RowMat theta = RowMat::Zero(o1, o2);
-  RowMat bt(o2, cols);
+  RowMat bbuf;
   constexpr int64_t kBlock = 32;
   for (int64_t k = 0; k < t; ++k) {
-    for (int64_t j = 0; j < o2; ++j) {
-      bt.row(j) = Eigen::Map<const Eigen::Matrix<Real, 1, Eigen::Dynamic>>(
-          b + (p.other2[j] + p.traced2[k]) * cols, cols);
-    }
+    const ConstRows bt = rows(b, p.other2, 0, o2, p.traced2[k], &bbuf);
     tbb::parallel_for(int64_t{0}, (o1 + kBlock - 1) / kBlock, [&](int64_t blk) {
-      const int64_t begin = blk * kBlock, rows = std::min(kBlock, o1 - begin);
-      RowMat at(rows, cols);
-      for (int64_t i = 0; i < rows; ++i) {
-        at.row(i) = Eigen::Map<const Eigen::Matrix<Real, 1, Eigen::Dynamic>>(
-            a + (p.other1[begin + i] + p.traced1[k]) * cols, cols);
-      }
-      theta.middleRows(begin, rows).noalias() += at * bt.transpose();
+      const int64_t begin = blk * kBlock, n = std::min(kBlock, o1 - begin);
+      RowMat abuf;
+      const ConstRows at = rows(a, p.other1, begin, n, p.traced1[k], &abuf);
+      theta.middleRows(begin, n).noalias() += at * bt.transpose();
     });
   }
   Array out = Array::Uninitialized(p.out_shape);
