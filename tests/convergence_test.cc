@@ -302,7 +302,7 @@ std::vector<Case> Grid() {
       {"FanOut_parallel_FanInSum", {192, 0.02}},
       {"FanInProd", {192, 0.02}},
       {"FanInConcat_channels", {160, 0.02}},
-      {"FanInConcat_spatial", {384, 0.015}},
+      {"FanInConcat_spatial", {768, 0.015}},
       {"Dense_standard", {128, 0.015}},
       {"ConvLocal_single", {512, 0.011}},
       {"ImageResize", {64, 0.03}},
