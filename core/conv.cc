@@ -87,16 +87,6 @@ void AddOnSpatialDiagonal(Real v, const std::vector<int64_t>& sizes, Array* t) {
   }
 }
 
-// The transposed map: out[i] = sum over j of m[j, i] in[j].
-AxisMatrix Adjoint(const AxisMatrix& m) {
-  AxisMatrix t{m.n_out, m.n_in, {}};
-  t.rows.resize(m.n_in);
-  for (int64_t j = 0; j < m.n_out; ++j) {
-    for (const auto& [i, w] : m.rows[j]) t.rows[i].emplace_back(j, w);
-  }
-  return t;
-}
-
 }  // namespace
 
 ConvLayer::ConvLayer(ConvKind kind, ConvOptions o) : kind_(kind), o_(std::move(o)) {

@@ -31,16 +31,6 @@ absl::StatusOr<Array> Broadcast(const std::string& layer, const Array& m, const 
   return out;
 }
 
-// The transpose of `m` (its pullback): every weight moves from (row j, column i) to (row i, column j).
-AxisMatrix Adjoint(const AxisMatrix& m) {
-  AxisMatrix t{m.n_out, m.n_in, {}};
-  t.rows.resize(m.n_in);
-  for (int64_t j = 0; j < m.n_out; ++j) {
-    for (const auto& [i, w] : m.rows[j]) t.rows[i].emplace_back(j, w);
-  }
-  return t;
-}
-
 // Pullbacks receive one cotangent shaped like the forward output.
 absl::Status ExpectCotangent(const std::string& layer, const ArrayFlow& dy, const Shape& shape) {
   if (dy.is_list || dy.items.size() != 1 || dy.single().shape() != shape) {

@@ -112,6 +112,15 @@ AxisMatrix FoldMatrix(int64_t lz, int64_t l) {
   return m;
 }
 
+AxisMatrix Adjoint(const AxisMatrix& m) {
+  AxisMatrix t{m.n_out, m.n_in, {}};
+  t.rows.resize(m.n_in);
+  for (int64_t j = 0; j < m.n_out; ++j) {
+    for (const auto& [i, w] : m.rows[j]) t.rows[i].emplace_back(j, w);
+  }
+  return t;
+}
+
 AxisMatrix Then(const AxisMatrix& a, const AxisMatrix& b) {
   AxisMatrix m{a.n_in, b.n_out, {}};
   m.rows.resize(b.n_out);

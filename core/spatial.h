@@ -57,6 +57,8 @@ AxisMatrix TapsMatrix(const AxisTaps& taps, const std::vector<Real>& row_weight)
 AxisMatrix TapsMatrix(const AxisTaps& taps, Real weight);
 // The adjoint of wrap padding (linear.md 4.1): length lz -> l.
 AxisMatrix FoldMatrix(int64_t lz, int64_t l);
+// The transpose of m (its pullback): out[i] = sum over j of m[j, i] in[j].
+AxisMatrix Adjoint(const AxisMatrix& m);
 // b after a.
 AxisMatrix Then(const AxisMatrix& a, const AxisMatrix& b);
 // Dense (n_out x n_in) row-major matrix, dropping near-zero weights.

@@ -128,6 +128,16 @@ absl::Status CheckMessageSize(const Decoded& d, int64_t max_message_bytes) {
   return absl::OkStatus();
 }
 
+// Decode and CheckMessageSize of an EmpiricalKernelRequest or MonteCarloKernelRequest.
+template <typename Request>
+absl::StatusOr<Decoded> DecodeRequest(const Request& req, int64_t max_message_bytes) {
+  auto d = Decode(req.has_architecture() ? &req.architecture() : nullptr, req.has_x1() ? &req.x1() : nullptr,
+                  req.has_x2() ? &req.x2() : nullptr, req.get(), req.options(), req.output_dtype());
+  if (!d.ok()) return d.status();
+  if (absl::Status st = CheckMessageSize(*d, max_message_bytes); !st.ok()) return st;
+  return d;
+}
+
 void EncodeKernel(const EmpiricalKernel& k, nt::v1::DType dtype, nt::v1::Tensor* nngp, nt::v1::Tensor* ntk) {
   const nt::v1::DType out = dtype == nt::v1::FLOAT32 ? nt::v1::FLOAT32 : nt::v1::FLOAT64;
   if (k.nngp) EncodeTensor(*k.nngp, out, nngp);
@@ -140,11 +150,8 @@ grpc::Status KernelServiceImpl::EmpiricalKernel(grpc::ServerContext*,
                                                 const nt::v1::EmpiricalKernelRequest* req,
                                                 nt::v1::EmpiricalKernelResponse* resp) {
   ActiveCall active(&active_);
-  auto d =
-      Decode(req->has_architecture() ? &req->architecture() : nullptr, req->has_x1() ? &req->x1() : nullptr,
-             req->has_x2() ? &req->x2() : nullptr, req->get(), req->options(), req->output_dtype());
+  auto d = DecodeRequest(*req, options_.max_message_bytes);
   if (!d.ok()) return ToGrpcStatus(d.status());
-  if (absl::Status st = CheckMessageSize(*d, options_.max_message_bytes); !st.ok()) return ToGrpcStatus(st);
   auto params = DecodeParams(req->params(), "params");
   if (!params.ok()) return ToGrpcStatus(params.status());
   if (req->has_rng_seed()) d->options.rng = RngKey(req->rng_seed());
@@ -169,11 +176,8 @@ grpc::Status KernelServiceImpl::MonteCarloKernel(
     grpc::ServerContext* context, const nt::v1::MonteCarloKernelRequest* req,
     grpc::ServerWriter<nt::v1::MonteCarloKernelResponse>* writer) {
   ActiveCall active(&active_);
-  auto d =
-      Decode(req->has_architecture() ? &req->architecture() : nullptr, req->has_x1() ? &req->x1() : nullptr,
-             req->has_x2() ? &req->x2() : nullptr, req->get(), req->options(), req->output_dtype());
+  auto d = DecodeRequest(*req, options_.max_message_bytes);
   if (!d.ok()) return ToGrpcStatus(d.status());
-  if (absl::Status st = CheckMessageSize(*d, options_.max_message_bytes); !st.ok()) return ToGrpcStatus(st);
   MonteCarloOptions o;
   o.empirical = d->options;
   o.key = RngKey(req->seed());

@@ -37,15 +37,6 @@ struct Case {
 constexpr int kW = 512;  // Width of fully connected layers.
 constexpr int kC = 128;  // Channels of convolutions.
 
-double RelativeError(const Array& got, const Array& want) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < want.size(); ++i) {
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-12);
-}
-
 // Monte Carlo of `net` with get = {what}, returned at `samples`.
 Array MonteCarlo(const Net& net, const Case& c, const Array& x1, const Array* x2, bool ntk) {
   MonteCarloOptions o;
@@ -94,14 +85,14 @@ TEST_P(ConvergenceTest, MonteCarloNngpAndNtkMatchKernelFn) {
   const Array nngp_mc = MonteCarlo(c.body, c, x1, x2p, false);
   const Array nngp = Analytic(c.body, c, x1, x2p, "nngp");
   ASSERT_EQ(nngp_mc.shape(), nngp.shape());
-  const double e_nngp = RelativeError(nngp_mc, nngp);
+  const double e_nngp = testing_util::RelativeFrobeniusError(nngp_mc, nngp);
   EXPECT_LE(e_nngp, c.rtol) << "nngp";
   // NTK with a scalar readout (one reverse pass per output).
   const Net head = serial(c.body, Dense(1, 1.0, 0.1));
   const Array ntk_mc = MonteCarlo(head, c, x1, x2p, true);
   const Array ntk = Analytic(head, c, x1, x2p, "ntk");
   ASSERT_EQ(ntk_mc.shape(), ntk.shape());
-  const double e_ntk = RelativeError(ntk_mc, ntk);
+  const double e_ntk = testing_util::RelativeFrobeniusError(ntk_mc, ntk);
   EXPECT_LE(e_ntk, c.rtol) << "ntk";
   RecordProperty("nngp_error", std::to_string(e_nngp));
   RecordProperty("ntk_error", std::to_string(e_ntk));

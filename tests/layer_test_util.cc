@@ -174,4 +174,13 @@ void ExpectNngpMatchesMonteCarlo(const stax::Net& net, const Array& x1, const Ar
   }
 }
 
+double RelativeFrobeniusError(const Array& got, const Array& want) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < want.size(); ++i) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-12);
+}
+
 }  // namespace nt::testing_util

@@ -33,6 +33,9 @@ Array BatchDiagonal(const Array& a);
 Kernel InputKernel(const Array& x1, const Array* x2, int batch_axis, int channel_axis,
                    bool diagonal_batch = true, bool diagonal_spatial = false);
 
+// ||got - want||_F / max(||want||_F, 1e-12): upstream's Monte Carlo metric (assert_close_matrices).
+double RelativeFrobeniusError(const Array& got, const Array& want);
+
 // Fails on a shape mismatch or on the first entry with |expected - actual| > tol (1 + |expected|).
 void ExpectArraysNear(const Array& expected, const Array& actual, double tol, const std::string& what);
 

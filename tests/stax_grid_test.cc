@@ -24,15 +24,6 @@ using testing_util::CosNormal;
 
 constexpr double kRtol = 0.041;
 
-double RelativeError(const Array& got, const Array& want) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < want.size(); ++i) {
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-12);
-}
-
 // Monte Carlo estimate of `get` ("nngp" or "ntk") with `samples` draws, and the analytic kernel.
 void ExpectConverges(const Net& net, const Array& x1, const Array* x2, const std::string& get, int samples) {
   ASSERT_TRUE(net.status().ok()) << net.status();
@@ -52,7 +43,7 @@ void ExpectConverges(const Net& net, const Array& x1, const Array* x2, const std
   ASSERT_TRUE(exact.ok()) << exact.status();
   const Array& want = exact->arrays[0].second;
   ASSERT_EQ(mc.shape(), want.shape());
-  const double err = RelativeError(mc, want);
+  const double err = testing_util::RelativeFrobeniusError(mc, want);
   EXPECT_LE(err, kRtol) << get;
   std::printf("%s %.4f\n", get.c_str(), err);
 }
