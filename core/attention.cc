@@ -22,6 +22,19 @@ using ConstMatMap = Eigen::Map<const RowMat>;
 constexpr double kNegInf = -1e20;
 
 // Whether every axis of `m` equals the one of `shape` or is 1.
+bool Broadcasts(const Array& m, const Shape& shape);
+
+// The input with masked entries zeroed (ApplyMasked and LinearizeMasked); the mask must broadcast to it.
+absl::StatusOr<Array> ZeroMasked(const std::string& layer, const Array& mask, Array x) {
+  if (!Broadcasts(mask, x.shape())) {
+    return LayerError(layer, "mask",
+                      absl::StrCat("of shape ", ShapeToString(mask.shape()),
+                                   " does not broadcast to the input shape ", ShapeToString(x.shape())));
+  }
+  ZeroWhereMasked(mask, &x);
+  return x;
+}
+
 bool Broadcasts(const Array& m, const Shape& shape) {
   if (m.rank() != static_cast<int>(shape.size())) return false;
   for (int a = 0; a < m.rank(); ++a) {
@@ -324,13 +337,9 @@ absl::StatusOr<Layer::Masked> GlobalSelfAttentionLayer::ApplyMasked(const Params
   if (absl::Status st = ExpectSingle(name(), xf.is_list, xf.items.size()); !st.ok()) return st;
   if (masks.items.empty() || !masks.items.front()) return Layer::ApplyMasked(params, xf, masks);
   const Array& mask = *masks.items.front();
-  Array x = xf.single();
-  if (!Broadcasts(mask, x.shape())) {
-    return LayerError(name(), "mask",
-                      absl::StrCat("of shape ", ShapeToString(mask.shape()),
-                                   " does not broadcast to the input shape ", ShapeToString(x.shape())));
-  }
-  ZeroWhereMasked(mask, &x);
+  auto zeroed = ZeroMasked(name(), mask, xf.single());
+  if (!zeroed.ok()) return zeroed.status();
+  const Array& x = *zeroed;
   auto y = Forward(params, x, &mask);
   if (!y.ok()) return y.status();
   auto out_masks = MaskFn(masks, ShapeFlow::Single(x.shape()));
@@ -356,13 +365,9 @@ absl::StatusOr<Layer::LinearizedMasked> GlobalSelfAttentionLayer::LinearizeMaske
   if (masks.items.empty() || !masks.items.front()) return Layer::LinearizeMasked(params, xf, masks, ctx);
   // As ApplyMasked.
   const Array& mask = *masks.items.front();
-  Array x = xf.single();
-  if (!Broadcasts(mask, x.shape())) {
-    return LayerError(name(), "mask",
-                      absl::StrCat("of shape ", ShapeToString(mask.shape()),
-                                   " does not broadcast to the input shape ", ShapeToString(x.shape())));
-  }
-  ZeroWhereMasked(mask, &x);
+  auto zeroed = ZeroMasked(name(), mask, xf.single());
+  if (!zeroed.ok()) return zeroed.status();
+  const Array& x = *zeroed;
   std::shared_ptr<Tape> tape;
   auto y = Forward(params, x, &mask, &tape);
   if (!y.ok()) return y.status();

@@ -216,6 +216,14 @@ ParallelLayer::ParallelLayer(std::vector<LayerPtr> layers) : layers_(std::move(l
   }
 }
 
+absl::Status ParallelLayer::CheckCall(const Params& params, const ArrayFlow& x) const {
+  if (absl::Status st = CheckArity(x.items.size(), x.is_list); !st.ok()) return st;
+  if (params.children.size() != layers_.size()) {
+    return LayerError(name(), "params", "wrong number of entries");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ParallelLayer::CheckArity(size_t n, bool is_list) const {
   if (!is_list || n != layers_.size()) {
     return LayerError(name(), "",
@@ -290,10 +298,7 @@ absl::StatusOr<ArrayFlow> ParallelLayer::Apply(const Params& params, const Array
 absl::StatusOr<Layer::Masked> ParallelLayer::ApplyMasked(const Params& params, const ArrayFlow& x,
                                                          const MaskFlow& masks,
                                                          const ApplyContext& ctx) const {
-  if (absl::Status st = CheckArity(x.items.size(), x.is_list); !st.ok()) return st;
-  if (params.children.size() != layers_.size()) {
-    return LayerError(name(), "params", "wrong number of entries");
-  }
+  if (absl::Status st = CheckCall(params, x); !st.ok()) return st;
   const std::vector<RngKey> keys = SplitRng(ctx, layers_.size());
   std::vector<Array> out;
   std::vector<std::optional<Array>> out_masks;
@@ -319,10 +324,7 @@ absl::StatusOr<Layer::LinearizedMasked> ParallelLayer::LinearizeMasked(const Par
                                                                        const ArrayFlow& x,
                                                                        const MaskFlow& masks,
                                                                        const ApplyContext& ctx) const {
-  if (absl::Status st = CheckArity(x.items.size(), x.is_list); !st.ok()) return st;
-  if (params.children.size() != layers_.size()) {
-    return LayerError(name(), "params", "wrong number of entries");
-  }
+  if (absl::Status st = CheckCall(params, x); !st.ok()) return st;
   const std::vector<RngKey> keys = SplitRng(ctx, layers_.size());
   std::vector<Array> out;
   std::vector<std::optional<Array>> out_masks;

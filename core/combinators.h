@@ -70,6 +70,8 @@ class ParallelLayer : public Layer {
 
  private:
   absl::Status CheckArity(size_t n, bool is_list) const;
+  // CheckArity and one params entry per branch (apply_fn and its reverse mode).
+  absl::Status CheckCall(const Params& params, const ArrayFlow& x) const;
   std::vector<LayerPtr> layers_;
   Requirements req_;
 };

@@ -10,6 +10,7 @@
 
 #include "core/stax.h"
 #include "gtest/gtest.h"
+#include "tests/attention_test_util.h"
 #include "tests/layer_test_util.h"
 #include "tests/vjp_test_util.h"
 
@@ -18,6 +19,7 @@ namespace {
 
 using namespace nt::stax;  // NOLINT: reads like upstream's examples.
 using testing_util::CosNormal;
+using testing_util::Describe;
 using testing_util::ExpectNetVjpMatchesFiniteDifferences;
 using testing_util::ExpectVjpMatchesFiniteDifferences;
 using Dims = std::array<std::vector<int>, 4>;
@@ -31,30 +33,10 @@ constexpr double kSoftmaxTol = 1e-6;
 const AttentionMechanism kMechanisms[] = {AttentionMechanism::kSoftmax, AttentionMechanism::kIdentity,
                                           AttentionMechanism::kAbs, AttentionMechanism::kRelu};
 
-// Small widths, so that the checks are fast; non-unit stds so that every scale factor is exercised.
+// Small widths, so that the checks are fast.
 GlobalSelfAttentionOptions Options(AttentionMechanism mech,
                                    PositionalEmbedding pe = PositionalEmbedding::kNone) {
-  GlobalSelfAttentionOptions o;
-  o.n_chan_out = 4;
-  o.n_chan_key = 5;
-  o.n_chan_val = 3;
-  o.n_heads = 2;
-  o.W_key_std = 1.3;
-  o.W_query_std = 0.9;
-  o.W_value_std = 1.2;
-  o.W_out_std = 0.8;
-  o.b_std = 0.3;
-  o.attention_mechanism = mech;
-  o.pos_emb_type = pe;
-  o.W_pos_emb_std = 0.7;
-  return o;
-}
-
-std::string Describe(const GlobalSelfAttentionOptions& o) {
-  return std::string(AttentionMechanismName(o.attention_mechanism)) + " " +
-         PositionalEmbeddingName(o.pos_emb_type) + (o.val_pos_emb ? " val_pos_emb" : "") +
-         (o.pos_emb_decay_fn ? " decay " + *o.pos_emb_decay_fn : "") +
-         (o.linear_scaling ? "" : " sqrt-scaling");
+  return testing_util::AttentionOptions(mech, pe, {4, 5, 3, 2});
 }
 
 double Tol(const GlobalSelfAttentionOptions& o) {

@@ -10,12 +10,14 @@
 #include "absl/strings/match.h"
 #include "core/stax.h"
 #include "gtest/gtest.h"
+#include "tests/attention_test_util.h"
 #include "tests/layer_test_util.h"
 
 namespace nt {
 namespace {
 
 using namespace nt::stax;  // NOLINT: reads like upstream's examples.
+using testing_util::Describe;
 using testing_util::ExpectArraysNear;
 using testing_util::Get;
 
@@ -32,27 +34,7 @@ Array Input(const Shape& shape, uint64_t seed, bool cosine = false) {
 
 GlobalSelfAttentionOptions Options(AttentionMechanism mech,
                                    PositionalEmbedding pe = PositionalEmbedding::kNone) {
-  GlobalSelfAttentionOptions o;
-  o.n_chan_out = 32;
-  o.n_chan_key = 256;
-  o.n_chan_val = 16;
-  o.n_heads = 4;
-  o.W_key_std = 1.3;
-  o.W_query_std = 0.9;
-  o.W_value_std = 1.2;
-  o.W_out_std = 0.8;
-  o.b_std = 0.3;
-  o.attention_mechanism = mech;
-  o.pos_emb_type = pe;
-  o.W_pos_emb_std = 0.7;
-  return o;
-}
-
-std::string Describe(const GlobalSelfAttentionOptions& o) {
-  return std::string(AttentionMechanismName(o.attention_mechanism)) + " " +
-         PositionalEmbeddingName(o.pos_emb_type) + (o.val_pos_emb ? " val_pos_emb" : "") +
-         (o.pos_emb_decay_fn ? " decay " + *o.pos_emb_decay_fn : "") +
-         (o.linear_scaling ? "" : " sqrt-scaling");
+  return testing_util::AttentionOptions(mech, pe, {32, 256, 16, 4});
 }
 
 constexpr int kSamples = 200;

@@ -41,20 +41,10 @@ def _layer_proto(fn, what):
 
 
 def _parse_get(get):
-  """(names to request, names to return, whether a bare array is returned)."""
+  """(names to request, names to return, whether a bare array is returned); None means both."""
   if get is None:
     return list(EMPIRICAL_GET), list(EMPIRICAL_GET), False
-  single = isinstance(get, str)
-  names = [get] if single else list(get)
-  if not names:
-    raise ValueError('get must not be empty')
-  names = [n.lower() if isinstance(n, str) else n for n in names]
-  bad = [n for n in names if n not in EMPIRICAL_GET]
-  if bad:
-    raise ValueError(f'get: unknown {bad}; expected a subset of {EMPIRICAL_GET}')
-  if len(set(names)) != len(names):
-    raise ValueError(f'get has duplicates: {get!r}')
-  return names, names, single
+  return stax._parse_get(get, EMPIRICAL_GET)  # pylint: disable=protected-access
 
 
 def _axes(axes, field):

@@ -210,7 +210,7 @@ def _analytic_kernel_type(names):
   return collections.namedtuple('AnalyticKernel', names)
 
 
-def _parse_get(get):
+def _parse_get(get, allowed=GET_NAMES):
   """(names sent in the request, names returned or None for "all", whether a bare array is returned)."""
   if get is None:
     return [], None, False
@@ -226,9 +226,9 @@ def _parse_get(get):
     if not isinstance(name, str):
       raise TypeError(f'get entries must be strings, got {name!r}')
   names = [name.lower() for name in names]
-  unknown = [name for name in names if name not in GET_NAMES]
+  unknown = [name for name in names if name not in allowed]
   if unknown:
-    raise ValueError(f'get: unknown {unknown}; expected a subset of {GET_NAMES}')
+    raise ValueError(f'get: unknown {unknown}; expected a subset of {allowed}')
   if len(set(names)) != len(names):
     raise ValueError(f'get has duplicates: {get!r}')
   return names, names, single
