@@ -326,13 +326,30 @@ absl::Status EmitTile(const KernelPlan& plan, const Pass& pass, const TileJob& j
   return absl::OkStatus();
 }
 
-// Tile and message counts of a plan whose sizes and tile size are set.
-void CountTiles(KernelPlan* plan) {
+// Tile and message counts of a plan whose sizes and tile size are set; the range is clamped here and
+// checked by SelectTiles.
+void CountTiles(const KernelOptions& options, KernelPlan* plan) {
   const std::vector<Pass> passes = MakePasses(*plan);
   const std::vector<TileJob> jobs = MakeJobs(*plan, passes);
   plan->num_tiles = static_cast<int64_t>(jobs.size());
+  plan->tile_begin = std::clamp<int64_t>(options.tile_begin, 0, plan->num_tiles);
+  plan->tile_end = options.tile_end < 0 ? plan->num_tiles
+                                        : std::clamp<int64_t>(options.tile_end, plan->tile_begin, plan->num_tiles);
   plan->num_tile_messages = 0;
-  for (const TileJob& j : jobs) plan->num_tile_messages += BlocksOf(*plan, passes[j.pass], j).size();
+  for (int64_t i = plan->tile_begin; i < plan->tile_end; ++i) {
+    plan->num_tile_messages += BlocksOf(*plan, passes[jobs[i].pass], jobs[i]).size();
+  }
+}
+
+absl::Status SelectTiles(const KernelOptions& options, const KernelPlan& plan) {
+  const int64_t end = options.tile_end < 0 ? plan.num_tiles : options.tile_end;
+  if (options.tile_begin < 0 || options.tile_begin > end || end > plan.num_tiles) {
+    return absl::InvalidArgumentError(absl::StrCat("tile_begin, tile_end: [", options.tile_begin, ", ",
+                                                   options.tile_end, ") is not a range of the ",
+                                                   plan.num_tiles, " tiles of this kernel (tile_size ",
+                                                   plan.tile_size, ")"));
+  }
+  return absl::OkStatus();
 }
 
 int64_t SaturatingBytes(double bytes) {
@@ -386,7 +403,7 @@ void SizePlan(const KernelOptions& options, int concurrency, KernelPlan* plan) {
   }
   plan->tile_size = std::min(t, std::max(plan->n1, plan->n2));
   if (plan->whole_batch) plan->tile_size = std::max(plan->n1, plan->n2);
-  CountTiles(plan);
+  CountTiles(options, plan);
   const double entries = double(plan->out_n1) * double(plan->out_n2);
   plan->estimated_flops = entries * (plan->gram_flops_per_entry +
                                      60.0 * double(plan->cells_per_entry) * double(plan->num_layers));
@@ -496,6 +513,7 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
   plan.input_elements = x1.size() + (x2 ? x2->size() : 0);
   for (const auto& p : {options.pattern1, options.pattern2}) plan.input_elements += p ? p->size() : 0;
   SizePlan(options, concurrency, &plan);
+  if (absl::Status st = SelectTiles(options, plan); !st.ok()) return st;
   return plan;
 }
 
@@ -558,7 +576,11 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
   Array a1 = one_row(x1_shape, b);
   std::optional<Array> a2;
   if (x2_shape) a2 = one_row(*x2_shape, b);
-  auto plan = PlanKernel(net, a1, a2 ? &*a2 : nullptr, options, concurrency);
+  // The sample has its own tiles: the requested range applies to the real sizes only.
+  KernelOptions sample_options = options;
+  sample_options.tile_begin = 0;
+  sample_options.tile_end = -1;
+  auto plan = PlanKernel(net, a1, a2 ? &*a2 : nullptr, sample_options, concurrency);
   if (!plan.ok()) return plan.status();
   // Re-derive sizes for the real batch sizes.
   const int r = static_cast<int>(x1_shape.size());
@@ -575,6 +597,7 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
   SetBatchSizes(out.out_n1, out.out_n2, &out.meta);
   out.input_elements = NumElements(x1_shape) + (x2_shape ? NumElements(*x2_shape) : 0);
   SizePlan(options, concurrency, &out);
+  if (absl::Status st = SelectTiles(options, out); !st.ok()) return st;
   return out;
 }
 
@@ -586,7 +609,8 @@ absl::Status ComputeKernelTiles(const Layer& net, const Array& x1, const Array* 
   auto inputs = PrepareInputs(x1, x2, plan, /*check_finite=*/false);
   if (!inputs.ok()) return inputs.status();
   const std::vector<Pass> passes = MakePasses(plan);
-  const std::vector<TileJob> jobs = MakeJobs(plan, passes);
+  std::vector<TileJob> jobs = MakeJobs(plan, passes);
+  jobs = std::vector<TileJob>(jobs.begin() + plan.tile_begin, jobs.begin() + plan.tile_end);
   std::atomic<bool> failed{false};
   std::mutex mu;
   absl::Status first_error;

@@ -25,6 +25,11 @@ struct KernelOptions {
   std::optional<double> mask_constant;
   // Rows/columns per tile; 0 picks a size from the layout.
   int64_t tile_size = 0;
+  // Computes only tiles [tile_begin, tile_end) of the plan's tile order (tile_end < 0: to the last). Each
+  // tile is computed exactly as in a whole request, so clients can spread one kernel over several
+  // servers and assemble a result identical to one server's (with the same explicit tile_size).
+  int64_t tile_begin = 0;
+  int64_t tile_end = -1;
   // Set to true from another thread to stop promptly (tiles not yet started are skipped).
   const std::atomic<bool>* cancelled = nullptr;
   // Aggregate's pattern kwarg, one entry per sample along the leading axis: pattern1 for x1, pattern2 for
@@ -70,8 +75,9 @@ struct KernelPlan {
   // Evaluate all samples in one tile: the network selects samples (Requirements::selects_batch).
   bool whole_batch = false;
   int64_t tile_size = 0;
-  int64_t num_tiles = 0;          // Tile computations (mirrored tiles once).
-  int64_t num_tile_messages = 0;  // Blocks emitted in total.
+  int64_t num_tiles = 0;          // Tile computations (mirrored tiles once), of the whole kernel.
+  int64_t tile_begin = 0, tile_end = 0;  // The tiles this plan computes (KernelOptions' range).
+  int64_t num_tile_messages = 0;  // Blocks emitted by the tiles in [tile_begin, tile_end).
   double estimated_flops = 0;
   int64_t output_bytes = 0;   // The assembled requested arrays.
   int64_t working_bytes = 0;  // Peak per-tile working set times concurrency, plus inputs.

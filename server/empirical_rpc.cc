@@ -45,7 +45,8 @@ absl::Status CheckFinite(const Array& x, const std::string& field, std::optional
 
 absl::StatusOr<Decoded> Decode(const nt::v1::Layer* arch, const nt::v1::Tensor* x1, const nt::v1::Tensor* x2,
                                const google::protobuf::RepeatedPtrField<std::string>& get,
-                               const nt::v1::EmpiricalOptions& eo, nt::v1::DType output_dtype) {
+                               const nt::v1::EmpiricalOptions& eo, nt::v1::DType output_dtype,
+                               TensorStore* store) {
   if (arch == nullptr) return absl::InvalidArgumentError("architecture: is required");
   if (x1 == nullptr) return absl::InvalidArgumentError("x1: is required");
   if (output_dtype != nt::v1::DTYPE_UNSPECIFIED && output_dtype != nt::v1::FLOAT64 &&
@@ -69,12 +70,12 @@ absl::StatusOr<Decoded> Decode(const nt::v1::Layer* arch, const nt::v1::Tensor* 
   if (!net.ok()) return net.status();
   d.net = *net;
   if (eo.has_mask_constant()) d.options.mask_constant = eo.mask_constant();
-  auto a1 = DecodeTensor(*x1, "x1");
+  auto a1 = DecodeTensor(*x1, "x1", false, store);
   if (!a1.ok()) return a1.status();
   d.x1 = *std::move(a1);
   if (absl::Status st = CheckFinite(d.x1, "x1", d.options.mask_constant); !st.ok()) return st;
   if (x2 != nullptr) {
-    auto a2 = DecodeTensor(*x2, "x2");
+    auto a2 = DecodeTensor(*x2, "x2", false, store);
     if (!a2.ok()) return a2.status();
     d.x2 = *std::move(a2);
     if (absl::Status st = CheckFinite(*d.x2, "x2", d.options.mask_constant); !st.ok()) return st;
@@ -92,7 +93,7 @@ absl::StatusOr<Decoded> Decode(const nt::v1::Layer* arch, const nt::v1::Tensor* 
        {std::make_tuple(eo.has_pattern1(), &eo.pattern1(), &d.pattern1, "options.pattern1"),
         std::make_tuple(eo.has_pattern2(), &eo.pattern2(), &d.pattern2, "options.pattern2")}) {
     if (!has) continue;
-    auto p = DecodeTensor(*t, field, /*allow_integers=*/true);
+    auto p = DecodeTensor(*t, field, /*allow_integers=*/true, store);
     if (!p.ok()) return p.status();
     if (absl::Status st = CheckFinite(*p, field, std::nullopt); !st.ok()) return st;
     *out = *std::move(p);
@@ -130,9 +131,9 @@ absl::Status CheckMessageSize(const Decoded& d, int64_t max_message_bytes) {
 
 // Decode and CheckMessageSize of an EmpiricalKernelRequest or MonteCarloKernelRequest.
 template <typename Request>
-absl::StatusOr<Decoded> DecodeRequest(const Request& req, int64_t max_message_bytes) {
+absl::StatusOr<Decoded> DecodeRequest(const Request& req, int64_t max_message_bytes, TensorStore* store) {
   auto d = Decode(req.has_architecture() ? &req.architecture() : nullptr, req.has_x1() ? &req.x1() : nullptr,
-                  req.has_x2() ? &req.x2() : nullptr, req.get(), req.options(), req.output_dtype());
+                  req.has_x2() ? &req.x2() : nullptr, req.get(), req.options(), req.output_dtype(), store);
   if (!d.ok()) return d.status();
   if (absl::Status st = CheckMessageSize(*d, max_message_bytes); !st.ok()) return st;
   return d;
@@ -150,7 +151,7 @@ grpc::Status KernelServiceImpl::EmpiricalKernel(grpc::ServerContext*,
                                                 const nt::v1::EmpiricalKernelRequest* req,
                                                 nt::v1::EmpiricalKernelResponse* resp) {
   ActiveCall active(&active_);
-  auto d = DecodeRequest(*req, options_.max_message_bytes);
+  auto d = DecodeRequest(*req, options_.max_message_bytes, &tensor_store_);
   if (!d.ok()) return ToGrpcStatus(d.status());
   auto params = DecodeParams(req->params(), "params");
   if (!params.ok()) return ToGrpcStatus(params.status());
@@ -176,7 +177,7 @@ grpc::Status KernelServiceImpl::MonteCarloKernel(
     grpc::ServerContext* context, const nt::v1::MonteCarloKernelRequest* req,
     grpc::ServerWriter<nt::v1::MonteCarloKernelResponse>* writer) {
   ActiveCall active(&active_);
-  auto d = DecodeRequest(*req, options_.max_message_bytes);
+  auto d = DecodeRequest(*req, options_.max_message_bytes, &tensor_store_);
   if (!d.ok()) return ToGrpcStatus(d.status());
   MonteCarloOptions o;
   o.empirical = d->options;

@@ -65,7 +65,7 @@ grpc::Status KernelServiceImpl::Apply(grpc::ServerContext*, const nt::v1::ApplyR
   }
   auto net = BuildLayer(req->architecture());
   if (!net.ok()) return ToGrpcStatus(net.status());
-  auto x = DecodeTensor(req->x(), "x");
+  auto x = DecodeTensor(req->x(), "x", false, &tensor_store_);
   if (!x.ok()) return ToGrpcStatus(x.status());
   for (int64_t e = 0; e < x->size(); ++e) {
     const double v = (*x)[e];
@@ -105,7 +105,7 @@ grpc::Status KernelServiceImpl::Apply(grpc::ServerContext*, const nt::v1::ApplyR
   if (!params.ok()) return ToGrpcStatus(params.status());
   std::optional<Array> pattern;
   if (req->has_pattern()) {
-    auto p = DecodeTensor(req->pattern(), "pattern", /*allow_integers=*/true);
+    auto p = DecodeTensor(req->pattern(), "pattern", /*allow_integers=*/true, &tensor_store_);
     if (!p.ok()) return ToGrpcStatus(p.status());
     pattern = *std::move(p);
   }

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/kernel_fn.h"
 #include "server/call_util.h"
+#include "server/kernel_request.h"
 #include "server/layer_builder.h"
 #include "server/logging.h"
 #include "server/status_util.h"
@@ -70,16 +71,6 @@ class TileQueue {
   bool closed_ = false, done_ = false;
 };
 
-KernelOptions OptionsFrom(const google::protobuf::RepeatedPtrField<std::string>& get, bool has_db, bool db,
-                          bool has_ds, bool ds, int64_t tile_size) {
-  KernelOptions o;
-  o.get.assign(get.begin(), get.end());
-  if (has_db) o.diagonal_batch = db;
-  if (has_ds) o.diagonal_spatial = ds;
-  o.tile_size = tile_size;
-  return o;
-}
-
 void FillArrays(const KernelPlan& plan, google::protobuf::RepeatedPtrField<nt::v1::ArrayInfo>* out) {
   for (const ArraySpec& a : plan.arrays) {
     nt::v1::ArrayInfo* info = out->Add();
@@ -122,7 +113,7 @@ grpc::Status KernelServiceImpl::Describe(grpc::ServerContext*, const nt::v1::Des
   }
   Shape s1(req->x1_shape().begin(), req->x1_shape().end());
   Shape s2(req->x2_shape().begin(), req->x2_shape().end());
-  const KernelOptions o = OptionsFrom(req->get(), req->has_diagonal_batch(), req->diagonal_batch(),
+  const KernelOptions o = KernelOptionsFrom(req->get(), req->has_diagonal_batch(), req->diagonal_batch(),
                                       req->has_diagonal_spatial(), req->diagonal_spatial(), req->tile_size());
   auto plan = PlanKernelForShapes(**net, s1, s2.empty() ? nullptr : &s2, o, Concurrency(options_));
   if (!plan.ok()) return ToGrpcStatus(plan.status());
@@ -144,57 +135,14 @@ grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, cons
                                               grpc::ServerWriter<nt::v1::KernelResponse>* writer) {
   ActiveCall active(&active_);
   const auto start = std::chrono::steady_clock::now();
-  if (!req->has_architecture())
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "architecture: is required");
-  if (!req->has_x1()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "x1: is required");
-  if (req->output_dtype() != nt::v1::DTYPE_UNSPECIFIED && req->output_dtype() != nt::v1::FLOAT64 &&
-      req->output_dtype() != nt::v1::FLOAT32) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "output_dtype: must be FLOAT64 or FLOAT32");
-  }
-  if (req->tile_size() < 0) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tile_size: must be >= 0");
-  }
-  // The architecture first, so that an unimplemented layer is named rather than its inputs.
-  auto net = BuildLayer(req->architecture());
-  if (!net.ok()) return ToGrpcStatus(net.status());
-  auto x1 = DecodeTensor(req->x1(), "x1");
-  if (!x1.ok()) return ToGrpcStatus(x1.status());
-  std::optional<Array> x2;
-  if (req->has_x2()) {
-    auto a = DecodeTensor(req->x2(), "x2");
-    if (!a.ok()) return ToGrpcStatus(a.status());
-    x2 = *std::move(a);
-  }
-  KernelOptions o = OptionsFrom(req->get(), req->has_diagonal_batch(), req->diagonal_batch(),
-                                req->has_diagonal_spatial(), req->diagonal_spatial(), req->tile_size());
-  if (req->has_mask_constant()) o.mask_constant = req->mask_constant();
-  for (const bool first : {true, false}) {
-    if (!(first ? req->has_pattern1() : req->has_pattern2())) continue;
-    auto p = DecodeTensor(first ? req->pattern1() : req->pattern2(), first ? "pattern1" : "pattern2",
-                          /*allow_integers=*/true);
-    if (!p.ok()) return ToGrpcStatus(p.status());
-    (first ? o.pattern1 : o.pattern2) = std::make_shared<const Array>(*std::move(p));
-  }
-  auto plan = PlanKernel(**net, *x1, x2 ? &*x2 : nullptr, o, Concurrency(options_));
-  if (!plan.ok()) return ToGrpcStatus(plan.status());
-
-  // Every message must fit the configured maximum.
-  const nt::v1::DType dtype = req->output_dtype() == nt::v1::FLOAT32 ? nt::v1::FLOAT32 : nt::v1::FLOAT64;
-  const int64_t width = dtype == nt::v1::FLOAT32 ? 4 : 8;
-  // Sizes in double: tile sizes come from the client, so products may not fit in 64 bits.
-  double largest_block = 0;
-  for (const ArraySpec& a : plan->arrays) {
-    double cells = 1;
-    for (size_t i = a.tiled_axes; i < a.shape.size(); ++i) cells *= double(a.shape[i]);
-    for (int i = 0; i < a.tiled_axes; ++i) cells *= double(std::min(plan->tile_size, a.shape[i]));
-    largest_block = std::max(largest_block, cells * double(width));
-  }
-  if (largest_block + 1024 > double(options_.max_message_bytes)) {
-    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        absl::StrCat("tile_size: a tile of ", plan->tile_size, " rows is ", largest_block,
-                                     " bytes, more than the maximum message size of ",
-                                     options_.max_message_bytes, "; request a smaller tile_size"));
-  }
+  auto decoded = DecodeKernelRequest(*req, &tensor_store_, Concurrency(options_), options_.max_message_bytes);
+  if (!decoded.ok()) return ToGrpcStatus(decoded.status());
+  DecodedKernelRequest& d = *decoded;
+  const KernelPlan* plan = &d.plan;
+  const Layer* net = d.net.get();
+  KernelOptions& o = d.options;
+  const nt::v1::DType dtype = d.dtype;
+  const double largest_block = d.largest_block_bytes;
   // Blocks waiting in the queue, each also held once serialised.
   const int64_t queue_bytes = static_cast<int64_t>(double(options_.tile_queue_depth) * largest_block * 2);
   if (absl::Status st = CheckBudget(*plan, queue_bytes, options_.memory_budget_bytes); !st.ok()) {
@@ -217,6 +165,10 @@ grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, cons
   header.mutable_header()->set_dtype(dtype);
   header.mutable_header()->set_num_tiles(plan->num_tile_messages);
   header.mutable_header()->set_diagonal_spatial(plan->diagonal_spatial);
+  header.mutable_header()->set_tile_size(plan->tile_size);
+  header.mutable_header()->set_total_tiles(plan->num_tiles);
+  header.mutable_header()->set_tile_begin(plan->tile_begin);
+  header.mutable_header()->set_tile_end(plan->tile_end);
   if (!writer->Write(header)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
 
   std::atomic<bool> cancelled{false};
@@ -225,7 +177,7 @@ grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, cons
   int64_t tiles_sent = 0;
   absl::Status engine_status;
   std::thread engine([&] {
-    engine_status = ComputeKernelTiles(**net, *x1, x2 ? &*x2 : nullptr, *plan, o, [&](TileBlock&& b) {
+    engine_status = ComputeKernelTiles(*net, d.x1, d.x2 ? &*d.x2 : nullptr, *plan, o, [&](TileBlock&& b) {
       nt::v1::KernelResponse r;
       nt::v1::KernelTile* t = r.mutable_tile();
       t->set_name(b.name);

@@ -19,6 +19,8 @@ ABSL_FLAG(std::string, address, "0.0.0.0:50051", "Listen address (host:port; por
 ABSL_FLAG(int, threads, 0, "Engine worker threads (0: all cores).");
 ABSL_FLAG(int64_t, max_message_bytes, 256LL << 20, "Largest request or response message, in bytes.");
 ABSL_FLAG(int64_t, memory_budget_mb, 8192, "Engine memory budget across concurrent requests, in MiB.");
+ABSL_FLAG(int64_t, upload_budget_mb, 2048, "Uploaded tensors (UploadTensor) held at once, in MiB.");
+ABSL_FLAG(int64_t, upload_ttl_s, 3600, "Uploads unused for this many seconds are dropped (0: never).");
 ABSL_FLAG(std::string, port_file, "", "If set, the bound port is written to this file once serving.");
 
 namespace {
@@ -37,8 +39,13 @@ int main(int argc, char** argv) {
   options.worker_threads = absl::GetFlag(FLAGS_threads);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.memory_budget_bytes = absl::GetFlag(FLAGS_memory_budget_mb) << 20;
-  if (options.worker_threads < 0 || options.max_message_bytes < 4096 || options.memory_budget_bytes <= 0) {
-    nt::server::LogError("--threads must be >= 0, --max_message_bytes >= 4096 and --memory_budget_mb > 0");
+  options.upload_budget_bytes = absl::GetFlag(FLAGS_upload_budget_mb) << 20;
+  options.upload_ttl_seconds = absl::GetFlag(FLAGS_upload_ttl_s);
+  if (options.worker_threads < 0 || options.max_message_bytes < 4096 || options.memory_budget_bytes <= 0 ||
+      options.upload_budget_bytes < 0 || options.upload_ttl_seconds < 0) {
+    nt::server::LogError(
+        "--threads must be >= 0, --max_message_bytes >= 4096, --memory_budget_mb > 0, --upload_budget_mb >= 0 "
+        "and --upload_ttl_s >= 0");
     return 2;
   }
   std::unique_ptr<tbb::global_control> threads;

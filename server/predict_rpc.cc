@@ -81,13 +81,13 @@ grpc::Status KernelServiceImpl::Predict(grpc::ServerContext* context, const nt::
 
   auto net = BuildLayer(req->architecture());
   if (!net.ok()) return ToGrpcStatus(net.status());
-  auto x_train = DecodeTensor(req->x_train(), "x_train");
+  auto x_train = DecodeTensor(req->x_train(), "x_train", false, &tensor_store_);
   if (!x_train.ok()) return ToGrpcStatus(x_train.status());
-  auto y_train = DecodeTensor(req->y_train(), "y_train");
+  auto y_train = DecodeTensor(req->y_train(), "y_train", false, &tensor_store_);
   if (!y_train.ok()) return ToGrpcStatus(y_train.status());
   std::optional<Array> x_test;
   if (req->has_x_test()) {
-    auto a = DecodeTensor(req->x_test(), "x_test");
+    auto a = DecodeTensor(req->x_test(), "x_test", false, &tensor_store_);
     if (!a.ok()) return ToGrpcStatus(a.status());
     x_test = *std::move(a);
   }

@@ -9,7 +9,18 @@ namespace nt::server {
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the wire format is little-endian");
 
-absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& field, bool allow_integers) {
+absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& field, bool allow_integers,
+                                   TensorStore* store) {
+  if (!t.handle().empty()) {
+    if (!store) return absl::InvalidArgumentError(absl::StrCat(field, ".handle: this field takes no uploads"));
+    if (t.shape_size() > 0 || t.dtype() != nt::v1::DTYPE_UNSPECIFIED || !t.data().empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": give either a handle or shape, dtype and data, not both"));
+    }
+    auto stored = store->Get(t.handle());
+    if (!stored.ok()) return absl::NotFoundError(absl::StrCat(field, ".handle: ", stored.status().message()));
+    return DecodeTensor(**stored, field, allow_integers, nullptr);
+  }
   Shape shape(t.shape().begin(), t.shape().end());
   int64_t n = 1;
   for (int64_t d : shape) {

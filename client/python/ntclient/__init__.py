@@ -12,6 +12,7 @@ from ntclient import empirical
 from ntclient import predict
 from ntclient import stax
 from ntclient import tensors
+from ntclient import tiling
 from ntclient.connection import connect
 from ntclient.connection import Connection
 from ntclient.connection import default_connection

@@ -24,6 +24,7 @@ from ntclient import _proto
 from ntclient import arch_json
 from ntclient import connection as connection_lib
 from ntclient import tensors
+from ntclient import tiling
 
 GET_NAMES = ('nngp', 'ntk', 'cov1', 'cov2')
 
@@ -147,11 +148,12 @@ class KernelFn:
 
   def __call__(self, x1, x2=None, get=None, *, diagonal_batch=None, diagonal_spatial=None,
                mask_constant=None, pattern=None, output_dtype=None, tile_size=0, connection=None,
-               timeout=None):
+               timeout=None, out=None, progress=None, stats=None):
     return compute_kernel(self.layer_proto, x1, x2, get, diagonal_batch=diagonal_batch,
                           diagonal_spatial=diagonal_spatial, mask_constant=mask_constant,
                           pattern=pattern, output_dtype=output_dtype, tile_size=tile_size,
-                          connection=connection, timeout=timeout)
+                          connection=connection, timeout=timeout, out=out, progress=progress,
+                          stats=stats)
 
   def describe(self, x1_shape, x2_shape=None, get=None, **kwargs):
     return describe(self.layer_proto, x1_shape, x2_shape, get, **kwargs)
@@ -261,8 +263,13 @@ def kernel_request(layer, x1, x2=None, get=None, *, diagonal_batch=None, diagona
 
 def compute_kernel(layer, x1, x2=None, get=None, *, diagonal_batch=None, diagonal_spatial=None,
                    mask_constant=None, pattern=None, output_dtype=None, tile_size=0, connection=None,
-                   timeout=None):
+                   timeout=None, out=None, progress=None, stats=None):
   """kernel_fn(x1, x2, get, ...) of `layer` on the server.
+
+  With several servers (a comma-separated NT_SERVER or connect() address), inputs larger than a message
+  or `out` (a .npy path: the arrays are written to disk tile by tile and come back as read-only memory
+  maps, for kernels larger than memory), the kernel is cut into tile ranges spread over the servers, a
+  failed range is retried on another, and the result is identical to one server's (ntclient.tiling).
 
   Returns a bare array when `get` is a string, else a namedtuple AnalyticKernel (of the requested arrays in
   request order, or of every returned array when get is None). A requested array the server does not
@@ -273,7 +280,11 @@ def compute_kernel(layer, x1, x2=None, get=None, *, diagonal_batch=None, diagona
                            diagonal_spatial=diagonal_spatial, mask_constant=mask_constant,
                            pattern=pattern, output_dtype=output_dtype, tile_size=tile_size)
   conn = connection or connection_lib.default_connection()
-  arrays = tensors.TileAssembler().consume(conn.compute_kernel(request, timeout=timeout))
+  if tiling.needs_distribution(conn, request, out):
+    arrays = tiling.distributed_kernel(conn, request, out=out, progress=progress, stats=stats,
+                                       timeout=timeout)
+  else:
+    arrays = tensors.TileAssembler().consume(conn.compute_kernel(request, timeout=timeout))
   if names is None:
     names = [n for n in GET_NAMES if n in arrays] + [n for n in arrays if n not in GET_NAMES]
   if single:

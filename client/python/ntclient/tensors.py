@@ -100,67 +100,184 @@ def _mirror_perm(name, shape, diagonal_spatial):
   return perm
 
 
+class MemoryTargets:
+  """Assembled arrays held in memory (numpy arrays)."""
+
+  def __init__(self):
+    self.arrays = {}
+
+  def create(self, name, shape, dtype):
+    self.arrays[name] = np.empty(shape, dtype=dtype)
+
+  def write(self, name, index, block):
+    """Writes `block` at the basic-slice `index` (a tuple of slices) of array `name`."""
+    self.arrays[name][index] = block
+
+  def result(self):
+    return self.arrays
+
+
+class NpyTargets:
+  """Assembled arrays written block by block into .npy files, so that kernels larger than the client's
+  memory can be computed: only one block is held at a time.
+
+  `path` names the file; with several arrays, '{name}' in it is replaced by the array's name (else
+  '.{name}' goes before the extension). result() returns read-only memory maps of the files.
+  """
+
+  def __init__(self, path):
+    self.path = str(path)
+    self.paths = {}
+    self._files = {}  # name -> (fd, data offset, shape, dtype)
+
+  def path_of(self, name, several):
+    if '{name}' in self.path:
+      return self.path.format(name=name)
+    if not several:
+      return self.path
+    stem, dot, ext = self.path.rpartition('.')
+    return f'{stem}.{name}.{ext}' if dot and '/' not in ext else f'{self.path}.{name}'
+
+  def create(self, name, shape, dtype, several=True):
+    import os
+    path = self.path_of(name, several)
+    header = {'descr': np.lib.format.dtype_to_descr(np.dtype(dtype)), 'fortran_order': False,
+              'shape': tuple(shape)}
+    with open(path, 'wb') as f:
+      np.lib.format.write_array_header_1_0(f, header) if _header_fits_v1(header) else \
+          np.lib.format.write_array_header_2_0(f, header)
+      offset = f.tell()
+      f.truncate(offset + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+    self.paths[name] = path
+    self._files[name] = (os.open(path, os.O_WRONLY), offset, tuple(shape), np.dtype(dtype))
+
+  def write(self, name, index, block):
+    """pwrite()s each contiguous row segment of the block at `index` (slices of the leading axes)."""
+    import os
+    fd, offset, shape, dtype = self._files[name]
+    block = np.ascontiguousarray(block, dtype=dtype)
+    lead = len(index)
+    trailing = int(np.prod(shape[lead:], dtype=np.int64)) if lead < len(shape) else 1
+    if lead == 0:
+      os.pwrite(fd, block.tobytes(), offset)
+      return
+    starts = [sl.start or 0 for sl in index]
+    if lead == 1:
+      os.pwrite(fd, block.tobytes(), offset + starts[0] * trailing * dtype.itemsize)
+      return
+    row_elems = shape[1] * trailing
+    for i in range(block.shape[0]):
+      pos = (starts[0] + i) * row_elems + starts[1] * trailing
+      os.pwrite(fd, block[i].tobytes(), offset + pos * dtype.itemsize)
+
+  def close(self):
+    import os
+    for fd, *_ in self._files.values():
+      os.close(fd)
+    self._files = {}
+
+  def result(self):
+    self.close()
+    return {name: np.load(path, mmap_mode='r') for name, path in self.paths.items()}
+
+
+def _header_fits_v1(header):
+  return len(repr(header)) < 65000
+
+
 class TileAssembler:
-  """Builds the full arrays from a ComputeKernel response stream (header, tiles, summary).
+  """Builds the full arrays from ComputeKernel response streams (header, tiles, summary).
 
   A mirrored tile is also written at the transposed position as soon as it arrives: the header's
   diagonal_spatial says whether the trailing axes come in (s, s') pairs that the transpose swaps.
+  `targets` holds the arrays (MemoryTargets by default, NpyTargets for files). Several streams of one
+  kernel (tile ranges of it, from several servers) may be consumed into one assembler, from several
+  threads: their headers must agree.
   """
 
-  def __init__(self):
+  def __init__(self, targets=None):
+    import threading
+    self.targets = targets if targets is not None else MemoryTargets()
     self.header = None
     self.summary = None
-    self.arrays = {}   # name -> np.ndarray, in header order.
     self._infos = {}
-    self._num_tiles = 0
+    self._lock = threading.Lock()
 
-  def consume(self, responses):
-    """Reads the whole stream; returns the dict name -> array. gRPC errors propagate."""
+  @property
+  def arrays(self):
+    return self.targets.result() if isinstance(self.targets, MemoryTargets) else self.targets.arrays
+
+  def consume(self, responses, on_tile=None):
+    """Reads one whole stream; returns the dict name -> array. gRPC errors propagate.
+
+    on_tile(tile) is called after each tile is placed.
+    """
+    header = summary = None
+    tiles = 0
     for response in responses:
       kind = response.WhichOneof('payload')
       if kind == 'header':
-        self._on_header(response.header)
+        if header is not None:
+          raise RuntimeError('ComputeKernel stream has two headers')
+        header = response.header
+        self._on_header(header)
       elif kind == 'tile':
+        if header is None:
+          raise RuntimeError('ComputeKernel sent a tile before the header')
         self._on_tile(response.tile)
+        tiles += 1
+        if on_tile is not None:
+          on_tile(response.tile)
       elif kind == 'summary':
-        self.summary = response.summary
-    if self.header is None:
+        summary = response.summary
+    if header is None:
       raise RuntimeError('ComputeKernel stream ended without a header')
-    if self.summary is None:
+    if summary is None:
       raise RuntimeError('ComputeKernel stream ended without a summary')
-    if self.header.num_tiles and self._num_tiles != self.header.num_tiles:
-      raise RuntimeError(
-          f'ComputeKernel sent {self._num_tiles} tiles, the header announced {self.header.num_tiles}')
-    return self.arrays
+    if header.num_tiles and tiles != header.num_tiles:
+      raise RuntimeError(f'ComputeKernel sent {tiles} tiles, the header announced {header.num_tiles}')
+    self.summary = summary
+    return self.targets.result() if isinstance(self.targets, MemoryTargets) else None
+
+  def result(self):
+    return self.targets.result()
 
   def _on_header(self, header):
-    if self.header is not None:
-      raise RuntimeError('ComputeKernel stream has two headers')
-    self.header = header
-    dtype = numpy_dtype(header.dtype)
-    for info in header.arrays:
-      self._infos[info.name] = info
-      self.arrays[info.name] = np.empty(tuple(info.shape), dtype=dtype)
+    with self._lock:
+      if self.header is not None:
+        same = ([(i.name, tuple(i.shape), i.tiled_axes) for i in header.arrays] ==
+                [(i.name, tuple(i.shape), i.tiled_axes) for i in self.header.arrays] and
+                header.dtype == self.header.dtype and
+                header.diagonal_spatial == self.header.diagonal_spatial)
+        if not same:
+          raise RuntimeError('ComputeKernel streams of one kernel disagree on its arrays')
+        return
+      self.header = header
+      dtype = numpy_dtype(header.dtype)
+      for info in header.arrays:
+        self._infos[info.name] = info
+        if isinstance(self.targets, NpyTargets):
+          self.targets.create(info.name, tuple(info.shape), dtype, several=len(header.arrays) > 1)
+        else:
+          self.targets.create(info.name, tuple(info.shape), dtype)
 
   def _on_tile(self, tile):
-    if self.header is None:
-      raise RuntimeError('ComputeKernel sent a tile before the header')
-    out = self.arrays.get(tile.name)
-    if out is None:
+    info = self._infos.get(tile.name)
+    if info is None:
       raise RuntimeError(f'ComputeKernel sent a tile of unannounced array {tile.name!r}')
-    tiled = self._infos[tile.name].tiled_axes
+    tiled = info.tiled_axes
     if tile.mirror and tiled != 2:
       raise RuntimeError(f'ComputeKernel sent a mirrored tile of {tile.name!r}, which has {tiled} '
                          'tiled axes')
-    self._num_tiles += 1
     block = from_tensor(tile.block, copy=False)
     r, c = tile.row_offset, tile.col_offset
     if tiled == 0:
-      out[...] = block
+      self.targets.write(tile.name, (), block)
     elif tiled == 1:
-      out[r:r + block.shape[0]] = block
+      self.targets.write(tile.name, (slice(r, r + block.shape[0]),), block)
     else:
-      out[r:r + block.shape[0], c:c + block.shape[1]] = block
+      self.targets.write(tile.name, (slice(r, r + block.shape[0]), slice(c, c + block.shape[1])), block)
       if tile.mirror:
-        perm = _mirror_perm(tile.name, out.shape, self.header.diagonal_spatial)
-        out[c:c + block.shape[1], r:r + block.shape[0]] = block.transpose(perm)
+        perm = _mirror_perm(tile.name, tuple(info.shape), self.header.diagonal_spatial)
+        self.targets.write(tile.name, (slice(c, c + block.shape[1]), slice(r, r + block.shape[0])),
+                           block.transpose(perm))
