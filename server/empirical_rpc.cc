@@ -147,10 +147,9 @@ void EncodeKernel(const EmpiricalKernel& k, nt::v1::DType dtype, nt::v1::Tensor*
 
 }  // namespace
 
-grpc::Status KernelServiceImpl::EmpiricalKernel(grpc::ServerContext*,
+grpc::Status KernelServiceImpl::EmpiricalKernelImpl(grpc::ServerContext*,
                                                 const nt::v1::EmpiricalKernelRequest* req,
                                                 nt::v1::EmpiricalKernelResponse* resp) {
-  ActiveCall active(&active_);
   auto d = DecodeRequest(*req, options_.max_message_bytes, &tensor_store_);
   if (!d.ok()) return ToGrpcStatus(d.status());
   auto params = DecodeParams(req->params(), "params");
@@ -173,10 +172,9 @@ grpc::Status KernelServiceImpl::EmpiricalKernel(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status KernelServiceImpl::MonteCarloKernel(
+grpc::Status KernelServiceImpl::MonteCarloKernelImpl(
     grpc::ServerContext* context, const nt::v1::MonteCarloKernelRequest* req,
     grpc::ServerWriter<nt::v1::MonteCarloKernelResponse>* writer) {
-  ActiveCall active(&active_);
   auto d = DecodeRequest(*req, options_.max_message_bytes, &tensor_store_);
   if (!d.ok()) return ToGrpcStatus(d.status());
   MonteCarloOptions o;
@@ -209,7 +207,7 @@ grpc::Status KernelServiceImpl::MonteCarloKernel(
   }
   Reservation reservation{[this](int64_t b) { Release(b); }, need};
   auto cancelled = [&]() -> absl::Status {
-    if (context->IsCancelled()) return absl::CancelledError("the client cancelled the call");
+    if (Stopped(context)) return absl::CancelledError("the client cancelled the call");
     return absl::OkStatus();
   };
   absl::Status st = MonteCarloKernelFn(

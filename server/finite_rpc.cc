@@ -14,9 +14,8 @@
 
 namespace nt::server {
 
-grpc::Status KernelServiceImpl::Init(grpc::ServerContext*, const nt::v1::InitRequest* req,
+grpc::Status KernelServiceImpl::InitImpl(grpc::ServerContext*, const nt::v1::InitRequest* req,
                                      nt::v1::InitResponse* resp) {
-  ActiveCall active(&active_);
   if (!req->has_architecture()) return Invalid("architecture: is required");
   if (req->input_shape_size() == 0) return Invalid("input_shape: is required");
   Shape shape(req->input_shape().begin(), req->input_shape().end());
@@ -54,9 +53,8 @@ grpc::Status KernelServiceImpl::Init(grpc::ServerContext*, const nt::v1::InitReq
   return grpc::Status::OK;
 }
 
-grpc::Status KernelServiceImpl::Apply(grpc::ServerContext*, const nt::v1::ApplyRequest* req,
+grpc::Status KernelServiceImpl::ApplyImpl(grpc::ServerContext*, const nt::v1::ApplyRequest* req,
                                       nt::v1::ApplyResponse* resp) {
-  ActiveCall active(&active_);
   if (!req->has_architecture()) return Invalid("architecture: is required");
   if (!req->has_x()) return Invalid("x: is required");
   if (req->output_dtype() != nt::v1::DTYPE_UNSPECIFIED && req->output_dtype() != nt::v1::FLOAT64 &&

@@ -12,7 +12,9 @@
 #include "server/call_util.h"
 #include "server/kernel_request.h"
 #include "server/layer_builder.h"
+#include "server/auth.h"
 #include "server/logging.h"
+#include "server/metrics.h"
 #include "server/status_util.h"
 #include "server/tensor_codec.h"
 
@@ -24,7 +26,11 @@ namespace {
 // instead of growing memory.
 class TileQueue {
  public:
-  explicit TileQueue(size_t capacity) : capacity_(capacity) {}
+  // `depth` (may be null) follows the number of queued tiles, for the metrics.
+  TileQueue(size_t capacity, Gauge* depth) : capacity_(capacity), depth_(depth) {}
+  ~TileQueue() {
+    if (depth_) depth_->Add(-double(q_.size()));
+  }
 
   // Blocks while full; false once closed.
   bool Push(nt::v1::KernelResponse&& r) {
@@ -32,6 +38,7 @@ class TileQueue {
     not_full_.wait(lock, [&] { return closed_ || q_.size() < capacity_; });
     if (closed_) return false;
     q_.push_back(std::move(r));
+    if (depth_) depth_->Increment();
     not_empty_.notify_one();
     return true;
   }
@@ -42,6 +49,7 @@ class TileQueue {
     if (q_.empty()) return std::nullopt;
     nt::v1::KernelResponse r = std::move(q_.front());
     q_.pop_front();
+    if (depth_) depth_->Decrement();
     not_full_.notify_one();
     return r;
   }
@@ -68,6 +76,7 @@ class TileQueue {
   std::condition_variable not_full_, not_empty_;
   std::deque<nt::v1::KernelResponse> q_;
   size_t capacity_;
+  Gauge* depth_;
   bool closed_ = false, done_ = false;
 };
 
@@ -93,6 +102,139 @@ absl::Status CheckBudget(const KernelPlan& plan, int64_t queue_bytes, int64_t bu
 
 }  // namespace
 
+KernelServiceImpl::KernelServiceImpl(const ServerOptions& options, ServerMetrics* metrics,
+                                     const TokenAuthenticator* auth)
+    : options_(options),
+      metrics_(metrics),
+      auth_(auth),
+      predict_cache_(options.memory_budget_bytes / 4),
+      tensor_store_(options.upload_budget_bytes, std::chrono::seconds(options.upload_ttl_seconds)) {
+  if (metrics_) {
+    metrics_->memory_budget_bytes.Set(double(options_.memory_budget_bytes));
+    metrics_->SetScrapeHook([this] {
+      metrics_->memory_reserved_bytes.Set(double(reserved_.load()));
+      metrics_->upload_store_bytes.Set(double(tensor_store_.bytes()));
+      metrics_->upload_store_tensors.Set(double(tensor_store_.count()));
+    });
+  }
+}
+
+template <typename Fn>
+grpc::Status KernelServiceImpl::Serve(grpc::ServerContext* context, const char* method, int64_t request_bytes,
+                                      Fn&& fn) {
+  ActiveCall active(&active_);
+  RequestTimer timer(metrics_, method);
+  if (metrics_) metrics_->request_bytes.Increment(double(request_bytes));
+  auto finish = [&](grpc::Status st) {
+    timer.Finish(GrpcCodeName(st.error_code()));
+    return st;
+  };
+  if (auth_) {
+    const auto& md = context->client_metadata();
+    const auto it = md.find("authorization");
+    const absl::string_view value = it == md.end() ? absl::string_view()
+                                                   : absl::string_view(it->second.data(), it->second.size());
+    if (absl::Status st = auth_->Check(value); !st.ok()) {
+      if (metrics_) metrics_->auth_failures.Increment();
+      return finish(ToGrpcStatus(st));
+    }
+  }
+  if (options_.max_concurrent_requests > 0 && active_.load() > options_.max_concurrent_requests) {
+    return finish(Exhausted(absl::StrCat("the server is handling ", options_.max_concurrent_requests,
+                                         " requests, its limit (--max_concurrent_requests); retry later or on "
+                                         "another server")));
+  }
+  if (options_.max_request_seconds <= 0) return finish(fn());
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                            std::chrono::duration<double>(options_.max_request_seconds));
+  {
+    absl::MutexLock lock(&deadlines_mu_);
+    deadlines_[context] = deadline;
+  }
+  grpc::Status st = fn();
+  {
+    absl::MutexLock lock(&deadlines_mu_);
+    deadlines_.erase(context);
+  }
+  if (st.error_code() == grpc::StatusCode::CANCELLED && std::chrono::steady_clock::now() >= deadline &&
+      !context->IsCancelled()) {
+    st = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                      absl::StrCat("the request ran longer than the server's limit of ",
+                                   options_.max_request_seconds,
+                                   " s (--max_request_seconds); split it into smaller requests (tile_begin, "
+                                   "tile_end) or fewer inputs"));
+  }
+  return finish(st);
+}
+
+bool KernelServiceImpl::Stopped(grpc::ServerContext* context) const {
+  if (context->IsCancelled()) return true;
+  if (options_.max_request_seconds <= 0) return false;
+  absl::MutexLock lock(&deadlines_mu_);
+  const auto it = deadlines_.find(context);
+  return it != deadlines_.end() && std::chrono::steady_clock::now() >= it->second;
+}
+
+void KernelServiceImpl::CountSent(int64_t bytes, int64_t tiles) {
+  if (!metrics_) return;
+  metrics_->response_bytes.Increment(double(bytes));
+  if (tiles) metrics_->tiles.Increment(double(tiles));
+}
+
+grpc::Status KernelServiceImpl::Describe(grpc::ServerContext* c, const nt::v1::DescribeRequest* q,
+                                         nt::v1::DescribeResponse* r) {
+  return Serve(c, "Describe", q->ByteSizeLong(), [&] {
+    grpc::Status st = DescribeImpl(c, q, r);
+    CountSent(r->ByteSizeLong());
+    return st;
+  });
+}
+grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* c, const nt::v1::KernelRequest* q,
+                                              grpc::ServerWriter<nt::v1::KernelResponse>* w) {
+  return Serve(c, "ComputeKernel", q->ByteSizeLong(), [&] { return ComputeKernelImpl(c, q, w); });
+}
+grpc::Status KernelServiceImpl::Predict(grpc::ServerContext* c, const nt::v1::PredictRequest* q,
+                                        grpc::ServerWriter<nt::v1::PredictResponse>* w) {
+  return Serve(c, "Predict", q->ByteSizeLong(), [&] { return PredictImpl(c, q, w); });
+}
+grpc::Status KernelServiceImpl::Init(grpc::ServerContext* c, const nt::v1::InitRequest* q,
+                                     nt::v1::InitResponse* r) {
+  return Serve(c, "Init", q->ByteSizeLong(), [&] {
+    grpc::Status st = InitImpl(c, q, r);
+    CountSent(r->ByteSizeLong());
+    return st;
+  });
+}
+grpc::Status KernelServiceImpl::Apply(grpc::ServerContext* c, const nt::v1::ApplyRequest* q,
+                                      nt::v1::ApplyResponse* r) {
+  return Serve(c, "Apply", q->ByteSizeLong(), [&] {
+    grpc::Status st = ApplyImpl(c, q, r);
+    CountSent(r->ByteSizeLong());
+    return st;
+  });
+}
+grpc::Status KernelServiceImpl::EmpiricalKernel(grpc::ServerContext* c, const nt::v1::EmpiricalKernelRequest* q,
+                                                nt::v1::EmpiricalKernelResponse* r) {
+  return Serve(c, "EmpiricalKernel", q->ByteSizeLong(), [&] {
+    grpc::Status st = EmpiricalKernelImpl(c, q, r);
+    CountSent(r->ByteSizeLong());
+    return st;
+  });
+}
+grpc::Status KernelServiceImpl::MonteCarloKernel(grpc::ServerContext* c, const nt::v1::MonteCarloKernelRequest* q,
+                                                 grpc::ServerWriter<nt::v1::MonteCarloKernelResponse>* w) {
+  return Serve(c, "MonteCarloKernel", q->ByteSizeLong(), [&] { return MonteCarloKernelImpl(c, q, w); });
+}
+grpc::Status KernelServiceImpl::UploadTensor(grpc::ServerContext* c, grpc::ServerReader<nt::v1::TensorChunk>* q,
+                                             nt::v1::UploadTensorResponse* r) {
+  return Serve(c, "UploadTensor", 0, [&] { return UploadTensorImpl(c, q, r); });
+}
+grpc::Status KernelServiceImpl::ReleaseTensor(grpc::ServerContext* c, const nt::v1::ReleaseTensorRequest* q,
+                                              nt::v1::ReleaseTensorResponse* r) {
+  return Serve(c, "ReleaseTensor", q->ByteSizeLong(), [&] { return ReleaseTensorImpl(c, q, r); });
+}
+
 bool KernelServiceImpl::Reserve(int64_t bytes) {
   int64_t cur = reserved_.load();
   while (true) {
@@ -101,9 +243,8 @@ bool KernelServiceImpl::Reserve(int64_t bytes) {
   }
 }
 
-grpc::Status KernelServiceImpl::Describe(grpc::ServerContext*, const nt::v1::DescribeRequest* req,
+grpc::Status KernelServiceImpl::DescribeImpl(grpc::ServerContext*, const nt::v1::DescribeRequest* req,
                                          nt::v1::DescribeResponse* resp) {
-  ActiveCall active(&active_);
   if (!req->has_architecture())
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "architecture: is required");
   auto net = BuildLayer(req->architecture());
@@ -131,9 +272,8 @@ grpc::Status KernelServiceImpl::Describe(grpc::ServerContext*, const nt::v1::Des
   return grpc::Status::OK;
 }
 
-grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, const nt::v1::KernelRequest* req,
+grpc::Status KernelServiceImpl::ComputeKernelImpl(grpc::ServerContext* context, const nt::v1::KernelRequest* req,
                                               grpc::ServerWriter<nt::v1::KernelResponse>* writer) {
-  ActiveCall active(&active_);
   const auto start = std::chrono::steady_clock::now();
   auto decoded = DecodeKernelRequest(*req, &tensor_store_, Concurrency(options_), options_.max_message_bytes);
   if (!decoded.ok()) return ToGrpcStatus(decoded.status());
@@ -173,7 +313,8 @@ grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, cons
 
   std::atomic<bool> cancelled{false};
   o.cancelled = &cancelled;
-  TileQueue queue(static_cast<size_t>(std::max<int64_t>(1, options_.tile_queue_depth)));
+  TileQueue queue(static_cast<size_t>(std::max<int64_t>(1, options_.tile_queue_depth)),
+                  metrics_ ? &metrics_->tile_queue_depth : nullptr);
   int64_t tiles_sent = 0;
   absl::Status engine_status;
   std::thread engine([&] {
@@ -192,7 +333,7 @@ grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, cons
   });
   bool client_gone = false;
   while (!queue.finished_and_empty()) {
-    if (context->IsCancelled()) {
+    if (Stopped(context)) {
       client_gone = true;
       break;
     }
@@ -202,6 +343,7 @@ grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* context, cons
       client_gone = true;
       break;
     }
+    CountSent(r->ByteSizeLong(), 1);
     ++tiles_sent;
   }
   if (client_gone) {

@@ -40,9 +40,8 @@ double Seconds(std::chrono::steady_clock::time_point since) {
 
 }  // namespace
 
-grpc::Status KernelServiceImpl::Predict(grpc::ServerContext* context, const nt::v1::PredictRequest* req,
+grpc::Status KernelServiceImpl::PredictImpl(grpc::ServerContext* context, const nt::v1::PredictRequest* req,
                                         grpc::ServerWriter<nt::v1::PredictResponse>* writer) {
-  ActiveCall active(&active_);
   const auto start = std::chrono::steady_clock::now();
   if (!req->has_architecture()) return Invalid("architecture: is required");
   if (!req->has_x_train()) return Invalid("x_train: is required");
@@ -162,7 +161,7 @@ grpc::Status KernelServiceImpl::Predict(grpc::ServerContext* context, const nt::
     }
   }
   const double kernel_seconds = Seconds(start);
-  if (context->IsCancelled())
+  if (Stopped(context))
     return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
 
   const int64_t points = x_test ? td->Find("nngp")->dim(0) : n_train;
@@ -202,7 +201,7 @@ grpc::Status KernelServiceImpl::Predict(grpc::ServerContext* context, const nt::
         b->set_row_offset(r0);
         EncodeTensor(SliceAxis(p->mean, 0, r0, r1), dtype, b->mutable_mean());
         if (p->cov) EncodeTensor(SliceAxis(*p->cov, 0, r0, r1), dtype, b->mutable_cov());
-        if (context->IsCancelled() || !writer->Write(r)) {
+        if (Stopped(context) || !writer->Write(r)) {
           return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
         }
         ++blocks;

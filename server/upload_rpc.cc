@@ -29,16 +29,15 @@ int64_t Width(nt::v1::DType dtype) {
 
 }  // namespace
 
-grpc::Status KernelServiceImpl::UploadTensor(grpc::ServerContext* context,
+grpc::Status KernelServiceImpl::UploadTensorImpl(grpc::ServerContext* context,
                                              grpc::ServerReader<nt::v1::TensorChunk>* reader,
                                              nt::v1::UploadTensorResponse* response) {
-  ActiveCall active(&active_);
   nt::v1::TensorChunk chunk;
   nt::v1::Tensor tensor;
   int64_t expected = -1;
   Reservation reservation{[this](int64_t b) { Release(b); }, 0};
   while (reader->Read(&chunk)) {
-    if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled");
+    if (Stopped(context)) return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled");
     if (expected < 0) {
       const int64_t width = Width(chunk.dtype());
       if (width == 0) {
@@ -86,9 +85,8 @@ grpc::Status KernelServiceImpl::UploadTensor(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status KernelServiceImpl::ReleaseTensor(grpc::ServerContext*, const nt::v1::ReleaseTensorRequest* request,
+grpc::Status KernelServiceImpl::ReleaseTensorImpl(grpc::ServerContext*, const nt::v1::ReleaseTensorRequest* request,
                                               nt::v1::ReleaseTensorResponse* response) {
-  ActiveCall active(&active_);
   if (request->handle().empty()) return Invalid("handle: is required");
   response->set_released(tensor_store_.Release(request->handle()));
   return grpc::Status::OK;

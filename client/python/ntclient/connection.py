@@ -116,8 +116,7 @@ class Endpoint:
     self.stub = _proto.service_pb2_grpc.KernelServiceStub(self.channel)
 
   def close(self):
-    for endpoint in self.endpoints:
-      endpoint.close()
+    self.channel.close()
 
   def __repr__(self):
     return f'Endpoint({self.address!r})'

@@ -38,7 +38,9 @@ class _Inputs:
 
   def __init__(self, conn, request, threshold):
     self.conn = conn
-    self.large = {name: t for name, t in _tensor_fields(request) if t.ByteSize() > threshold}
+    # When the whole request would be too large, every input but tiny ones goes by handle.
+    cutoff = threshold if request.ByteSize() <= threshold else min(threshold, 64 * 1024)
+    self.large = {name: t for name, t in _tensor_fields(request) if t.ByteSize() > cutoff}
     self.arrays = {name: tensors.from_tensor(t, copy=False) for name, t in self.large.items()}
     self.dtypes = {name: t.dtype for name, t in self.large.items()}
     self.handles = {}  # endpoint address -> {name: Tensor with handle}
@@ -197,5 +199,4 @@ def distributed_kernel(conn, request, *, out=None, ranges_per_endpoint=4, progre
 def needs_distribution(conn, request, out, upload_threshold=None):
   """Whether a kernel call should go through distributed_kernel rather than one plain request."""
   threshold = (connection_lib.UPLOAD_THRESHOLD_BYTES if upload_threshold is None else upload_threshold)
-  return (out is not None or len(conn.endpoints) > 1 or
-          any(t.ByteSize() > threshold for _, t in _tensor_fields(request)))
+  return out is not None or len(conn.endpoints) > 1 or request.ByteSize() > threshold
