@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one list of Debian packages nt-server needs (README, .ci/run and the Dockerfile all call this).
-# Usage: scripts/install_deps.sh [--runtime | --examples]
+# Usage: scripts/install_deps.sh [--runtime | --examples | --tests]
 #   --runtime: only what the server binary needs to run; --examples: also the Fashion-MNIST example's data
-#   and plotting (examples/fashion_mnist.py).
+#   and plotting (examples/fashion_mnist.py); --tests: also what the tests use (openssl for TLS
+#   certificates, node and npm for the Node.js client).
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
@@ -16,6 +17,7 @@ EXAMPLE_PKGS=(dataset-fashion-mnist python3-matplotlib)
 case "${1:-}" in
   --runtime) PKGS=("${RUNTIME_PKGS[@]}") ;;
   --examples) PKGS=("${BUILD_PKGS[@]}" "${EXAMPLE_PKGS[@]}") ;;
+  --tests) PKGS=("${BUILD_PKGS[@]}" openssl) ;;
   *) PKGS=("${BUILD_PKGS[@]}") ;;
 esac
 missing=()
@@ -26,4 +28,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq
   $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The tests also run the Node.js client (client/node): node and npm, which this machine kind usually ships.
+if [ "${1:-}" = --tests ] && ! { command -v node >/dev/null && command -v npm >/dev/null; }; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends nodejs npm
 fi

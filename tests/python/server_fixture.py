@@ -42,7 +42,7 @@ SHUTDOWN_TIMEOUT_S = 15.0
 class ServerProcess:
   """One nt-server process on 127.0.0.1 with a port picked by the kernel (--address=...:0)."""
 
-  def __init__(self, extra_args=()):
+  def __init__(self, extra_args=(), connection_kwargs=None):
     if not os.access(SERVER_BIN, os.X_OK):
       # The server is what these tests test: a missing binary is an error, not a skip.
       raise RuntimeError(f'nt-server binary not found at {SERVER_BIN} (ninja -C build nt-server, or set '
@@ -55,6 +55,8 @@ class ServerProcess:
     self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL)
     self.address = None
+    # How to reach it (e.g. root_certificates for a TLS server); the health check needs no token.
+    self.connection_kwargs = dict(connection_kwargs or {})
     try:
       self._wait_serving()
     except BaseException:
@@ -89,7 +91,7 @@ class ServerProcess:
         time.sleep(0.02)
     self.address = f'127.0.0.1:{port}'
     last = None
-    with ntclient.Connection(self.address) as conn:
+    with ntclient.Connection(self.address, **self.connection_kwargs) as conn:
       while True:
         if self.proc.poll() is not None:
           self._fail(f'exited with code {self.proc.returncode} while starting')

@@ -98,7 +98,8 @@ def _read_pem(value):
 class Endpoint:
   """One server: its channel and stubs."""
 
-  def __init__(self, address, *, tls_name=None, token=None, root_certificates=None, tls=False):
+  def __init__(self, address, *, tls_name=None, token=None, root_certificates=None, tls=False,
+               private_key=None, certificate_chain=None):
     self.address = address
     options = [
         ('grpc.max_send_message_length', MAX_MESSAGE_BYTES),
@@ -107,7 +108,9 @@ class Endpoint:
     if tls or root_certificates is not None:
       if tls_name:
         options.append(('grpc.ssl_target_name_override', tls_name))
-      credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+      credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates,
+                                                 private_key=private_key,
+                                                 certificate_chain=certificate_chain)
       self.channel = grpc.secure_channel(address, credentials, options=options)
     else:
       self.channel = grpc.insecure_channel(address, options=options)
@@ -130,18 +133,22 @@ class Connection:
   endpoints, a failed range retried on another (ntclient.tiling); other calls go to the first endpoint
   that answers. `token` (default $NT_TOKEN) is sent as 'authorization: Bearer <token>';
   `root_certificates` (PEM bytes or a path; default the file named by $NT_TLS_CA) or `tls=True` (system
-  roots) selects TLS.
+  roots) selects TLS; `private_key` and `certificate_chain` (PEM bytes or paths) are the client's own, for
+  servers that require client certificates (--tls_client_ca_file).
   """
 
-  def __init__(self, address=None, *, token=None, root_certificates=None, tls=None):
+  def __init__(self, address=None, *, token=None, root_certificates=None, tls=None, private_key=None,
+               certificate_chain=None):
     self.address = address or default_address()
     token = token if token is not None else os.environ.get('NT_TOKEN') or None
     if root_certificates is None and os.environ.get('NT_TLS_CA'):
       root_certificates = os.environ['NT_TLS_CA']
     root_certificates = _read_pem(root_certificates)
     tls = bool(tls) or root_certificates is not None
+    private_key, certificate_chain = _read_pem(private_key), _read_pem(certificate_chain)
     self.endpoints = [
-        Endpoint(a, tls_name=name, token=token, root_certificates=root_certificates, tls=tls)
+        Endpoint(a, tls_name=name, token=token, root_certificates=root_certificates, tls=tls,
+                 private_key=private_key, certificate_chain=certificate_chain)
         for a, name in resolve_addresses(self.address)
     ]
     self.channel = self.endpoints[0].channel
