@@ -90,8 +90,9 @@ absl::StatusOr<TokenAuthenticator> TokenAuthenticator::FromFile(const std::strin
     tokens.emplace_back(line);
   }
   if (tokens.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "token file '", path, "' has no token (one per line; blank lines and lines starting with # are ignored)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("token file '", path,
+                     "' has no token (one per line; blank lines and lines starting with # are ignored)"));
   }
   return FromTokens(std::move(tokens), absl::StrCat("token file '", path, "'"));
 }

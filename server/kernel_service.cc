@@ -119,6 +119,10 @@ KernelServiceImpl::KernelServiceImpl(const ServerOptions& options, ServerMetrics
   }
 }
 
+KernelServiceImpl::~KernelServiceImpl() {
+  if (metrics_) metrics_->SetScrapeHook(nullptr);  // The hook reads this service.
+}
+
 template <typename Fn>
 grpc::Status KernelServiceImpl::Serve(grpc::ServerContext* context, const char* method, int64_t request_bytes,
                                       Fn&& fn) {

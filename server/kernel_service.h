@@ -37,6 +37,7 @@ class KernelServiceImpl final : public nt::v1::KernelService::Service {
   // `metrics` and `auth` may be null (no metrics; no authentication); both must outlive the service.
   explicit KernelServiceImpl(const ServerOptions& options, ServerMetrics* metrics = nullptr,
                              const TokenAuthenticator* auth = nullptr);
+  ~KernelServiceImpl() override;
 
   // Each RPC goes through Serve (authentication, admission, per-request time limit, metrics), then its
   // *Impl in the file named.

@@ -15,8 +15,8 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 
 namespace nt::server {
 namespace {
@@ -36,8 +36,8 @@ bool ValidName(absl::string_view s, bool allow_colon) {
   if (s.empty()) return false;
   for (size_t i = 0; i < s.size(); ++i) {
     const char c = s[i];
-    const bool ok = absl::ascii_isalpha(c) || c == '_' || (allow_colon && c == ':') ||
-                    (i > 0 && absl::ascii_isdigit(c));
+    const bool ok =
+        absl::ascii_isalpha(c) || c == '_' || (allow_colon && c == ':') || (i > 0 && absl::ascii_isdigit(c));
     if (!ok) return false;
   }
   return true;
@@ -165,8 +165,7 @@ std::string LabelPrefix(const std::vector<std::string>& names, const std::vector
   std::string out = "{";
   for (size_t i = 0; i < names.size(); ++i) {
     if (i > 0) out += ',';
-    absl::StrAppend(&out, names[i], "=\"", Escape(i < values.size() ? values[i] : "", /*quote=*/true),
-                    "\"");
+    absl::StrAppend(&out, names[i], "=\"", Escape(i < values.size() ? values[i] : "", /*quote=*/true), "\"");
   }
   return out;
 }
@@ -267,9 +266,9 @@ std::string MetricsRegistry::Render() const {
 
 absl::string_view GrpcCodeName(int code) {
   static constexpr absl::string_view kNames[] = {
-      "OK",        "CANCELLED",          "UNKNOWN",         "INVALID_ARGUMENT",    "DEADLINE_EXCEEDED",
-      "NOT_FOUND", "ALREADY_EXISTS",     "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-      "ABORTED",   "OUT_OF_RANGE",       "UNIMPLEMENTED",   "INTERNAL",            "UNAVAILABLE",
+      "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+      "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+      "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
       "DATA_LOSS", "UNAUTHENTICATED"};
   if (code < 0 || code >= static_cast<int>(sizeof(kNames) / sizeof(kNames[0]))) return "UNKNOWN";
   return kNames[code];
@@ -309,11 +308,12 @@ ServerMetrics::ServerMetrics(absl::string_view version)
       upload_store_bytes(registry.AddGauge("nt_upload_store_bytes", "Bytes held by the tensor store.").Get()),
       upload_store_tensors(
           registry.AddGauge("nt_upload_store_tensors", "Tensors held by the tensor store.").Get()),
-      auth_failures(registry
-                        .AddCounter("nt_auth_failures_total",
-                                    "Calls rejected for a missing or invalid bearer token.")
-                        .Get()),
-      build_info(registry.AddGauge("nt_build_info", "Build information; the value is always 1.", {"version"})) {
+      auth_failures(
+          registry
+              .AddCounter("nt_auth_failures_total", "Calls rejected for a missing or invalid bearer token.")
+              .Get()),
+      build_info(
+          registry.AddGauge("nt_build_info", "Build information; the value is always 1.", {"version"})) {
   build_info.WithLabels({std::string(version)}).Set(1);
   registry.AddCallback("process_resident_memory_bytes", "Resident memory size in bytes.", MetricType::kGauge,
                        ProcessResidentMemoryBytes);

@@ -45,9 +45,9 @@ void CloseFd(int* fd) {
 
 std::string Response(absl::string_view status, absl::string_view content_type, absl::string_view body,
                      bool head_only, absl::string_view extra_headers = "") {
-  std::string out = absl::StrCat("HTTP/1.1 ", status, "\r\nContent-Type: ", content_type,
-                                 "\r\nContent-Length: ", body.size(), "\r\n", extra_headers,
-                                 "Connection: close\r\n\r\n");
+  std::string out =
+      absl::StrCat("HTTP/1.1 ", status, "\r\nContent-Type: ", content_type,
+                   "\r\nContent-Length: ", body.size(), "\r\n", extra_headers, "Connection: close\r\n\r\n");
   if (!head_only) out.append(body.data(), body.size());
   return out;
 }
@@ -248,9 +248,8 @@ void MetricsHttpServer::Loop() {
             c.deadline = now + options_.write_timeout;
           } else if (c.in.size() > options_.max_request_bytes) {
             // Best effort: one non-blocking send, then close.
-            const std::string r =
-                Response("431 Request Header Fields Too Large", "text/plain; charset=utf-8",
-                         "request too large\n", false);
+            const std::string r = Response("431 Request Header Fields Too Large", "text/plain; charset=utf-8",
+                                           "request too large\n", false);
             (void)send(c.fd, r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
             CloseFd(&c.fd);
           }

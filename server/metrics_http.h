@@ -20,10 +20,10 @@
 namespace nt::server {
 
 struct MetricsHttpOptions {
-  size_t max_request_bytes = 8 << 10;                   // Request line and headers.
-  std::chrono::milliseconds request_timeout{2000};      // From accept to the end of the request head.
-  std::chrono::milliseconds write_timeout{10000};       // To send the response.
-  int max_connections = 64;                             // Further connections are closed at once.
+  size_t max_request_bytes = 8 << 10;               // Request line and headers.
+  std::chrono::milliseconds request_timeout{2000};  // From accept to the end of the request head.
+  std::chrono::milliseconds write_timeout{10000};   // To send the response.
+  int max_connections = 64;                         // Further connections are closed at once.
 };
 
 class MetricsHttpServer {

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/call_util.h"
 #include "server/kernel_service.h"
+#include "server/metrics.h"
 #include "server/status_util.h"
 
 namespace nt::server {
@@ -79,6 +80,10 @@ grpc::Status KernelServiceImpl::UploadTensorImpl(grpc::ServerContext* context,
   }
   auto handle = tensor_store_.Put(std::move(tensor));
   if (!handle.ok()) return ToGrpcStatus(handle.status());
+  if (metrics_) {
+    metrics_->uploads.Increment();
+    metrics_->request_bytes.Increment(double(expected));
+  }
   response->set_handle(*handle);
   response->set_bytes(expected);
   response->set_ttl_seconds(tensor_store_.ttl().count());
