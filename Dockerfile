@@ -14,10 +14,11 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DNT_BUILD_TESTS=OF
 FROM ${BASE} AS runtime
 COPY scripts/install_deps.sh /tmp/install_deps.sh
 RUN /tmp/install_deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install_deps.sh \
- && useradd --system --uid 10001 --no-create-home nt
+ && groupadd --system --gid 10001 nt && useradd --system --uid 10001 --gid 10001 --no-create-home nt
 COPY --from=build /build/server/nt-server /build/client/nt /usr/local/bin/
-USER 10001
-EXPOSE 50051
+USER 10001:10001
+# gRPC; Prometheus metrics when started with --metrics_address=0.0.0.0:9464.
+EXPOSE 50051 9464
 # grpc.health.v1 check through the bundled CLI; set NT_HEALTH_ADDRESS when --address differs.
 ENV NT_HEALTH_ADDRESS=127.0.0.1:50051
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \

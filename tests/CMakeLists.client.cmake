@@ -18,3 +18,11 @@ gtest_discover_tests(client_arch_json_test DISCOVERY_TIMEOUT 60)
 add_executable(client_kernel_client_test ${CMAKE_CURRENT_LIST_DIR}/client_kernel_client_test.cc)
 target_link_libraries(client_kernel_client_test PRIVATE nt_client GTest::gtest_main)
 gtest_discover_tests(client_kernel_client_test DISCOVERY_TIMEOUT 60)
+
+# KernelClient against real nt-server processes: one kernel over several servers, faults, uploads, tokens, TLS.
+add_executable(client_cluster_test ${CMAKE_CURRENT_LIST_DIR}/client_cluster_test.cc)
+target_link_libraries(client_cluster_test PRIVATE nt_client GTest::gtest_main)
+target_compile_definitions(client_cluster_test PRIVATE NT_SERVER_BIN="$<TARGET_FILE:nt-server>"
+                                                       NT_CLI_BIN="$<TARGET_FILE:nt>")
+add_dependencies(client_cluster_test nt-server nt)
+gtest_discover_tests(client_cluster_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)

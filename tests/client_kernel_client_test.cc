@@ -7,6 +7,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -394,6 +395,115 @@ TEST(KernelAssemblerTest, HeaderDiagonalSpatialDecidesAmbiguousShape) {
         EXPECT_EQ(k[(1 * 2 + 0) * 9 + p * 3 + q], v[src]) << p << " " << q;
       }
   }
+}
+
+TEST(KernelAssemblerTest, SeveralStreamsOfOneKernel) {
+  // A 2 x 2 ntk in tiles of 1 x 1: 3 tiles with mirroring, sent as ranges [0, 2) and [2, 3).
+  auto header = [](int64_t begin, int64_t end, int64_t messages) {
+    nt::v1::KernelHeader h = Header2x2();
+    h.set_tile_size(1);
+    h.set_total_tiles(3);
+    h.set_tile_begin(begin);
+    h.set_tile_end(end);
+    h.set_num_tiles(messages);
+    return h;
+  };
+  {
+    KernelAssembler a;
+    ASSERT_TRUE(a.Start(header(0, 2, 2)).ok());
+    ASSERT_TRUE(a.Start(header(2, 3, 1)).ok());
+    ASSERT_TRUE(a.AddTile(Tile(1, 1, {1, 1}, {4})).ok());
+    ASSERT_TRUE(a.AddTile(Tile(0, 0, {1, 1}, {1})).ok());
+    ASSERT_TRUE(a.AddTile(Tile(0, 1, {1, 1}, {2}, /*mirror=*/true)).ok());
+    absl::StatusOr<KernelResult> r = a.Finish({});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(Doubles(r->arrays.at("ntk")), (std::vector<double>{1, 2, 2, 4}));
+  }
+  {
+    KernelAssembler a;  // Both ranges started, one tile missing: the coverage check names it.
+    ASSERT_TRUE(a.Start(header(0, 2, 2)).ok());
+    ASSERT_TRUE(a.Start(header(2, 3, 1)).ok());
+    ASSERT_TRUE(a.AddTile(Tile(0, 0, {1, 1}, {1})).ok());
+    ASSERT_TRUE(a.AddTile(Tile(0, 1, {1, 1}, {2}, true)).ok());
+    absl::StatusOr<KernelResult> r = a.Finish({});
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("ntk[1, 1]"), absl::string_view::npos) << r.status();
+  }
+  {
+    KernelAssembler a;  // One partial range on its own comes back as it is.
+    ASSERT_TRUE(a.Start(header(2, 3, 1)).ok());
+    ASSERT_TRUE(a.AddTile(Tile(1, 1, {1, 1}, {4})).ok());
+    absl::StatusOr<KernelResult> r = a.Finish({});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(Doubles(r->arrays.at("ntk")), (std::vector<double>{0, 0, 0, 4}));
+  }
+  KernelAssembler a;  // Headers must agree.
+  ASSERT_TRUE(a.Start(header(0, 2, 2)).ok());
+  nt::v1::KernelHeader f32 = header(2, 3, 1);
+  f32.set_dtype(nt::v1::FLOAT32);
+  EXPECT_FALSE(a.Start(f32).ok());
+  nt::v1::KernelHeader other_tiles = header(2, 3, 1);
+  other_tiles.set_tile_size(2);
+  EXPECT_FALSE(a.Start(other_tiles).ok());
+  nt::v1::KernelHeader other_shape = header(2, 3, 1);
+  other_shape.mutable_arrays(0)->set_shape(1, 3);
+  EXPECT_FALSE(a.Start(other_shape).ok());
+}
+
+TEST(KernelAssemblerTest, TilesOffTheTileGridAreCoveredCellByCell) {
+  // The header says tile_size 2, but the tiles are 1 x 2 and 2 x 1 (coverage falls back to cells).
+  nt::v1::KernelHeader h;
+  nt::v1::ArrayInfo* info = h.add_arrays();
+  info->set_name("ntk");
+  info->add_shape(3);
+  info->add_shape(3);
+  info->set_tiled_axes(2);
+  h.set_tile_size(2);
+  h.set_num_tiles(4);
+  KernelAssembler a;
+  ASSERT_TRUE(a.Start(h).ok());
+  ASSERT_TRUE(a.AddTile(Tile(0, 0, {2, 2}, {1, 2, 4, 5})).ok());
+  ASSERT_TRUE(a.AddTile(Tile(0, 2, {2, 1}, {3, 6})).ok());
+  ASSERT_TRUE(a.AddTile(Tile(2, 0, {1, 2}, {7, 8})).ok());
+  ASSERT_TRUE(a.AddTile(Tile(2, 1, {1, 1}, {8.5})).ok());  // [2, 2] stays missing.
+  absl::StatusOr<KernelResult> r = a.Finish({});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("ntk[2, 2]"), absl::string_view::npos) << r.status();
+}
+
+TEST(KernelAssemblerTest, WritesNpyFilesLikeMemory) {
+  // The mirrored full-spatial case of MirrorsTrailingAxisPairs, into files and into memory.
+  nt::v1::KernelHeader h;
+  nt::v1::ArrayInfo* info = h.add_arrays();
+  info->set_name("ntk");
+  for (int64_t d : {2, 2, 2, 2, 3, 3}) info->add_shape(d);
+  info->set_tiled_axes(2);
+  h.set_num_tiles(3);
+  const int64_t inner = 36;
+  auto block = [&](int64_t i, int64_t j) {
+    std::vector<double> v;
+    for (int64_t t = 0; t < inner; ++t) v.push_back(100 * i + 10 * j + t);
+    return v;
+  };
+  const std::string prefix = ::testing::TempDir() + "/nt_assembler_files";
+  KernelAssembler memory, files;
+  files.WriteToFiles(prefix);
+  for (KernelAssembler* a : {&memory, &files}) {
+    ASSERT_TRUE(a->Start(h).ok());
+    ASSERT_TRUE(a->AddTile(Tile(0, 0, {1, 1, 2, 2, 3, 3}, block(0, 0))).ok());
+    ASSERT_TRUE(a->AddTile(Tile(1, 1, {1, 1, 2, 2, 3, 3}, block(1, 1))).ok());
+    ASSERT_TRUE(a->AddTile(Tile(0, 1, {1, 1, 2, 2, 3, 3}, block(0, 1), true)).ok());
+  }
+  absl::StatusOr<KernelResult> m = memory.Finish({});
+  absl::StatusOr<KernelResult> f = files.Finish({});
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_TRUE(f.ok()) << f.status();
+  ASSERT_EQ(f->files.at("ntk"), prefix + ".ntk.npy");
+  absl::StatusOr<NpyArray> read = ReadNpy(f->files.at("ntk"));
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->shape, m->arrays.at("ntk").shape);
+  EXPECT_TRUE(read->bytes == m->arrays.at("ntk").bytes);
+  std::remove(f->files.at("ntk").c_str());
 }
 
 TEST(KernelAssemblerTest, RejectsUnmirrorableTiles) {

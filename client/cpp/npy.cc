@@ -1,9 +1,12 @@
 #include "client/cpp/npy.h"
 
+#include <fcntl.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -189,9 +192,9 @@ absl::StatusOr<int64_t> CheckedElements(const std::vector<int64_t>& shape) {
   return n;
 }
 
-std::string NpyHeader(const NpyArray& array) {
-  std::string dict = absl::StrCat("{'descr': '", array.dtype,
-                                  "', 'fortran_order': False, 'shape': ", ShapeString(array.shape), ", }");
+std::string NpyHeader(const std::vector<int64_t>& shape, absl::string_view dtype) {
+  std::string dict =
+      absl::StrCat("{'descr': '", dtype, "', 'fortran_order': False, 'shape': ", ShapeString(shape), ", }");
   // Version 1.0 stores the header length in 2 bytes; 2.0 in 4.
   const bool v2 = kMagicLen + 4 + dict.size() + 1 + kAlign > 65535;
   const size_t prefix = kMagicLen + 2 + (v2 ? 4 : 2);
@@ -547,7 +550,7 @@ absl::StatusOr<NpyArray> ParseNpy(absl::string_view data) {
 absl::StatusOr<std::string> SerializeNpy(const NpyArray& array) {
   absl::Status s = ValidateNpyArray(array);
   if (!s.ok()) return s;
-  std::string out = NpyHeader(array);
+  std::string out = NpyHeader(array.shape, array.dtype);
   out.append(array.bytes.data(), array.bytes.size());
   return out;
 }
@@ -567,11 +570,70 @@ absl::Status WriteNpy(const std::string& path, const NpyArray& array) {
   if (!s.ok()) return s;
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot create ", path));
-  const std::string header = NpyHeader(array);
+  const std::string header = NpyHeader(array.shape, array.dtype);
   out.write(header.data(), header.size());
   out.write(array.bytes.data(), array.bytes.size());
   out.close();
   if (!out) return absl::InternalError(absl::StrCat("error writing ", path));
+  return absl::OkStatus();
+}
+
+// ---- NpyFileWriter ----
+
+absl::StatusOr<std::unique_ptr<NpyFileWriter>> NpyFileWriter::Create(const std::string& path,
+                                                                     std::vector<int64_t> shape,
+                                                                     absl::string_view dtype) {
+  const int item = NpyItemSize(dtype);
+  if (item == 0) return absl::InvalidArgumentError(absl::StrCat("npy: unsupported dtype '", dtype, "'"));
+  absl::StatusOr<int64_t> n = CheckedElements(shape);
+  if (!n.ok()) return n.status();
+  const std::string header = NpyHeader(shape, dtype);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot create ", path, ": ", std::strerror(errno)));
+  }
+  const int64_t data_bytes = *n * item;
+  auto writer = std::unique_ptr<NpyFileWriter>(
+      new NpyFileWriter(path, fd, static_cast<int64_t>(header.size()), data_bytes));
+  for (size_t done = 0; done < header.size();) {
+    const ssize_t w = ::pwrite(fd, header.data() + done, header.size() - done, static_cast<off_t>(done));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return absl::InternalError(absl::StrCat("error writing ", path, ": ", std::strerror(errno)));
+    done += static_cast<size_t>(w);
+  }
+  if (::ftruncate(fd, static_cast<off_t>(header.size() + data_bytes)) != 0) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot size ", path, " to ", header.size() + data_bytes,
+                                                     " bytes: ", std::strerror(errno)));
+  }
+  return writer;
+}
+
+NpyFileWriter::~NpyFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+absl::Status NpyFileWriter::Write(int64_t offset, const void* data, size_t size) {
+  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, ": already closed"));
+  if (offset < 0 || offset > data_bytes_ || static_cast<int64_t>(size) > data_bytes_ - offset) {
+    return absl::OutOfRangeError(absl::StrCat(path_, ": write of ", size, " bytes at ", offset,
+                                              " past the data (", data_bytes_, " bytes)"));
+  }
+  const char* p = static_cast<const char*>(data);
+  for (size_t done = 0; done < size;) {
+    const ssize_t w = ::pwrite(fd_, p + done, size - done, static_cast<off_t>(header_bytes_ + offset + done));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return absl::InternalError(absl::StrCat("error writing ", path_, ": ", std::strerror(errno)));
+    done += static_cast<size_t>(w);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status NpyFileWriter::Close() {
+  if (fd_ < 0) return absl::OkStatus();
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0)
+    return absl::InternalError(absl::StrCat("error closing ", path_, ": ", std::strerror(errno)));
   return absl::OkStatus();
 }
 
@@ -626,7 +688,7 @@ absl::Status WriteNpz(const std::string& path, const std::map<std::string, NpyAr
   uint64_t count = 0;
   for (const auto& [key, array] : arrays) {
     const std::string name = key + ".npy";
-    const std::string header = NpyHeader(array);
+    const std::string header = NpyHeader(array.shape, array.dtype);
     const uint64_t size = header.size() + array.bytes.size();
     const uint32_t crc =
         Crc32(Crc32(0, header.data(), header.size()), array.bytes.data(), array.bytes.size());

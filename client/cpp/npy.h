@@ -13,7 +13,9 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -53,6 +55,36 @@ absl::StatusOr<std::string> SerializeNpy(const NpyArray& array);
 
 absl::StatusOr<NpyArray> ReadNpy(const std::string& path);
 absl::Status WriteNpy(const std::string& path, const NpyArray& array);
+
+// A .npy file of known shape and dtype filled piece by piece, for arrays larger than memory: Create()
+// writes the header and sizes the data area (a sparse file of zeros); Write() pwrite()s bytes at an offset
+// into the data area and may be called from several threads at once for disjoint ranges.
+class NpyFileWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<NpyFileWriter>> Create(const std::string& path,
+                                                               std::vector<int64_t> shape,
+                                                               absl::string_view dtype);
+  ~NpyFileWriter();
+  NpyFileWriter(const NpyFileWriter&) = delete;
+  NpyFileWriter& operator=(const NpyFileWriter&) = delete;
+
+  // `size` bytes at byte `offset` of the data area (row-major element index times the item size).
+  absl::Status Write(int64_t offset, const void* data, size_t size);
+  // Closes the file, reporting a failed close. Further writes fail.
+  absl::Status Close();
+
+  const std::string& path() const { return path_; }
+  int64_t data_bytes() const { return data_bytes_; }
+
+ private:
+  NpyFileWriter(std::string path, int fd, int64_t header_bytes, int64_t data_bytes)
+      : path_(std::move(path)), fd_(fd), header_bytes_(header_bytes), data_bytes_(data_bytes) {}
+
+  std::string path_;
+  int fd_ = -1;
+  int64_t header_bytes_ = 0;
+  int64_t data_bytes_ = 0;
+};
 
 // Whole .npz file contents -> arrays keyed by member name minus ".npy".
 absl::StatusOr<std::map<std::string, NpyArray>> ParseNpz(absl::string_view data);

@@ -1,6 +1,7 @@
 // `nt`: command-line client of nt-server.
 //
-//   nt kernel   --arch model.json --x1 a.npy [--x2 b.npy] [--get nngp,ntk] [--out k.npz] ...
+//   nt kernel   --arch model.json --x1 a.npy [--x2 b.npy] [--get nngp,ntk] [--out k.npz]
+//               [--out-npy PREFIX] ...
 //   nt describe --arch model.json --x1-shape 10,3072 [--x2-shape 5,3072] ...
 //   nt health   [--service NAME]
 //   nt arch     --arch model.json        (local: prints the architecture as parsed)
@@ -9,6 +10,7 @@
 // message are printed; 2 usage errors and unusable input files.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -41,16 +43,24 @@ constexpr int kExitUsage = 2;
 
 constexpr char kUsage[] = R"(usage:
   nt kernel   --arch FILE --x1 X1.npy [--x2 X2.npy] [--get nngp,ntk,cov1,cov2] [--out OUT.npz]
-              [--print] [--diagonal-batch true|false] [--diagonal-spatial true|false]
-              [--mask-constant VALUE|nan] [--pattern1 P1.npy] [--pattern2 P2.npy]
-              [--tile-size N] [--float32] [--progress] [--server HOST:PORT] [--timeout SECONDS]
+              [--out-npy PREFIX] [--print] [--diagonal-batch true|false]
+              [--diagonal-spatial true|false] [--mask-constant VALUE|nan] [--pattern1 P1.npy]
+              [--pattern2 P2.npy] [--tile-size N] [--float32] [--progress] [CONNECTION]
   nt describe --arch FILE --x1-shape N,D,... [--x2-shape N,D,...] [--get ...]
-              [--diagonal-batch ...] [--diagonal-spatial ...] [--tile-size N] [--server HOST:PORT]
-  nt health   [--service NAME] [--server HOST:PORT] [--timeout SECONDS]
+              [--diagonal-batch ...] [--diagonal-spatial ...] [--tile-size N] [CONNECTION]
+  nt health   [--service NAME] [CONNECTION]
   nt arch     --arch FILE [--proto]
 
+CONNECTION: [--server ADDRESSES] [--timeout SECONDS] [--token TOKEN] [--tls_ca CA.pem]
+            [--tls_cert CERT.pem --tls_key KEY.pem] [--tls_server_name NAME]
+
 --arch takes the JSON architecture form ({"layer": ..., "args": ...}) or a golden case file.
-The server defaults to $NT_SERVER, else localhost:50051.
+--server takes host:port, or several comma-separated; dns:///name:port stands for every address of
+the name. A kernel is spread over all of them (tile ranges, retried elsewhere when a server fails).
+It defaults to $NT_SERVER, else localhost:50051. --token (default $NT_TOKEN) is sent as a bearer
+token; --tls_ca (default $NT_TLS_CA) switches to TLS; --tls_cert/--tls_key are the client's own
+certificate for mutual TLS. --out-npy writes PREFIX.<name>.npy per array, tile by tile, for kernels
+larger than memory. Dashes and underscores in flag names are interchangeable.
 Exit codes: 0 ok, 1 server error, 2 usage error.
 )";
 
@@ -73,6 +83,7 @@ class Flags {
         value = name.substr(eq + 1);
         name.resize(eq);
       }
+      std::replace(name.begin(), name.end(), '_', '-');
       if (boolean_.count(name)) {
         if (has_value && value != "true" && value != "false") {
           return absl::InvalidArgumentError(absl::StrCat("--", name, " takes true or false"));
@@ -266,9 +277,33 @@ absl::Status CommonOptions(const Flags& f, Request* r) {
   return absl::OkStatus();
 }
 
+// The connection flags every command that talks to a server takes.
+std::set<std::string> WithConnectionFlags(std::set<std::string> flags) {
+  flags.insert({"server", "timeout", "token", "tls-ca", "tls-cert", "tls-key", "tls-server-name"});
+  return flags;
+}
+
 absl::StatusOr<ClientOptions> MakeClientOptions(const Flags& f) {
   ClientOptions options;
   options.address = f.Get("server");
+  options.token = f.Get("token");
+  options.tls_server_name = f.Get("tls-server-name");
+  struct Pem {
+    const char* flag;
+    std::string* field;
+  };
+  for (const Pem& p :
+       {Pem{"tls-ca", &options.root_certificates_pem}, Pem{"tls-cert", &options.certificate_chain_pem},
+        Pem{"tls-key", &options.private_key_pem}}) {
+    if (!f.Has(p.flag)) continue;
+    absl::StatusOr<std::string> pem = ReadTextFile(f.Get(p.flag));
+    if (!pem.ok())
+      return absl::InvalidArgumentError(absl::StrCat("--", p.flag, ": ", pem.status().message()));
+    *p.field = *std::move(pem);
+  }
+  if (f.Has("tls-cert") != f.Has("tls-key")) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
   if (f.Has("timeout")) {
     double s;
     if (!absl::SimpleAtod(f.Get("timeout"), &s) || !(s > 0)) {
@@ -280,8 +315,8 @@ absl::StatusOr<ClientOptions> MakeClientOptions(const Flags& f) {
 }
 
 int RunKernel(const std::vector<std::string>& args) {
-  Flags f({"arch", "x1", "x2", "get", "out", "server", "diagonal-batch", "diagonal-spatial", "mask-constant",
-           "pattern1", "pattern2", "tile-size", "timeout"},
+  Flags f(WithConnectionFlags({"arch", "x1", "x2", "get", "out", "out-npy", "diagonal-batch",
+                               "diagonal-spatial", "mask-constant", "pattern1", "pattern2", "tile-size"}),
           {"float32", "print", "progress"});
   absl::Status s = f.Parse(args);
   if (!s.ok()) return Usage(std::string(s.message()));
@@ -321,17 +356,32 @@ int RunKernel(const std::vector<std::string>& args) {
   absl::StatusOr<ClientOptions> options = MakeClientOptions(f);
   if (!options.ok()) return Usage(std::string(options.status().message()));
   KernelClient client(*options);
+  if (!client.status().ok()) return Fail(client.status(), kExitUsage);
   const bool show_progress = f.Bool("progress") || isatty(STDERR_FILENO);
   ProgressDisplay display(isatty(STDERR_FILENO));
   ProgressCallback callback;
   if (show_progress) callback = [&display](const KernelProgress& p) { display.Update(p); };
-  absl::StatusOr<KernelResult> result = client.ComputeKernel(request, callback);
+  const bool to_files = f.Has("out-npy");
+  if (to_files && f.Get("out-npy").empty()) return Usage("--out-npy needs a path prefix");
+  absl::StatusOr<KernelResult> result = to_files
+                                            ? client.ComputeKernelToFiles(request, f.Get("out-npy"), callback)
+                                            : client.ComputeKernel(request, callback);
   if (show_progress) display.Done();
   if (!result.ok()) return Fail(result.status(), kExitServer);
+  for (const auto& [name, path] : result->files) {
+    std::cout << "wrote " << path << "\n";
+    // --print and --out need the arrays themselves.
+    if (!f.Bool("print") && !f.Has("out")) continue;
+    absl::StatusOr<NpyArray> a = ReadNpy(path);
+    if (!a.ok()) return Fail(a.status(), kExitServer);
+    result->arrays.emplace(name, *std::move(a));
+  }
 
   const nt::v1::KernelSummary& sum = result->summary;
-  for (const auto& [name, array] : result->arrays) {
-    std::cout << name << ": " << ShapeString(array.shape) << " " << DtypeName(array.dtype) << "\n";
+  for (const nt::v1::ArrayInfo& info : result->header.arrays()) {
+    std::cout << info.name() << ": "
+              << ShapeString(std::vector<int64_t>(info.shape().begin(), info.shape().end())) << " "
+              << DtypeName(result->header.dtype() == nt::v1::FLOAT32 ? "<f4" : "<f8") << "\n";
   }
   std::cout << absl::StrFormat(
       "%d tiles in %.3fs (server); x1_is_x2=%s diagonal_batch=%s diagonal_spatial=%s "
@@ -339,6 +389,16 @@ int RunKernel(const std::vector<std::string>& args) {
       sum.num_tiles(), sum.compute_seconds(), sum.x1_is_x2() ? "true" : "false",
       sum.diagonal_batch() ? "true" : "false", sum.diagonal_spatial() ? "true" : "false",
       sum.is_gaussian() ? "true" : "false");
+  const DistributionStats& st = result->stats;
+  if (client.endpoints().size() > 1 || st.ranges > 1) {
+    std::vector<std::string> per;
+    for (const auto& [address, n] : st.tiles) per.push_back(absl::StrCat(address, "=", n));
+    std::cout << absl::StrFormat("%d tile ranges over %d endpoints (tiles: %s); %d retries", st.ranges,
+                                 client.endpoints().size(), absl::StrJoin(per, " "), st.retries);
+    if (!st.given_up.empty()) std::cout << "; given up: " << absl::StrJoin(st.given_up, " ");
+    if (st.uploads > 0) std::cout << "; " << st.uploads << " uploads";
+    std::cout << "\n";
+  }
   if (f.Bool("print")) {
     constexpr int64_t kMaxPrinted = 10000;
     for (const auto& [name, array] : result->arrays) {
@@ -364,8 +424,8 @@ int RunKernel(const std::vector<std::string>& args) {
 }
 
 int RunDescribe(const std::vector<std::string>& args) {
-  Flags f({"arch", "x1-shape", "x2-shape", "get", "server", "diagonal-batch", "diagonal-spatial", "tile-size",
-           "timeout"},
+  Flags f(WithConnectionFlags(
+              {"arch", "x1-shape", "x2-shape", "get", "diagonal-batch", "diagonal-spatial", "tile-size"}),
           {});
   absl::Status s = f.Parse(args);
   if (!s.ok()) return Usage(std::string(s.message()));
@@ -383,6 +443,7 @@ int RunDescribe(const std::vector<std::string>& args) {
   absl::StatusOr<ClientOptions> options = MakeClientOptions(f);
   if (!options.ok()) return Usage(std::string(options.status().message()));
   KernelClient client(*options);
+  if (!client.status().ok()) return Fail(client.status(), kExitUsage);
   absl::StatusOr<nt::v1::DescribeResponse> r = client.Describe(request);
   if (!r.ok()) return Fail(r.status(), kExitServer);
   auto shape = [](const google::protobuf::RepeatedField<int64_t>& s) {
@@ -410,16 +471,35 @@ int RunDescribe(const std::vector<std::string>& args) {
 }
 
 int RunHealth(const std::vector<std::string>& args) {
-  Flags f({"server", "service", "timeout"}, {});
+  Flags f(WithConnectionFlags({"service"}), {});
   absl::Status s = f.Parse(args);
   if (!s.ok()) return Usage(std::string(s.message()));
   absl::StatusOr<ClientOptions> options = MakeClientOptions(f);
   if (!options.ok()) return Usage(std::string(options.status().message()));
   KernelClient client(*options);
-  absl::StatusOr<HealthStatus> h = client.Health(f.Get("service"));
-  if (!h.ok()) return Fail(h.status(), kExitServer);
-  std::cout << client.address() << ": " << HealthStatusName(*h) << "\n";
-  return *h == HealthStatus::kServing ? kExitOk : kExitServer;
+  if (!client.status().ok()) return Fail(client.status(), kExitUsage);
+  const std::vector<std::string> endpoints = client.endpoints();
+  if (endpoints.size() == 1) {
+    absl::StatusOr<HealthStatus> h = client.Health(f.Get("service"), 0);
+    if (!h.ok()) return Fail(h.status(), kExitServer);
+    std::cout << client.address() << ": " << HealthStatusName(*h) << "\n";
+    return *h == HealthStatus::kServing ? kExitOk : kExitServer;
+  }
+  // Several servers: a line for each; healthy when all serve.
+  int code = kExitOk;
+  for (size_t i = 0; i < endpoints.size(); ++i) {
+    absl::StatusOr<HealthStatus> h = client.Health(f.Get("service"), static_cast<int>(i));
+    if (!h.ok()) {
+      std::cout << endpoints[i] << ": " << absl::StatusCodeToString(h.status().code()) << "\n";
+      std::cerr << "error: " << endpoints[i] << ": " << absl::StatusCodeToString(h.status().code()) << ": "
+                << h.status().message() << "\n";
+      code = kExitServer;
+      continue;
+    }
+    std::cout << endpoints[i] << ": " << HealthStatusName(*h) << "\n";
+    if (*h != HealthStatus::kServing) code = kExitServer;
+  }
+  return code;
 }
 
 int RunArch(const std::vector<std::string>& args) {
