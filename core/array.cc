@@ -224,6 +224,7 @@ std::vector<int> MirrorPermutation(int rank, bool pair_trailing) {
 
 void PlaceBlock(const Array& block_in, int tiled_axes, int64_t row, int64_t col, bool mirror,
                 bool full_spatial, Array* full) {
+  if (block_in.size() == 0) return;  // Empty arrays may have null data (memcpy must not see it).
   const Array* block = &block_in;
   Array mirrored;
   if (mirror) {

@@ -71,7 +71,7 @@ absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& f
   } else if (t.dtype() == nt::v1::BOOL) {
     for (int64_t i = 0; i < n; ++i) a[i] = src[i] != 0 ? 1.0 : 0.0;
   } else if (width == 8) {
-    std::memcpy(a.data(), src, n * 8);
+    if (n > 0) std::memcpy(a.data(), src, n * 8);  // An empty Array's data() may be null.
   } else {
     for (int64_t i = 0; i < n; ++i) {
       float f;
@@ -96,7 +96,7 @@ void EncodeTensor(const Array& a, nt::v1::DType dtype, nt::v1::Tensor* out) {
   } else {
     out->set_dtype(nt::v1::FLOAT64);
     data->resize(a.size() * 8);
-    std::memcpy(data->data(), a.data(), a.size() * 8);
+    if (a.size() > 0) std::memcpy(data->data(), a.data(), a.size() * 8);
   }
 }
 

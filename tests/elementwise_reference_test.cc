@@ -412,7 +412,8 @@ namespace {
 // the golden case conv1d_attention_identity_posemb_sum) against a fine trapezoid rule over the standard
 // normal: erf saturates into a step there, which low-order Gauss-Hermite rules see as exactly 1.
 TEST(ElementwiseReferenceTest, ErfAtSaturatingVariancesMatchesDenseQuadrature) {
-  const ElementwiseLayer& l = AsElementwise(stax::Erf());
+  const stax::Net erf = stax::Erf();  // Keeps the layer alive: AsElementwise returns a reference into it.
+  const ElementwiseLayer& l = AsElementwise(erf);
   for (double var : {1.0, 100.0, 617.89310053, 1e4}) {
     const double s = std::sqrt(var);
     // E[erf(s z)^2], z ~ N(0, 1): 4e5 trapezoid steps over [-12, 12] resolve the step of width ~1/s.
