@@ -22,52 +22,12 @@
 #include "client/cpp/client.h"
 #include "client/cpp/npy.h"
 #include "gtest/gtest.h"
+#include "tests/server_process.h"
 
 namespace nt::client {
 namespace {
 
-// nt-server on a free loopback port (as in server_integration_test.cc).
-class ServerProcess {
- public:
-  explicit ServerProcess(std::vector<std::string> flags) {
-    port_file_ = absl::StrCat(::testing::TempDir(), "/nt_cluster_port_", getpid(), "_", counter_++);
-    std::remove(port_file_.c_str());
-    flags.insert(flags.begin(), {NT_SERVER_BIN, "--address=127.0.0.1:0", "--port_file=" + port_file_});
-    pid_ = fork();
-    if (pid_ == 0) {
-      std::vector<char*> argv;
-      for (std::string& f : flags) argv.push_back(f.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    for (int i = 0; i < 400 && port_ == 0; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      std::ifstream in(port_file_);
-      in >> port_;
-    }
-  }
-  ~ServerProcess() {
-    if (pid_ > 0) Signal(SIGTERM);
-    std::remove(port_file_.c_str());
-  }
-  // Sends `sig` and waits for the exit.
-  void Signal(int sig) {
-    if (pid_ <= 0) return;
-    kill(pid_, sig);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-  }
-  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
-  int port() const { return port_; }
-
- private:
-  static inline int counter_ = 0;
-  std::string port_file_;
-  pid_t pid_ = -1;
-  int port_ = 0;
-};
+using ::nt::testing::ServerProcess;
 
 std::string TempPath(const std::string& name) {
   return absl::StrCat(::testing::TempDir(), "/nt_cluster_", getpid(), "_", name);

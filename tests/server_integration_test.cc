@@ -12,52 +12,12 @@
 #include "client/cpp/client.h"
 #include "core/array.h"
 #include "gtest/gtest.h"
+#include "tests/server_process.h"
 #include "tests/golden_test_util.h"
 
 namespace nt::testing {
 namespace {
 
-class ServerProcess {
- public:
-  // Starts nt-server with `flags` and waits until it reports its port.
-  explicit ServerProcess(std::vector<std::string> flags) {
-    port_file_ = absl::StrCat(::testing::TempDir(), "/nt_port_", getpid(), "_", counter_++);
-    std::remove(port_file_.c_str());
-    flags.insert(flags.begin(), {NT_SERVER_BIN, "--address=127.0.0.1:0", "--port_file=" + port_file_});
-    pid_ = fork();
-    if (pid_ == 0) {
-      std::vector<char*> argv;
-      for (std::string& f : flags) argv.push_back(f.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    for (int i = 0; i < 200 && port_ == 0; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      std::ifstream in(port_file_);
-      in >> port_;
-    }
-  }
-  ~ServerProcess() {
-    if (pid_ > 0) Stop();
-  }
-  // SIGTERM, then the exit status (0 expected from a graceful shutdown).
-  int Stop() {
-    kill(pid_, SIGTERM);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
-  int port() const { return port_; }
-
- private:
-  static inline int counter_ = 0;
-  std::string port_file_;
-  pid_t pid_ = -1;
-  int port_ = 0;
-};
 
 nt::v1::Tensor ToTensor(const Array& a) {
   nt::v1::Tensor t;
