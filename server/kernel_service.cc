@@ -172,6 +172,18 @@ grpc::Status KernelServiceImpl::Serve(grpc::ServerContext* context, const char* 
   return finish(st);
 }
 
+template <typename Req, typename Resp>
+grpc::Status KernelServiceImpl::ServeUnary(grpc::ServerContext* context, const char* method, const Req* request,
+                                           Resp* response,
+                                           grpc::Status (KernelServiceImpl::*impl)(grpc::ServerContext*,
+                                                                                   const Req*, Resp*)) {
+  return Serve(context, method, request->ByteSizeLong(), [&] {
+    grpc::Status st = (this->*impl)(context, request, response);
+    CountSent(response->ByteSizeLong());
+    return st;
+  });
+}
+
 bool KernelServiceImpl::Stopped(grpc::ServerContext* context) const {
   if (context->IsCancelled()) return true;
   if (options_.max_request_seconds <= 0) return false;
@@ -188,11 +200,7 @@ void KernelServiceImpl::CountSent(int64_t bytes, int64_t tiles) {
 
 grpc::Status KernelServiceImpl::Describe(grpc::ServerContext* c, const nt::v1::DescribeRequest* q,
                                          nt::v1::DescribeResponse* r) {
-  return Serve(c, "Describe", q->ByteSizeLong(), [&] {
-    grpc::Status st = DescribeImpl(c, q, r);
-    CountSent(r->ByteSizeLong());
-    return st;
-  });
+  return ServeUnary(c, "Describe", q, r, &KernelServiceImpl::DescribeImpl);
 }
 grpc::Status KernelServiceImpl::ComputeKernel(grpc::ServerContext* c, const nt::v1::KernelRequest* q,
                                               grpc::ServerWriter<nt::v1::KernelResponse>* w) {
@@ -204,27 +212,15 @@ grpc::Status KernelServiceImpl::Predict(grpc::ServerContext* c, const nt::v1::Pr
 }
 grpc::Status KernelServiceImpl::Init(grpc::ServerContext* c, const nt::v1::InitRequest* q,
                                      nt::v1::InitResponse* r) {
-  return Serve(c, "Init", q->ByteSizeLong(), [&] {
-    grpc::Status st = InitImpl(c, q, r);
-    CountSent(r->ByteSizeLong());
-    return st;
-  });
+  return ServeUnary(c, "Init", q, r, &KernelServiceImpl::InitImpl);
 }
 grpc::Status KernelServiceImpl::Apply(grpc::ServerContext* c, const nt::v1::ApplyRequest* q,
                                       nt::v1::ApplyResponse* r) {
-  return Serve(c, "Apply", q->ByteSizeLong(), [&] {
-    grpc::Status st = ApplyImpl(c, q, r);
-    CountSent(r->ByteSizeLong());
-    return st;
-  });
+  return ServeUnary(c, "Apply", q, r, &KernelServiceImpl::ApplyImpl);
 }
 grpc::Status KernelServiceImpl::EmpiricalKernel(grpc::ServerContext* c, const nt::v1::EmpiricalKernelRequest* q,
                                                 nt::v1::EmpiricalKernelResponse* r) {
-  return Serve(c, "EmpiricalKernel", q->ByteSizeLong(), [&] {
-    grpc::Status st = EmpiricalKernelImpl(c, q, r);
-    CountSent(r->ByteSizeLong());
-    return st;
-  });
+  return ServeUnary(c, "EmpiricalKernel", q, r, &KernelServiceImpl::EmpiricalKernelImpl);
 }
 grpc::Status KernelServiceImpl::MonteCarloKernel(grpc::ServerContext* c, const nt::v1::MonteCarloKernelRequest* q,
                                                  grpc::ServerWriter<nt::v1::MonteCarloKernelResponse>* w) {
@@ -236,7 +232,7 @@ grpc::Status KernelServiceImpl::UploadTensor(grpc::ServerContext* c, grpc::Serve
 }
 grpc::Status KernelServiceImpl::ReleaseTensor(grpc::ServerContext* c, const nt::v1::ReleaseTensorRequest* q,
                                               nt::v1::ReleaseTensorResponse* r) {
-  return Serve(c, "ReleaseTensor", q->ByteSizeLong(), [&] { return ReleaseTensorImpl(c, q, r); });
+  return ServeUnary(c, "ReleaseTensor", q, r, &KernelServiceImpl::ReleaseTensorImpl);
 }
 
 bool KernelServiceImpl::Reserve(int64_t bytes) {

@@ -93,6 +93,10 @@ class KernelServiceImpl final : public nt::v1::KernelService::Service {
   // Runs one call: authentication, the concurrency limit and the per-request time limit, metrics.
   template <typename Fn>
   grpc::Status Serve(grpc::ServerContext* context, const char* method, int64_t request_bytes, Fn&& fn);
+  // Serve for a unary call whose response size is counted as sent.
+  template <typename Req, typename Resp>
+  grpc::Status ServeUnary(grpc::ServerContext* context, const char* method, const Req* request, Resp* response,
+                          grpc::Status (KernelServiceImpl::*impl)(grpc::ServerContext*, const Req*, Resp*));
   // The client cancelled, or the call ran past --max_request_seconds: handlers stop at the next check.
   bool Stopped(grpc::ServerContext* context) const;
   // Reserves `bytes` of the memory budget; false if it would be exceeded.
