@@ -649,7 +649,8 @@ Array ConvLayer::Transform(const Array& t, int lead, bool diagonal_spatial, cons
     for (Real& v : a->vec()) v = v * scale + shift;
   };
   if (diagonal_spatial) {
-    Array out = ApplyAlongAxis(in, lead, DiagonalMatrix(g, 0));
+    // No spatial axes (an empty filter_shape on a rank-2 input): nothing to convolve.
+    Array out = s > 0 ? ApplyAlongAxis(in, lead, DiagonalMatrix(g, 0)) : in;
     for (int d = 1; d < s; ++d) out = ApplyAlongAxis(out, lead + d, DiagonalMatrix(g, d));
     affine(&out);
     return out;

@@ -37,6 +37,8 @@ void KeepLargeBlocksInHeap() {
 
 constexpr int64_t kTileBytes = 4 << 20;                       // Target size of one tile's nngp block.
 constexpr int64_t kMaxPlannedRowElements = int64_t{1} << 27;  // 1 GiB of float64 per input.
+// Plans list their tiles (CountTiles, ComputeKernelTiles): more than this is refused, not listed.
+constexpr double kMaxTiles = double(int64_t{1} << 24);
 
 absl::StatusOr<std::vector<std::string>> CanonicalGet(const std::vector<std::string>& get, bool x2_given) {
   static const std::set<std::string> kValid = {"nngp", "ntk", "cov1", "cov2"};
@@ -356,6 +358,13 @@ int64_t SaturatingBytes(double bytes) {
   return bytes >= 9.0e18 ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(bytes);
 }
 
+// Elements of a shape that may not fit in 64 bits (Describe's shapes are arbitrary).
+double NumElementsAsDouble(const Shape& shape) {
+  double n = 1;
+  for (int64_t d : shape) n *= double(d);
+  return n;
+}
+
 std::string LayoutString(const KernelPlan& plan, const Shape& out_trailing) {
   Shape nngp{plan.out_n1, plan.out_n2};
   nngp.insert(nngp.end(), out_trailing.begin(), out_trailing.end());
@@ -374,7 +383,8 @@ void SetBatchSizes(int64_t n1, int64_t n2, Kernel* meta) {
 }
 
 // Array shapes, tiles and costs for the plan's batch sizes (also after they are scaled up).
-void SizePlan(const KernelOptions& options, int concurrency, KernelPlan* plan) {
+// RESOURCE_EXHAUSTED for more than kMaxTiles tiles.
+absl::Status SizePlan(const KernelOptions& options, int concurrency, KernelPlan* plan) {
   const Shape out_trailing = Trailing(plan->meta.nngp, 2);
   const Shape cov_trailing = Trailing(plan->meta.cov1, 1);
   auto with = [](Shape lead, const Shape& trailing) {
@@ -391,7 +401,7 @@ void SizePlan(const KernelOptions& options, int concurrency, KernelPlan* plan) {
       a = plan->diagonal_batch ? ArraySpec{g, with({n}, cov_trailing), 1}
                                : ArraySpec{g, with({n, n}, out_trailing), 2};
     }
-    plan->output_bytes = SaturatingBytes(double(plan->output_bytes) + double(NumElements(a.shape)) * 8);
+    plan->output_bytes = SaturatingBytes(double(plan->output_bytes) + NumElementsAsDouble(a.shape) * 8);
     plan->arrays.push_back(std::move(a));
   }
   // Tiles: about kTileBytes of nngp per tile, at most 256 x 256, never more than the batches (which
@@ -403,6 +413,15 @@ void SizePlan(const KernelOptions& options, int concurrency, KernelPlan* plan) {
   }
   plan->tile_size = std::min(t, std::max(plan->n1, plan->n2));
   if (plan->whole_batch) plan->tile_size = std::max(plan->n1, plan->n2);
+  const double tile = double(std::max<int64_t>(1, plan->tile_size));
+  const double tiles = std::ceil(double(plan->n1) / tile) * std::ceil(double(plan->n2) / tile) *
+                       double(MakePasses(*plan).size());
+  if (tiles > kMaxTiles) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tile_size: ", plan->n1, " x ", plan->n2, " samples in tiles of ", plan->tile_size, " rows make about ",
+        tiles, " tiles, more than the ", kMaxTiles, " this server plans; use a larger tile_size (0: the server's "
+        "choice) or fewer samples"));
+  }
   CountTiles(options, plan);
   const double entries = double(plan->out_n1) * double(plan->out_n2);
   plan->estimated_flops = entries * (plan->gram_flops_per_entry +
@@ -413,6 +432,7 @@ void SizePlan(const KernelOptions& options, int concurrency, KernelPlan* plan) {
   plan->working_bytes = SaturatingBytes(double(concurrency) * tile_cells * 8 * 8 +
                                         double(plan->input_elements) * 8 * (plan->masked ? 4 : 2));
   plan->layout = LayoutString(*plan, out_trailing);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -494,6 +514,20 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
 
   // Run the network on a 1 x 1 sample: validates it against the inputs and yields output layouts. A
   // network that selects samples runs on all of them (a single sample may select none).
+  // The sample's input kernel is allocated before any budget check: refuse sizes no server could hold
+  // (Describe's shapes cost nothing to send; the whole batch of a selecting network is one tile).
+  {
+    const double p = double((*inputs)[0].p());
+    const double entries = plan.whole_batch ? double(plan.n1) * double(plan.n2) : 1.0;
+    const double cells = entries * (plan.diagonal_spatial ? p : p * p);
+    if (cells > double(kMaxPlannedRowElements)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the input kernel of ", plan.whole_batch ? "the whole batch (the network selects samples)" : "one entry",
+          " has ", cells, " elements, more than the ", kMaxPlannedRowElements,
+          " this server evaluates in one tile; send fewer samples or smaller inputs",
+          plan.diagonal_spatial ? "" : ", or use diagonal_spatial=True"));
+    }
+  }
   const std::vector<Pass> passes = MakePasses(plan);
   auto meta = plan.whole_batch ? RunTile(net, plan, *inputs, passes[0], 0, plan.n1, 0, plan.n2)
                                : RunTile(net, plan, *inputs, passes[0], 0, 1, 0, 1);
@@ -512,7 +546,7 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
   plan.num_layers = net.NumLayers();
   plan.input_elements = x1.size() + (x2 ? x2->size() : 0);
   for (const auto& p : {options.pattern1, options.pattern2}) plan.input_elements += p ? p->size() : 0;
-  SizePlan(options, concurrency, &plan);
+  if (absl::Status st = SizePlan(options, concurrency, &plan); !st.ok()) return st;
   if (absl::Status st = SelectTiles(options, plan); !st.ok()) return st;
   return plan;
 }
@@ -595,8 +629,9 @@ absl::StatusOr<KernelPlan> PlanKernelForShapes(const Layer& net, const Shape& x1
     out.out_n2 = n2;
   }
   SetBatchSizes(out.out_n1, out.out_n2, &out.meta);
-  out.input_elements = NumElements(x1_shape) + (x2_shape ? NumElements(*x2_shape) : 0);
-  SizePlan(options, concurrency, &out);
+  out.input_elements =
+      SaturatingBytes(NumElementsAsDouble(x1_shape) + (x2_shape ? NumElementsAsDouble(*x2_shape) : 0.0));
+  if (absl::Status st = SizePlan(options, concurrency, &out); !st.ok()) return st;
   if (absl::Status st = SelectTiles(options, out); !st.ok()) return st;
   return out;
 }
