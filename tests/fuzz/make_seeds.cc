@@ -154,8 +154,9 @@ void Seeds(const std::string& name, const nt::v1::Layer& arch, const json& input
 
 // Layer names (message types of the Layer oneof), argument names and enum values, as JSON strings.
 void Dictionaries(const fs::path& out) {
-  std::set<std::string> words = {"layer", "args", "layers", "serial", "parallel", "repeat", "n", "slice",
-                                 "shape", "data", "inf", "-inf", "nan", "null", "true", "false", "..."};
+  std::set<std::string> words = {"layer", "args",  "layers", "serial", "parallel", "repeat",
+                                 "n",     "slice", "shape",  "data",   "inf",      "-inf",
+                                 "nan",   "null",  "true",   "false",  "..."};
   std::set<std::string> enums;
   const google::protobuf::Descriptor* layer = nt::v1::Layer::descriptor();
   std::set<const google::protobuf::Descriptor*> seen;
@@ -173,7 +174,8 @@ void Dictionaries(const fs::path& out) {
       words.insert(f->name());
       if (f->message_type()) todo.push_back(f->message_type());
       if (f->enum_type()) {
-        for (int k = 0; k < f->enum_type()->value_count(); ++k) enums.insert(f->enum_type()->value(k)->name());
+        for (int k = 0; k < f->enum_type()->value_count(); ++k)
+          enums.insert(f->enum_type()->value(k)->name());
       }
     }
   }
@@ -181,7 +183,8 @@ void Dictionaries(const fs::path& out) {
   for (const std::string& w : words) a << json(json(w).dump()).dump() << "\n";
   for (const std::string& w : enums) a << json(json(w).dump()).dump() << "\n";
   std::ofstream k(out / "kernel_request.dict");
-  for (const char* w : {"nngp", "ntk", "cov1", "cov2", "NNGP", "NTK"}) k << json(std::string(w)).dump() << "\n";
+  for (const char* w : {"nngp", "ntk", "cov1", "cov2", "NNGP", "NTK"})
+    k << json(std::string(w)).dump() << "\n";
 }
 
 }  // namespace
