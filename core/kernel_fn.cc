@@ -8,6 +8,7 @@
 #include <mutex>
 #include <set>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "core/input_kernel.h"
@@ -37,8 +38,9 @@ void KeepLargeBlocksInHeap() {
 
 constexpr int64_t kTileBytes = 4 << 20;                       // Target size of one tile's nngp block.
 constexpr int64_t kMaxPlannedRowElements = int64_t{1} << 27;  // 1 GiB of float64 per input.
-// Plans list their tiles (CountTiles, ComputeKernelTiles): more than this is refused, not listed.
-constexpr double kMaxTiles = double(int64_t{1} << 24);
+// More tiles than this are refused (every tile costs a message or more, and a sink call).
+// A full-spatial 32x32 CNN (one entry per tile) fits about 90,000 samples.
+constexpr double kMaxTiles = double(int64_t{1} << 32);
 
 absl::StatusOr<std::vector<std::string>> CanonicalGet(const std::vector<std::string>& get, bool x2_given) {
   static const std::set<std::string> kValid = {"nngp", "ntk", "cov1", "cov2"};
@@ -250,20 +252,101 @@ std::vector<Pass> MakePasses(const KernelPlan& plan) {
   return passes;
 }
 
-std::vector<TileJob> MakeJobs(const KernelPlan& plan, const std::vector<Pass>& passes) {
-  const int64_t t = plan.tile_size;
-  const int64_t sizes[2] = {plan.n1, plan.n2};
-  std::vector<TileJob> jobs;
-  for (int p = 0; p < static_cast<int>(passes.size()); ++p) {
-    const int64_t na = sizes[passes[p].a], nb = sizes[passes[p].b];
-    for (int64_t r0 = 0; r0 < na; r0 += t) {
-      for (int64_t c0 = passes[p].symmetric ? r0 : 0; c0 < nb; c0 += t) {
-        jobs.push_back(TileJob{p, r0, std::min(r0 + t, na), c0, std::min(c0 + t, nb)});
-      }
+// The tiles of a plan's passes in their fixed order (pass, then row, then column), computed on demand:
+// a kernel may have millions of tiles, and a tile range needs none of the others.
+class TileJobs {
+ public:
+  TileJobs(const KernelPlan& plan, const std::vector<Pass>& passes)
+      : t_(std::max<int64_t>(1, plan.tile_size)) {
+    const int64_t sizes[2] = {plan.n1, plan.n2};
+    for (int p = 0; p < static_cast<int>(passes.size()); ++p) {
+      const int64_t na = sizes[passes[p].a], nb = sizes[passes[p].b];
+      const int64_t rows = (na + t_ - 1) / t_, cols = (nb + t_ - 1) / t_;
+      // Symmetric passes (b is a, so rows == cols) hold the tiles with column >= row.
+      const int64_t count = passes[p].symmetric ? rows * (rows + 1) / 2 : rows * cols;
+      passes_.push_back(PassTiles{p, passes[p].symmetric, na, nb, rows, cols, size_, count});
+      size_ += count;
     }
   }
-  return jobs;
-}
+
+  int64_t size() const { return size_; }
+
+  TileJob operator[](int64_t k) const {
+    const PassTiles& q = PassOf(k);
+    k -= q.first;
+    const int64_t i = RowOf(q, k);
+    const int64_t j = q.symmetric ? i + (k - Start(q, i)) : k - Start(q, i);
+    return Job(q, i, j);
+  }
+
+  // The sum of blocks(pass, job) over the tiles [begin, end), in O(passes): within a pass, a tile's
+  // blocks depend only on whether it is in the first row and whether it is its row's first tile (the
+  // diagonal one for symmetric passes), so one representative of each of the four kinds is counted.
+  template <typename Blocks>
+  int64_t SumOver(int64_t begin, int64_t end, const Blocks& blocks) const {
+    int64_t sum = 0;
+    for (const PassTiles& q : passes_) {
+      const int64_t b = std::max<int64_t>(begin - q.first, 0), e = std::min(end - q.first, q.count);
+      if (b >= e) continue;
+      const int64_t row0 = Overlap(b, e, 0, q.symmetric ? q.rows : q.cols);
+      const int64_t first00 = Overlap(b, e, 0, 1);
+      const int64_t firsts = RowsStartingBefore(q, e) - RowsStartingBefore(q, b);
+      const int64_t row0_other = row0 - first00, first_other = firsts - first00;
+      const int64_t rest = (e - b) - first00 - row0_other - first_other;
+      const int64_t d = q.symmetric ? 1 : 0;  // Column offset of a row's first tile.
+      sum += first00 * blocks(q.pass, Job(q, 0, 0)) + row0_other * blocks(q.pass, Job(q, 0, 1)) +
+             first_other * blocks(q.pass, Job(q, 1, d)) + rest * blocks(q.pass, Job(q, 1, d + 1));
+    }
+    return sum;
+  }
+
+ private:
+  struct PassTiles {
+    int pass;
+    bool symmetric;
+    int64_t na, nb, rows, cols, first, count;
+  };
+
+  static int64_t Overlap(int64_t b, int64_t e, int64_t lo, int64_t hi) {
+    return std::max<int64_t>(0, std::min(e, hi) - std::max(b, lo));
+  }
+
+  const PassTiles& PassOf(int64_t k) const {
+    size_t p = 0;
+    while (p + 1 < passes_.size() && passes_[p + 1].first <= k) ++p;
+    return passes_[p];
+  }
+
+  // Index (within its pass) of row i's first tile: i R - i (i - 1) / 2 for symmetric passes.
+  static int64_t Start(const PassTiles& q, int64_t i) {
+    return q.symmetric ? i * q.rows - i * (i - 1) / 2 : i * q.cols;
+  }
+
+  // The row of the pass's k-th tile.
+  static int64_t RowOf(const PassTiles& q, int64_t k) {
+    if (!q.symmetric) return k / q.cols;
+    // Invert Start in floating point, then correct the rounding.
+    const double b = 2.0 * double(q.rows) + 1.0;
+    int64_t i = static_cast<int64_t>((b - std::sqrt(std::max(0.0, b * b - 8.0 * double(k)))) / 2.0);
+    i = std::clamp<int64_t>(i, 0, q.rows - 1);
+    while (i > 0 && Start(q, i) > k) --i;
+    while (i + 1 < q.rows && Start(q, i + 1) <= k) ++i;
+    return i;
+  }
+
+  // Rows whose first tile comes before the pass's k-th tile.
+  static int64_t RowsStartingBefore(const PassTiles& q, int64_t k) {
+    return k <= 0 ? 0 : RowOf(q, k - 1) + 1;
+  }
+
+  TileJob Job(const PassTiles& q, int64_t i, int64_t j) const {
+    return TileJob{q.pass, i * t_, std::min((i + 1) * t_, q.na), j * t_, std::min((j + 1) * t_, q.nb)};
+  }
+
+  int64_t t_;
+  int64_t size_ = 0;
+  std::vector<PassTiles> passes_;
+};
 
 enum class Source { kNngp, kNtk, kCov1, kCov2 };
 
@@ -276,9 +359,12 @@ struct BlockSpec {
   bool mirror;
 };
 
+// Inline storage: no allocation per tile.
+using BlockSpecs = absl::InlinedVector<BlockSpec, 5>;
+
 // The blocks a tile contributes (the single definition used to count and to emit them).
-std::vector<BlockSpec> BlocksOf(const KernelPlan& plan, const Pass& pass, const TileJob& job) {
-  std::vector<BlockSpec> out;
+BlockSpecs BlocksOf(const KernelPlan& plan, const Pass& pass, const TileJob& job) {
+  BlockSpecs out;
   const bool mirror = pass.symmetric && job.r0 != job.c0;
   if (!pass.main) {
     out.push_back({Source::kNngp, pass.nngp_name, 2, job.r0, job.c0, mirror});
@@ -309,7 +395,7 @@ std::vector<BlockSpec> BlocksOf(const KernelPlan& plan, const Pass& pass, const 
 
 absl::Status EmitTile(const KernelPlan& plan, const Pass& pass, const TileJob& job, Kernel&& k,
                       const TileSink& sink) {
-  const std::vector<BlockSpec> blocks = BlocksOf(plan, pass, job);
+  const BlockSpecs blocks = BlocksOf(plan, pass, job);
   for (size_t i = 0; i < blocks.size(); ++i) {
     const BlockSpec& b = blocks[i];
     // The nngp may be sent twice (as cov1 and nngp): copy all but its last use.
@@ -332,24 +418,23 @@ absl::Status EmitTile(const KernelPlan& plan, const Pass& pass, const TileJob& j
 // checked by SelectTiles.
 void CountTiles(const KernelOptions& options, KernelPlan* plan) {
   const std::vector<Pass> passes = MakePasses(*plan);
-  const std::vector<TileJob> jobs = MakeJobs(*plan, passes);
-  plan->num_tiles = static_cast<int64_t>(jobs.size());
+  const TileJobs jobs(*plan, passes);
+  plan->num_tiles = jobs.size();
   plan->tile_begin = std::clamp<int64_t>(options.tile_begin, 0, plan->num_tiles);
-  plan->tile_end = options.tile_end < 0 ? plan->num_tiles
-                                        : std::clamp<int64_t>(options.tile_end, plan->tile_begin, plan->num_tiles);
-  plan->num_tile_messages = 0;
-  for (int64_t i = plan->tile_begin; i < plan->tile_end; ++i) {
-    plan->num_tile_messages += BlocksOf(*plan, passes[jobs[i].pass], jobs[i]).size();
-  }
+  plan->tile_end = options.tile_end < 0
+                       ? plan->num_tiles
+                       : std::clamp<int64_t>(options.tile_end, plan->tile_begin, plan->num_tiles);
+  plan->num_tile_messages = jobs.SumOver(plan->tile_begin, plan->tile_end, [&](int p, const TileJob& job) {
+    return static_cast<int64_t>(BlocksOf(*plan, passes[p], job).size());
+  });
 }
 
 absl::Status SelectTiles(const KernelOptions& options, const KernelPlan& plan) {
   const int64_t end = options.tile_end < 0 ? plan.num_tiles : options.tile_end;
   if (options.tile_begin < 0 || options.tile_begin > end || end > plan.num_tiles) {
-    return absl::InvalidArgumentError(absl::StrCat("tile_begin, tile_end: [", options.tile_begin, ", ",
-                                                   options.tile_end, ") is not a range of the ",
-                                                   plan.num_tiles, " tiles of this kernel (tile_size ",
-                                                   plan.tile_size, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tile_begin, tile_end: [", options.tile_begin, ", ", options.tile_end, ") is not a range of the ",
+        plan.num_tiles, " tiles of this kernel (tile_size ", plan.tile_size, ")"));
   }
   return absl::OkStatus();
 }
@@ -417,10 +502,11 @@ absl::Status SizePlan(const KernelOptions& options, int concurrency, KernelPlan*
   const double tiles = std::ceil(double(plan->n1) / tile) * std::ceil(double(plan->n2) / tile) *
                        double(MakePasses(*plan).size());
   if (tiles > kMaxTiles) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "tile_size: ", plan->n1, " x ", plan->n2, " samples in tiles of ", plan->tile_size, " rows make about ",
-        tiles, " tiles, more than the ", kMaxTiles, " this server plans; use a larger tile_size (0: the server's "
-        "choice) or fewer samples"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("tile_size: ", plan->n1, " x ", plan->n2, " samples in tiles of ", plan->tile_size,
+                     " rows make about ", tiles, " tiles, more than the ", kMaxTiles,
+                     " this server plans; use a larger tile_size (0: the server's "
+                     "choice) or fewer samples"));
   }
   CountTiles(options, plan);
   const double entries = double(plan->out_n1) * double(plan->out_n2);
@@ -521,11 +607,12 @@ absl::StatusOr<KernelPlan> PlanKernel(const Layer& net, const Array& x1, const A
     const double entries = plan.whole_batch ? double(plan.n1) * double(plan.n2) : 1.0;
     const double cells = entries * (plan.diagonal_spatial ? p : p * p);
     if (cells > double(kMaxPlannedRowElements)) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "the input kernel of ", plan.whole_batch ? "the whole batch (the network selects samples)" : "one entry",
-          " has ", cells, " elements, more than the ", kMaxPlannedRowElements,
-          " this server evaluates in one tile; send fewer samples or smaller inputs",
-          plan.diagonal_spatial ? "" : ", or use diagonal_spatial=True"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the input kernel of ",
+                       plan.whole_batch ? "the whole batch (the network selects samples)" : "one entry",
+                       " has ", cells, " elements, more than the ", kMaxPlannedRowElements,
+                       " this server evaluates in one tile; send fewer samples or smaller inputs",
+                       plan.diagonal_spatial ? "" : ", or use diagonal_spatial=True"));
     }
   }
   const std::vector<Pass> passes = MakePasses(plan);
@@ -644,32 +731,32 @@ absl::Status ComputeKernelTiles(const Layer& net, const Array& x1, const Array* 
   auto inputs = PrepareInputs(x1, x2, plan, /*check_finite=*/false);
   if (!inputs.ok()) return inputs.status();
   const std::vector<Pass> passes = MakePasses(plan);
-  std::vector<TileJob> jobs = MakeJobs(plan, passes);
-  jobs = std::vector<TileJob>(jobs.begin() + plan.tile_begin, jobs.begin() + plan.tile_end);
+  const TileJobs jobs(plan, passes);
   std::atomic<bool> failed{false};
   std::mutex mu;
   absl::Status first_error;
-  tbb::parallel_for(tbb::blocked_range<size_t>(0, jobs.size(), 1), [&](const tbb::blocked_range<size_t>& r) {
-    for (size_t i = r.begin(); i != r.end(); ++i) {
-      if (failed.load(std::memory_order_relaxed)) return;
-      if (options.cancelled && options.cancelled->load(std::memory_order_relaxed)) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (!failed.exchange(true))
-          first_error = absl::CancelledError("the kernel computation was cancelled");
-        return;
-      }
-      const TileJob& job = jobs[i];
-      const Pass& pass = passes[job.pass];
-      absl::Status st;
-      auto k = RunTile(net, plan, *inputs, pass, job.r0, job.r1, job.c0, job.c1);
-      st = k.ok() ? EmitTile(plan, pass, job, *std::move(k), sink) : k.status();
-      if (!st.ok()) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (!failed.exchange(true)) first_error = st;
-        return;
-      }
-    }
-  });
+  tbb::parallel_for(tbb::blocked_range<int64_t>(plan.tile_begin, plan.tile_end, 1),
+                    [&](const tbb::blocked_range<int64_t>& r) {
+                      for (int64_t i = r.begin(); i != r.end(); ++i) {
+                        if (failed.load(std::memory_order_relaxed)) return;
+                        if (options.cancelled && options.cancelled->load(std::memory_order_relaxed)) {
+                          std::lock_guard<std::mutex> lock(mu);
+                          if (!failed.exchange(true))
+                            first_error = absl::CancelledError("the kernel computation was cancelled");
+                          return;
+                        }
+                        const TileJob job = jobs[i];
+                        const Pass& pass = passes[job.pass];
+                        absl::Status st;
+                        auto k = RunTile(net, plan, *inputs, pass, job.r0, job.r1, job.c0, job.c1);
+                        st = k.ok() ? EmitTile(plan, pass, job, *std::move(k), sink) : k.status();
+                        if (!st.ok()) {
+                          std::lock_guard<std::mutex> lock(mu);
+                          if (!failed.exchange(true)) first_error = st;
+                          return;
+                        }
+                      }
+                    });
   return failed ? first_error : absl::OkStatus();
 }
 

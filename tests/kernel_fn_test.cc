@@ -2,6 +2,10 @@
 #include "core/kernel_fn.h"
 
 #include <cmath>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
 
 #include "core/stax.h"
 #include "gtest/gtest.h"
@@ -71,6 +75,62 @@ TEST(KernelFnTest, TileSizesAgreeAndMirrorTilesAreSymmetric) {
   const Array& nngp = *ref->Find("nngp");
   for (int i = 0; i < 37; ++i)
     for (int j = 0; j < 37; ++j) EXPECT_EQ(nngp[i * 37 + j], nngp[j * 37 + i]);
+}
+
+// Tiles are computed on demand from their index: ranges that split [0, num_tiles) emit every block of
+// the kernel exactly once (triangular passes for x2 = None and the full-batch covariances included), and
+// the counts the plan announces are the blocks sent.
+TEST(KernelFnTest, TileRangesPartitionTheTiles) {
+  const Array x1 = Normal({11, 4}, 21), x2 = Normal({7, 4}, 22);
+  auto net = serial(Dense(8, 1.2, 0.1), Relu(), Dense(3));
+  for (bool with_x2 : {false, true}) {
+    for (bool diagonal_batch : {true, false}) {
+      for (int64_t t : {1, 2, 3, 11}) {
+        KernelOptions o;
+        o.tile_size = t;
+        o.diagonal_batch = diagonal_batch;
+        o.get = {"nngp", "ntk", "cov1", "cov2"};
+        if (!with_x2) o.get = {"nngp", "ntk", "cov1"};
+        const Array* x2p = with_x2 ? &x2 : nullptr;
+        auto whole = PlanKernel(*net.layer(), x1, x2p, o);
+        ASSERT_TRUE(whole.ok()) << whole.status();
+        const int64_t n = whole->num_tiles;
+        std::map<std::tuple<std::string, int64_t, int64_t>, int> seen;
+        int64_t messages = 0;
+        for (int64_t begin = 0; begin < n; begin += 5) {
+          o.tile_begin = begin;
+          o.tile_end = std::min(n, begin + 5);
+          auto plan = PlanKernel(*net.layer(), x1, x2p, o);
+          ASSERT_TRUE(plan.ok()) << plan.status();
+          std::mutex mu;
+          int64_t sent = 0;
+          ASSERT_TRUE(ComputeKernelTiles(*net.layer(), x1, x2p, *plan, o, [&](TileBlock&& b) {
+                        std::lock_guard<std::mutex> lock(mu);
+                        ++seen[{b.name, b.row, b.col}];
+                        ++sent;
+                        return absl::OkStatus();
+                      }).ok());
+          EXPECT_EQ(sent, plan->num_tile_messages);
+          messages += sent;
+        }
+        EXPECT_EQ(messages, whole->num_tile_messages);
+        const int64_t n1 = 11, n2 = with_x2 ? 7 : 11;
+        auto tiles = [&](int64_t a) { return (a + t - 1) / t; };
+        int64_t expected_nngp = with_x2 ? tiles(n1) * tiles(n2) : tiles(n1) * (tiles(n1) + 1) / 2;
+        int64_t nngp_blocks = 0;
+        for (const auto& [key, count] : seen) {
+          EXPECT_EQ(count, 1) << std::get<0>(key) << " " << std::get<1>(key) << " " << std::get<2>(key);
+          if (std::get<0>(key) == "nngp") {
+            ++nngp_blocks;
+            EXPECT_EQ(std::get<1>(key) % t, 0);
+            EXPECT_EQ(std::get<2>(key) % t, 0);
+            if (!with_x2) EXPECT_LE(std::get<1>(key), std::get<2>(key));
+          }
+        }
+        EXPECT_EQ(nngp_blocks, expected_nngp) << "x2 " << with_x2 << " tile " << t;
+      }
+    }
+  }
 }
 
 TEST(KernelFnTest, FullBatchCovarianceIsTheSelfKernel) {
