@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""The six performance targets of issue 9, each measured next to its floor or reference in this run.
+
+Run through bench/run (which builds what this needs). Targets, float64 unless stated:
+  1. depth-10 Relu NNGP+NTK, N=4096, d=3072, x2 = x1: kernel time <= 1.3 x one GEMM of the input Gram
+     matrix (OpenBLAS through Eigen, all cores; kernel_benchmark).
+  2. upstream's README CNN (21 x [Conv 3x3 SAME + Relu], 32x32x3) + GlobalAvgPool: <= 130 ms per NTK entry
+     in float64 and <= 55 ms in float32 (upstream CPU: 258.55 / 112.9 ms).
+  3. the same network + Flatten: <= 0.05 ms per NTK entry (upstream CPU: 0.3414 ms).
+  4. target 1's kernel through the service into numpy (Python client): <= 1.15 x the in-process time.
+  5. Predict at t = infinity (NTK) for 8192 training points through the service: <= 1.2 x numpy's LAPACK
+     Cholesky factorisation and solve of the same train-train matrix.
+  6. 2 engine threads instead of 1 on targets 1 and 2: >= 1.85 x faster on both.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(REPO, 'build')
+sys.path[:0] = [os.path.join(REPO, 'client', 'python'), os.path.join(BUILD, 'python')]
+
+import ntclient  # noqa: E402  pylint: disable=wrong-import-position
+from ntclient import predict  # noqa: E402  pylint: disable=wrong-import-position
+from ntclient import stax  # noqa: E402  pylint: disable=wrong-import-position
+
+ROWS = []
+
+
+def row(target, name, measured, unit, reference, ref_name, limit, higher_is_better=False):
+  """One line of the table: ratio = measured / reference (or reference / measured for speed-ups)."""
+  ratio = reference / measured if higher_is_better else measured / reference
+  ok = ratio >= limit if higher_is_better else ratio <= limit
+  ROWS.append(dict(target=target, name=name, measured=measured, unit=unit, reference=reference,
+                   ref_name=ref_name, ratio=ratio, limit=limit, higher=higher_is_better, ok=ok))
+  print(f'  [{target}] {name}: {measured:.4g} {unit}, {ref_name} {reference:.4g}, ratio {ratio:.3f}', flush=True)
+
+
+def bench(binary, *args):
+  """Runs a Google Benchmark binary; returns {benchmark name: entry} and its context."""
+  out = subprocess.run([os.path.join(BUILD, 'bench', binary), '--benchmark_format=json', *args], check=True,
+                       stdout=subprocess.PIPE).stdout
+  d = json.loads(out)
+  runs = {b['name'].split('/')[0]: b for b in d['benchmarks'] if b.get('run_type') == 'iteration'}
+  for b in runs.values():
+    if b.get('error_occurred'):
+      raise RuntimeError(f'{binary}: {b.get("error_message")}')
+  return runs, d['context']
+
+
+def fc_kernel(threads=0, gemm=True):
+  args = [] if gemm else ['--benchmark_filter=BM_DeepReluKernel']
+  if threads:
+    args.append(f'--threads={threads}')
+  runs, _ = bench('kernel_benchmark', *args)
+  return (runs['BM_GramGemm']['real_time'] / 1e3 if gemm else None), runs['BM_DeepReluKernel']['real_time'] / 1e3
+
+
+def cnn(binary, top, n, threads=0):
+  args = [f'--top={top}', f'--n={n}'] + ([f'--threads={threads}'] if threads else [])
+  runs, _ = bench(binary, *args)
+  return runs['BM_CnnKernel']['real_time'] / (n * n)  # ms per entry (real_time in ms).
+
+
+def deep_relu(depth=10):
+  layers = []
+  for _ in range(depth):
+    layers += [stax.Dense(512, 1.4, 0.1), stax.Relu()]
+  return stax.serial(*layers, stax.Dense(1, 1.4, 0.1))
+
+
+class Server:
+  """A local nt-server on a free loopback port."""
+
+  def __enter__(self):
+    self.port_file = tempfile.NamedTemporaryFile(delete=False).name
+    self.proc = subprocess.Popen([os.path.join(BUILD, 'server', 'nt-server'), '--address=127.0.0.1:0',
+                                  f'--port_file={self.port_file}', '--memory_budget_mb=16384'],
+                                 stderr=subprocess.DEVNULL)
+    for _ in range(400):
+      if os.path.getsize(self.port_file) > 0:
+        break
+      time.sleep(0.05)
+    with open(self.port_file, encoding='utf-8') as f:
+      self.address = f'127.0.0.1:{int(f.read().strip())}'
+    ntclient.connect(self.address)
+    return self
+
+  def __exit__(self, *exc):
+    self.proc.terminate()
+    self.proc.wait(timeout=60)
+    os.unlink(self.port_file)
+
+
+def best_of(k, fn):
+  times = []
+  for _ in range(k):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def main():
+  parser = argparse.ArgumentParser(description='nt-server performance targets')
+  parser.add_argument('--only', default='1,2,3,4,5,6', help='comma-separated targets to run')
+  parser.add_argument('--json', help='also write the rows to this file')
+  args = parser.parse_args()
+  only = {int(t) for t in args.only.split(',')}
+  print(f'nt-server performance targets on {os.cpu_count()} CPUs, {time.strftime("%Y-%m-%d %H:%M")}',
+        flush=True)
+
+  fc_in_process = None
+  if only & {1, 4}:
+    gemm, fc_in_process = fc_kernel()
+    if 1 in only:
+      row(1, 'FC depth-10 Relu NNGP+NTK 4096x3072', fc_in_process, 's', gemm, 'Gram GEMM', 1.3)
+  if 2 in only:
+    row(2, 'CNN+GAP float64 per NTK entry', cnn('cnn_benchmark', 'gap', 4), 'ms', 130.0, 'target ms', 1.0)
+    row(2, 'CNN+GAP float32 per NTK entry', cnn('cnn_benchmark_f32', 'gap', 4), 'ms', 55.0, 'target ms', 1.0)
+  if 3 in only:
+    row(3, 'CNN+Flatten float64 per NTK entry', cnn('cnn_benchmark', 'flatten', 256), 'ms', 0.05, 'target ms',
+        1.0)
+  if 4 in only or 5 in only:
+    with Server():
+      rng = np.random.default_rng(0)
+      if 4 in only:
+        x = rng.normal(size=(4096, 3072))
+        _, _, kernel_fn = deep_relu()
+        service = best_of(2, lambda: kernel_fn(x, None, ('nngp', 'ntk')))
+        row(4, 'FC kernel through the service into numpy', service, 's', fc_in_process, 'in-process', 1.15)
+      if 5 in only:
+        n, d = 8192, 256
+        x_train, y_train = rng.normal(size=(n, d)), rng.normal(size=(n, 10))
+        x_test = rng.normal(size=(256, d))
+        _, _, kernel_fn = stax.serial(stax.Dense(512, 1.5, 0.05), stax.Relu(), stax.Dense(10, 1.5, 0.05))
+
+        def run_predict():
+          predict_fn = predict.gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, diag_reg=1e-4,
+                                                             timeout=3600)
+          predict_fn(x_test=x_test, get='ntk')
+
+        service = best_of(2, run_predict)
+        k = kernel_fn(x_train, None, 'ntk')
+        k[np.diag_indices(n)] += 1e-4 * np.trace(k) / n
+
+        def lapack():
+          c = np.linalg.cholesky(k)
+          np.linalg.solve(c.T, np.linalg.solve(c, y_train))
+
+        row(5, 'Predict t=inf NTK, 8192 train (first request)', service, 's', best_of(2, lapack),
+            'numpy Cholesky+solve', 1.2)
+  if 6 in only:
+    _, fc1 = fc_kernel(threads=1, gemm=False)
+    _, fc2 = fc_kernel(threads=2, gemm=False)
+    row(6, 'FC kernel, 2 threads vs 1', fc2, 's', fc1, '1 thread', 1.85, higher_is_better=True)
+    cnn1 = cnn('cnn_benchmark', 'gap', 4, threads=1)
+    cnn2 = cnn('cnn_benchmark', 'gap', 4, threads=2)
+    row(6, 'CNN+GAP, 2 threads vs 1', cnn2, 'ms', cnn1, '1 thread', 1.85, higher_is_better=True)
+
+  print()
+  print(f'{"target":<7}{"measurement":<48}{"measured":>12}{"floor/reference":>34}{"ratio":>8}{"limit":>9}'
+        f'{"":>3}result')
+  for r in ROWS:
+    limit = ('>= ' if r['higher'] else '<= ') + f'{r["limit"]:g}'
+    ref = f'{r["ref_name"]} {r["reference"]:.4g} {r["unit"]}'
+    print(f'{r["target"]:<7}{r["name"]:<48}{r["measured"]:>9.4g} {r["unit"]:<2}{ref:>34}{r["ratio"]:>8.3f}'
+          f'{limit:>9}   {"pass" if r["ok"] else "FAIL"}')
+  targets = sorted({r['target'] for r in ROWS})
+  met = sum(all(r['ok'] for r in ROWS if r['target'] == t) for t in targets)
+  if args.json:
+    with open(args.json, 'w', encoding='utf-8') as f:
+      json.dump(ROWS, f, indent=1)
+  print(f'targets met: {met} of {len(targets)}')
+
+
+if __name__ == '__main__':
+  main()
