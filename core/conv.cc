@@ -638,29 +638,20 @@ Array ConvLayer::Transform(const Array& t, int lead, bool diagonal_spatial, cons
   const bool fused = !diagonal_spatial && kind_ != ConvKind::kLocal &&
                      !(kind_ == ConvKind::kTranspose && o_.padding == Padding::kCircular);
   if (fused) return ConvolvePairs(t, lead, g.taps, factor / Real(filter_size()), shift, plus);
+  std::vector<AxisMatrix> mats;
+  for (int d = 0; d < s; ++d) mats.push_back(DiagonalMatrix(g, d));
+  const Real scale = factor / Real(filter_size());
+  if (diagonal_spatial) return ApplyAlongAxes(t, lead, mats, scale, shift, plus);
   Array sum;
   if (plus != nullptr) {
     sum = t;
     for (int64_t i = 0; i < sum.size(); ++i) sum[i] += (*plus)[i];
   }
   const Array& in = plus != nullptr ? sum : t;
-  const Real scale = factor / Real(filter_size());
-  auto affine = [&](Array* a) {
-    for (Real& v : a->vec()) v = v * scale + shift;
-  };
-  if (diagonal_spatial) {
-    // No spatial axes (an empty filter_shape on a rank-2 input): nothing to convolve.
-    Array out = s > 0 ? ApplyAlongAxis(in, lead, DiagonalMatrix(g, 0)) : in;
-    for (int d = 1; d < s; ++d) out = ApplyAlongAxis(out, lead + d, DiagonalMatrix(g, d));
-    affine(&out);
-    return out;
-  }
   if (kind_ == ConvKind::kLocal) {
     // Untied biases are independent across locations: only q = q' gets the shift.
-    Array diag = SpatialDiagonal(in, lead, g.in);
-    for (int d = 0; d < s; ++d) diag = ApplyAlongAxis(diag, lead + d, DiagonalMatrix(g, d));
-    for (Real& v : diag.vec()) v *= scale;
-    Array out = EmbedDiagonal(diag, lead, g.out);
+    Array out = EmbedDiagonal(
+        ApplyAlongAxes(SpatialDiagonal(in, lead, g.in), lead, mats, scale, 0.0, nullptr), lead, g.out);
     if (shift != 0.0) AddOnSpatialDiagonal(shift, g.out, &out);
     return out;
   }

@@ -11,8 +11,9 @@
 
 namespace NT_CORE_NS {
 
-// atan(x) for x in [0, 1]: Cephes' rational approximation, with the reduction around pi/4.
-inline double AtanUnitInterval(double x) {
+// atan(lo / hi) for 0 <= lo <= hi, hi > 0: Cephes' rational approximation, with the reduction around
+// pi/4 taken as (lo - hi) / (lo + hi), so that one division gives the reduced argument.
+inline double AtanRatio(double lo, double hi) {
   constexpr double kP0 = -8.750608600031904122785e-1, kP1 = -1.615753718733365076637e1,
                    kP2 = -7.500855792314704667340e1, kP3 = -1.228866684490136173410e2,
                    kP4 = -6.485021904942025371773e1;
@@ -20,10 +21,9 @@ inline double AtanUnitInterval(double x) {
                    kQ2 = 4.328810604912902668951e2, kQ3 = 4.853903996359136964868e2,
                    kQ4 = 1.945506571482613964425e2;
   constexpr double kMoreBits = 6.123233995736765886130e-17;  // pi/4 - fl(pi/4), halved below.
-  const bool big = x > 0.66;
-  // Both candidates are computed so that the loop stays free of branches (blends only).
-  const double reduced = (x - 1.0) / (x + 1.0);
-  const double xr = big ? reduced : x;
+  // Both candidates are blended so that the loop stays free of branches.
+  const bool big = lo > 0.66 * hi;
+  const double xr = (big ? lo - hi : lo) / (big ? lo + hi : hi);
   const double z = xr * xr;
   const double p = (((kP0 * z + kP1) * z + kP2) * z + kP3) * z + kP4;
   const double q = ((((z + kQ0) * z + kQ1) * z + kQ2) * z + kQ3) * z + kQ4;
@@ -37,7 +37,7 @@ inline double Atan2NonNegative(double y, double x) {
   const bool steep = y > ax;
   const double hi = steep ? y : ax;
   const double lo = steep ? ax : y;
-  double a = AtanUnitInterval(lo / (hi > 0 ? hi : 1.0));
+  double a = AtanRatio(lo, hi > 0 ? hi : 1.0);
   a = steep ? M_PI_2 - a : a;
   a = x < 0 ? M_PI - a : a;
   return hi > 0 ? a : M_PI_2;

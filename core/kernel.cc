@@ -62,6 +62,11 @@ Array GetDiagonal(const Array& cov, int batch_axes, bool diagonal_spatial, int n
   std::vector<int64_t> pos(num_spatial, 0);
   for (int64_t i = 0; i < n; ++i) {
     int64_t base = i * stride[0] + (batch_axes == 2 ? i * stride[1] : 0);
+    if (diagonal_spatial) {
+      // The positions of one (i, i) block are contiguous in the diagonal layout.
+      std::copy(cov.data() + base, cov.data() + base + p, out.data() + i * p);
+      continue;
+    }
     std::fill(pos.begin(), pos.end(), 0);
     for (int64_t e = 0; e < p; ++e) {
       int64_t off = base;

@@ -36,7 +36,7 @@ void KeepLargeBlocksInHeap() {
   });
 }
 
-constexpr int64_t kTileBytes = 4 << 20;                       // Target size of one tile's nngp block.
+constexpr int64_t kTileBytes = 1 << 20;                        // Target size of one tile's nngp block.
 constexpr int64_t kMaxPlannedRowElements = int64_t{1} << 27;  // 1 GiB of float64 per input.
 // More tiles than this are refused (every tile costs a message or more, and a sink call).
 // A full-spatial 32x32 CNN (one entry per tile) fits about 90,000 samples.

@@ -152,24 +152,151 @@ AxisMatrix DenseAxisMatrix(int64_t n_out, int64_t n_in, const std::vector<Real>&
   return m;
 }
 
-Array ApplyAlongAxis(const Array& t, int axis, const AxisMatrix& m) {
-  Shape shape = t.shape();
-  const int64_t outer = NumElements(absl::MakeConstSpan(shape).subspan(0, axis));
-  const int64_t inner = NumElements(absl::MakeConstSpan(shape).subspan(axis + 1));
-  shape[axis] = m.n_out;
-  Array out(shape, 0.0);
-  const Real* src = t.data();
-  Real* dst = out.data();
-  for (int64_t o = 0; o < outer; ++o) {
-    for (int64_t j = 0; j < m.n_out; ++j) {
-      Real* d = dst + (o * m.n_out + j) * inner;
-      for (const auto& [i, w] : m.rows[j]) {
-        const Real* s = src + (o * m.n_in + i) * inner;
-        for (int64_t e = 0; e < inner; ++e) d[e] += w * s[e];
+namespace {
+
+// One term position of every row of an AxisMatrix as runs over the output index: term t of row j reads
+// input i0 + step * (j - j0) with weight w for j in [j0, j1). Summing term by term adds the same
+// numbers in the same order as row by row, in loops over contiguous outputs (vectorised).
+struct TermRun {
+  int64_t j0, j1, i0, step;
+  Real w;
+};
+
+std::vector<std::vector<TermRun>> TermRuns(const AxisMatrix& m) {
+  std::vector<std::vector<TermRun>> terms;
+  for (int64_t j = 0; j < m.n_out; ++j) {
+    const auto& row = m.rows[j];
+    if (terms.size() < row.size()) terms.resize(row.size());
+    for (size_t t = 0; t < row.size(); ++t) {
+      const auto [i, w] = row[t];
+      auto& runs = terms[t];
+      if (!runs.empty()) {
+        TermRun& r = runs.back();
+        const int64_t len = r.j1 - r.j0;
+        if (r.j1 == j && r.w == w && (len == 1 || i == r.i0 + r.step * len)) {
+          if (len == 1) r.step = i - r.i0;
+          ++r.j1;
+          continue;
+        }
+      }
+      runs.push_back(TermRun{j, j + 1, i, 1, w});
+    }
+  }
+  return terms;
+}
+
+// dst (a, m.n_out, b) = m applied along the middle axis of src (a, m.n_in, b). Rows without entries are
+// zero. The first term is assigned, not added to zeros: the same sums in the same order without a
+// memset of the output.
+void ApplyOne(const Real* __restrict src, Real* __restrict dst, int64_t a, const AxisMatrix& m,
+              const std::vector<std::vector<TermRun>>& terms, int64_t b) {
+  // Term 0 covers exactly the rows with entries.
+  int64_t covered = 0;
+  if (!terms.empty()) {
+    for (const TermRun& r : terms[0]) covered += r.j1 - r.j0;
+  }
+  const bool all_rows = covered == m.n_out;
+  for (int64_t ai = 0; ai < a; ++ai) {
+    const Real* __restrict s = src + ai * m.n_in * b;
+    Real* __restrict d = dst + ai * m.n_out * b;
+    if (b == 1) {
+      // The last axis (the diagonal layout's common case): term by term over runs of outputs.
+      if (!all_rows) {
+        for (int64_t j = 0; j < m.n_out; ++j) {
+          if (m.rows[j].empty()) d[j] = 0;
+        }
+      }
+      for (size_t t = 0; t < terms.size(); ++t) {
+        for (const TermRun& r : terms[t]) {
+          const Real* __restrict base = s + r.i0 - r.step * r.j0;
+          const Real w = r.w;
+          if (t == 0 && r.step == 1) {
+            for (int64_t j = r.j0; j < r.j1; ++j) d[j] = w * base[j];
+          } else if (t == 0) {
+            for (int64_t j = r.j0; j < r.j1; ++j) d[j] = w * base[r.step * j];
+          } else if (r.step == 1) {
+            for (int64_t j = r.j0; j < r.j1; ++j) d[j] += w * base[j];
+          } else {
+            for (int64_t j = r.j0; j < r.j1; ++j) d[j] += w * base[r.step * j];
+          }
+        }
+      }
+      continue;
+    }
+    for (int64_t j = 0; j < m.n_out; ++j, d += b) {
+      const auto& row = m.rows[j];
+      if (row.empty()) {
+        std::fill(d, d + b, Real(0));
+        continue;
+      }
+      const Real w0 = row[0].second;
+      const Real* s0 = s + row[0].first * b;
+      for (int64_t e = 0; e < b; ++e) d[e] = w0 * s0[e];
+      for (size_t t = 1; t < row.size(); ++t) {
+        const Real w = row[t].second;
+        const Real* si = s + row[t].first * b;
+        for (int64_t e = 0; e < b; ++e) d[e] += w * si[e];
       }
     }
   }
+}
+
+}  // namespace
+
+Array ApplyAlongAxes(const Array& t, int first, const std::vector<AxisMatrix>& ms, Real scale, Real shift,
+                     const Array* plus) {
+  const Shape& in_shape = t.shape();
+  const int s = static_cast<int>(ms.size());
+  Shape shape = in_shape;
+  for (int d = 0; d < s; ++d) shape[first + d] = ms[d].n_out;
+  const auto span = [](const Shape& sh, size_t from, size_t count = absl::Span<const int64_t>::npos) {
+    return NumElements(absl::MakeConstSpan(sh).subspan(from, count));
+  };
+  const int64_t outer = span(in_shape, 0, first);
+  const int64_t in_block = span(in_shape, first), out_block = span(shape, first);
+  // Step d maps (a[d], n_in, b[d]) to (a[d], n_out, b[d]); the buffers hold the largest of them.
+  std::vector<int64_t> a(s), b(s);
+  int64_t scratch = in_block;
+  for (int d = 0; d < s; ++d) {
+    a[d] = span(shape, first, d);
+    b[d] = span(in_shape, first + d + 1);
+    scratch = std::max(scratch, a[d] * ms[d].n_out * b[d]);
+  }
+  std::vector<std::vector<std::vector<TermRun>>> terms;
+  for (const AxisMatrix& m : ms) terms.push_back(TermRuns(m));
+  Array out = Array::Uninitialized(shape);
+  // Entries of the leading axes are independent; chunks of about 64k elements amortise the scratch.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, scratch));
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, outer, grain), [&](const tbb::blocked_range<int64_t>& r) {
+    std::vector<Real> buf[2] = {std::vector<Real>(scratch), std::vector<Real>(scratch)};
+    for (int64_t o = r.begin(); o != r.end(); ++o) {
+      const Real* src = t.data() + o * in_block;
+      Real* dst = out.data() + o * out_block;
+      int next = 0;
+      if (plus != nullptr) {
+        const Real* p = plus->data() + o * in_block;
+        Real* sum = buf[next].data();
+        for (int64_t e = 0; e < in_block; ++e) sum[e] = src[e] + p[e];
+        src = sum;
+        next = 1;
+      }
+      if (s == 0) std::copy(src, src + in_block, dst);
+      for (int d = 0; d < s; ++d) {
+        Real* to = d + 1 == s ? dst : buf[next].data();
+        ApplyOne(src, to, a[d], ms[d], terms[d], b[d]);
+        src = to;
+        next ^= 1;
+      }
+      if (scale != Real(1) || shift != Real(0)) {
+        for (int64_t e = 0; e < out_block; ++e) dst[e] = dst[e] * scale + shift;
+      }
+    }
+  });
   return out;
+}
+
+Array ApplyAlongAxis(const Array& t, int axis, const AxisMatrix& m) {
+  return ApplyAlongAxes(t, axis, {m}, Real(1), Real(0), nullptr);
 }
 
 namespace {

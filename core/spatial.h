@@ -66,6 +66,10 @@ AxisMatrix DenseAxisMatrix(int64_t n_out, int64_t n_in, const std::vector<Real>&
 
 // `t` with axis `axis` replaced by m applied along it.
 Array ApplyAlongAxis(const Array& t, int axis, const AxisMatrix& m);
+// scale * (ms applied along axes first, first + 1, ... in turn) of t (+ plus, same shape) + shift, one
+// entry of the leading axes at a time (its intermediates stay in cache), in parallel over those entries.
+Array ApplyAlongAxes(const Array& t, int first, const std::vector<AxisMatrix>& ms, Real scale, Real shift,
+                     const Array* plus);
 // Shared-weight convolution of every full-layout spatial axis pair after `lead` leading axes (pair d of
 // length taps[d].n_in): out[.., j_d, j_d', ..] = scale * sum over taps f of t[.., taps_d(j_d, f_d),
 // taps_d(j_d', f_d), ..] (the same tap on both sides of a pair). Runs block-wise so that the work on
