@@ -92,7 +92,7 @@ void BM_PredictInfinity(benchmark::State& state) {
       state.SkipWithError(std::string(td.status().message()).c_str());
       return;
     }
-    auto ens = nt::predict::MseEnsemble::Create(*dd->Find("nngp"), *dd->Find("ntk"), in.y_train,
+    auto ens = nt::predict::MseEnsemble::Create(dd->Take("nngp"), dd->Take("ntk"), in.y_train,
                                                 nt::predict::MseOptions{1.0, kDiagReg, false});
     auto p = ens.ok() ? (*ens)->Predict(nt::predict::Kind::kNtk, std::nullopt,
                                         nt::predict::TestKernels{td->Find("ntk"), td->Find("nngp"), nullptr},

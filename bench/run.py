@@ -7,9 +7,11 @@ Run through bench/run (which builds what this needs). Targets, float64 unless st
   2. upstream's README CNN (21 x [Conv 3x3 SAME + Relu], 32x32x3) + GlobalAvgPool: <= 130 ms per NTK entry
      in float64 and <= 55 ms in float32 (upstream CPU: 258.55 / 112.9 ms).
   3. the same network + Flatten: <= 0.05 ms per NTK entry (upstream CPU: 0.3414 ms).
-  4. target 1's kernel through the service into numpy (Python client): <= 1.15 x the in-process time.
-  5. Predict at t = infinity (NTK) for 8192 training points through the service: <= 1.2 x numpy's LAPACK
-     Cholesky factorisation and solve of the same train-train matrix.
+  4. target 1's kernel through the service into numpy (Python client, x uploaded by the call):
+     <= 1.15 x the in-process time. Also shown, not counted: the same kernel from an already uploaded x.
+  5. Predict at t = infinity (NTK mean) for 8192 training points, nothing cached: <= 1.2 x dpotrf + dpotrs
+     (OpenBLAS, all cores) of the same regularised train-train NTK; in-process (predict_benchmark, same
+     process as the LAPACK floor) and through the service (a first request: fresh training inputs).
   6. 2 engine threads instead of 1 on targets 1 and 2: >= 1.85 x faster on both.
 """
 
@@ -30,16 +32,19 @@ sys.path[:0] = [os.path.join(REPO, 'client', 'python'), os.path.join(BUILD, 'pyt
 import ntclient  # noqa: E402  pylint: disable=wrong-import-position
 from ntclient import predict  # noqa: E402  pylint: disable=wrong-import-position
 from ntclient import stax  # noqa: E402  pylint: disable=wrong-import-position
+from ntclient import tensors  # noqa: E402  pylint: disable=wrong-import-position
 
 ROWS = []
 
 
-def row(target, name, measured, unit, reference, ref_name, limit, higher_is_better=False):
-  """One line of the table: ratio = measured / reference (or reference / measured for speed-ups)."""
+def row(target, name, measured, unit, reference, ref_name, limit, higher_is_better=False, counted=True):
+  """One line of the table: ratio = measured / reference (or reference / measured for speed-ups).
+  Rows that are not `counted` are shown for information and do not decide the target."""
   ratio = reference / measured if higher_is_better else measured / reference
   ok = ratio >= limit if higher_is_better else ratio <= limit
   ROWS.append(dict(target=target, name=name, measured=measured, unit=unit, reference=reference,
-                   ref_name=ref_name, ratio=ratio, limit=limit, higher=higher_is_better, ok=ok))
+                   ref_name=ref_name, ratio=ratio, limit=limit, higher=higher_is_better, ok=ok,
+                   counted=counted))
   print(f'  [{target}] {name}: {measured:.4g} {unit}, {ref_name} {reference:.4g}, ratio {ratio:.3f}', flush=True)
 
 
@@ -93,6 +98,10 @@ class Server:
     ntclient.connect(self.address)
     return self
 
+  def kernel(self, request):
+    """A ComputeKernel request assembled into numpy arrays."""
+    return tensors.TileAssembler().consume(ntclient.default_connection().compute_kernel(request))
+
   def __exit__(self, *exc):
     self.proc.terminate()
     self.proc.wait(timeout=60)
@@ -128,35 +137,41 @@ def main():
   if 3 in only:
     row(3, 'CNN+Flatten float64 per NTK entry', cnn('cnn_benchmark', 'flatten', 256), 'ms', 0.05, 'target ms',
         1.0)
+  if 5 in only:
+    runs, _ = bench('predict_benchmark')
+    lapack = runs['BM_CholeskySolve']['real_time'] / 1e3
+    row(5, 'Predict t=inf NTK, 8192 train, in-process', runs['BM_PredictInfinity']['real_time'] / 1e3, 's',
+        lapack, 'dpotrf+dpotrs', 1.2)
   if 4 in only or 5 in only:
-    with Server():
+    with Server() as server:
       rng = np.random.default_rng(0)
       if 4 in only:
         x = rng.normal(size=(4096, 3072))
         _, _, kernel_fn = deep_relu()
         service = best_of(2, lambda: kernel_fn(x, None, ('nngp', 'ntk')))
         row(4, 'FC kernel through the service into numpy', service, 's', fc_in_process, 'in-process', 1.15)
+        handle = ntclient.default_connection().upload(x)
+        request = stax.kernel_request(kernel_fn, x[:1], None, ('nngp', 'ntk'))
+        request.x1.CopyFrom(handle)
+        by_handle = best_of(2, lambda: server.kernel(request))
+        row(4, '  the same from an uploaded x (not counted)', by_handle, 's', fc_in_process, 'in-process', 1.15,
+            counted=False)
       if 5 in only:
         n, d = 8192, 256
-        x_train, y_train = rng.normal(size=(n, d)), rng.normal(size=(n, 10))
-        x_test = rng.normal(size=(256, d))
         _, _, kernel_fn = stax.serial(stax.Dense(512, 1.5, 0.05), stax.Relu(), stax.Dense(10, 1.5, 0.05))
+        y_train, x_test = rng.normal(size=(n, 10)), rng.normal(size=(256, d))
 
-        def run_predict():
+        def first_request():
+          # Fresh training inputs each time: the server's train-side cache never answers.
+          x_train = rng.normal(size=(n, d))
           predict_fn = predict.gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, diag_reg=1e-4,
                                                              timeout=3600)
+          start = time.perf_counter()
           predict_fn(x_test=x_test, get='ntk')
+          return time.perf_counter() - start
 
-        service = best_of(2, run_predict)
-        k = kernel_fn(x_train, None, 'ntk')
-        k[np.diag_indices(n)] += 1e-4 * np.trace(k) / n
-
-        def lapack():
-          c = np.linalg.cholesky(k)
-          np.linalg.solve(c.T, np.linalg.solve(c, y_train))
-
-        row(5, 'Predict t=inf NTK, 8192 train (first request)', service, 's', best_of(2, lapack),
-            'numpy Cholesky+solve', 1.2)
+        service = min(first_request() for _ in range(2))
+        row(5, 'Predict t=inf NTK, 8192 train, service', service, 's', lapack, 'dpotrf+dpotrs', 1.2)
   if 6 in only:
     _, fc1 = fc_kernel(threads=1, gemm=False)
     _, fc2 = fc_kernel(threads=2, gemm=False)
@@ -172,9 +187,9 @@ def main():
     limit = ('>= ' if r['higher'] else '<= ') + f'{r["limit"]:g}'
     ref = f'{r["ref_name"]} {r["reference"]:.4g} {r["unit"]}'
     print(f'{r["target"]:<7}{r["name"]:<48}{r["measured"]:>9.4g} {r["unit"]:<2}{ref:>34}{r["ratio"]:>8.3f}'
-          f'{limit:>9}   {"pass" if r["ok"] else "FAIL"}')
+          f'{limit:>9}   {("pass" if r["ok"] else "FAIL") if r["counted"] else "info"}')
   targets = sorted({r['target'] for r in ROWS})
-  met = sum(all(r['ok'] for r in ROWS if r['target'] == t) for t in targets)
+  met = sum(all(r['ok'] for r in ROWS if r['target'] == t and r['counted']) for t in targets)
   if args.json:
     with open(args.json, 'w', encoding='utf-8') as f:
       json.dump(ROWS, f, indent=1)

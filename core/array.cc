@@ -1,8 +1,12 @@
 #include "core/array.h"
 
+#include <sys/mman.h>
+
 #include <cassert>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include "absl/strings/str_join.h"
@@ -13,13 +17,34 @@ namespace {
 
 constexpr size_t kMinCachedBytes = size_t{1} << 18;  // 256 KiB.
 constexpr size_t kMaxCachedBytesPerThread = size_t{192} << 20;
+constexpr size_t kHugePageBytes = size_t{2} << 20;
+
+// Blocks of 2 MiB and more are backed by transparent huge pages where the kernel allows them: a 4 KiB
+// page fault costs about 11 us on these VMs (a 256 MiB kernel output took 0.7 s to touch, 0.2 s with
+// huge pages), and outputs and inputs are touched once. Smaller blocks go to operator new.
+void* SystemAllocate(size_t bytes) {
+  if (bytes < kHugePageBytes) return ::operator new(bytes);
+  const size_t rounded = (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  void* p = std::aligned_alloc(kHugePageBytes, rounded);
+  if (p == nullptr) throw std::bad_alloc();
+  madvise(p, rounded, MADV_HUGEPAGE);  // Advice only: without THP the pages stay 4 KiB.
+  return p;
+}
+
+void SystemFree(void* p, size_t bytes) {
+  if (bytes < kHugePageBytes) {
+    ::operator delete(p);
+  } else {
+    std::free(p);
+  }
+}
 
 // Freed large blocks of this thread, reused for allocations of exactly the same size (a network's
 // layers allocate the same few sizes over and over).
 class BlockCache {
  public:
   ~BlockCache() {
-    for (const auto& [bytes, p] : blocks_) ::operator delete(p);
+    for (const auto& [bytes, p] : blocks_) SystemFree(p, bytes);
   }
   void* Take(size_t bytes) {
     for (size_t i = blocks_.size(); i-- > 0;) {
@@ -36,7 +61,7 @@ class BlockCache {
     if (bytes > kMaxCachedBytesPerThread) return false;
     // Make room by dropping the oldest blocks.
     while (cached_ + bytes > kMaxCachedBytesPerThread && !blocks_.empty()) {
-      ::operator delete(blocks_.front().second);
+      SystemFree(blocks_.front().second, blocks_.front().first);
       cached_ -= blocks_.front().first;
       blocks_.erase(blocks_.begin());
     }
@@ -61,13 +86,13 @@ void* AllocateBlock(size_t bytes) {
   if (bytes >= kMinCachedBytes) {
     if (void* p = ThreadCache().Take(bytes)) return p;
   }
-  return ::operator new(bytes);
+  return SystemAllocate(bytes);
 }
 
 void FreeBlock(void* p, size_t bytes) {
   if (p == nullptr) return;
   if (bytes >= kMinCachedBytes && ThreadCache().Put(p, bytes)) return;
-  ::operator delete(p);
+  SystemFree(p, bytes);
 }
 
 int64_t NumElements(absl::Span<const int64_t> shape) {

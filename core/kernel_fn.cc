@@ -36,7 +36,7 @@ void KeepLargeBlocksInHeap() {
   });
 }
 
-constexpr int64_t kTileBytes = 1 << 20;                        // Target size of one tile's nngp block.
+constexpr int64_t kTileBytes = 1 << 20;                       // Target size of one tile's nngp block.
 constexpr int64_t kMaxPlannedRowElements = int64_t{1} << 27;  // 1 GiB of float64 per input.
 // More tiles than this are refused (every tile costs a message or more, and a sink call).
 // A full-spatial 32x32 CNN (one entry per tile) fits about 90,000 samples.
@@ -765,6 +765,13 @@ const Array* KernelResult::Find(const std::string& name) const {
     if (n == name) return &a;
   }
   return nullptr;
+}
+
+std::optional<Array> KernelResult::Take(const std::string& name) {
+  for (auto& [n, a] : arrays) {
+    if (n == name) return std::move(a);
+  }
+  return std::nullopt;
 }
 
 absl::StatusOr<KernelResult> ComputeKernel(const Layer& net, const Array& x1, const Array* x2,

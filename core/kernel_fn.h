@@ -75,9 +75,9 @@ struct KernelPlan {
   // Evaluate all samples in one tile: the network selects samples (Requirements::selects_batch).
   bool whole_batch = false;
   int64_t tile_size = 0;
-  int64_t num_tiles = 0;          // Tile computations (mirrored tiles once), of the whole kernel.
+  int64_t num_tiles = 0;                 // Tile computations (mirrored tiles once), of the whole kernel.
   int64_t tile_begin = 0, tile_end = 0;  // The tiles this plan computes (KernelOptions' range).
-  int64_t num_tile_messages = 0;  // Blocks emitted by the tiles in [tile_begin, tile_end).
+  int64_t num_tile_messages = 0;         // Blocks emitted by the tiles in [tile_begin, tile_end).
   double estimated_flops = 0;
   int64_t output_bytes = 0;   // The assembled requested arrays.
   int64_t working_bytes = 0;  // Peak per-tile working set times concurrency, plus inputs.
@@ -118,6 +118,8 @@ struct KernelResult {
   std::vector<std::pair<std::string, Array>> arrays;  // In request order.
   Kernel meta;
   const Array* Find(const std::string& name) const;
+  // Moves array `name` out (nullopt when absent): hands large kernels on without copying them.
+  std::optional<Array> Take(const std::string& name);
 };
 
 // kernel_fn in one call: plan, tiles, assembly.

@@ -41,7 +41,7 @@ double Seconds(std::chrono::steady_clock::time_point since) {
 }  // namespace
 
 grpc::Status KernelServiceImpl::PredictImpl(grpc::ServerContext* context, const nt::v1::PredictRequest* req,
-                                        grpc::ServerWriter<nt::v1::PredictResponse>* writer) {
+                                            grpc::ServerWriter<nt::v1::PredictResponse>* writer) {
   const auto start = std::chrono::steady_clock::now();
   if (!req->has_architecture()) return Invalid("architecture: is required");
   if (!req->has_x_train()) return Invalid("x_train: is required");
@@ -136,7 +136,7 @@ grpc::Status KernelServiceImpl::PredictImpl(grpc::ServerContext* context, const 
   if (!cached) {
     auto dd = kernel(*x_train, nullptr, {"nngp", "ntk"});
     if (!dd.ok()) return ToGrpcStatus(dd.status());
-    auto ens = predict::MseEnsemble::Create(*dd->Find("nngp"), *dd->Find("ntk"), *y_train, mse);
+    auto ens = predict::MseEnsemble::Create(dd->Take("nngp"), dd->Take("ntk"), *y_train, mse);
     if (!ens.ok()) return ToGrpcStatus(ens.status());
     entry = std::make_shared<TrainEntry>();
     entry->architecture = arch;
@@ -161,8 +161,7 @@ grpc::Status KernelServiceImpl::PredictImpl(grpc::ServerContext* context, const 
     }
   }
   const double kernel_seconds = Seconds(start);
-  if (Stopped(context))
-    return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
+  if (Stopped(context)) return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
 
   const int64_t points = x_test ? td->Find("nngp")->dim(0) : n_train;
   const int64_t outputs = y_train->dim(1);

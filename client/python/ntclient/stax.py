@@ -237,15 +237,26 @@ def _parse_get(get, allowed=GET_NAMES):
 
 
 def kernel_request(layer, x1, x2=None, get=None, *, diagonal_batch=None, diagonal_spatial=None,
-                   mask_constant=None, pattern=None, output_dtype=None, tile_size=0):
-  """The KernelRequest of a kernel_fn call."""
+                   mask_constant=None, pattern=None, output_dtype=None, tile_size=0, large=None):
+  """The KernelRequest of a kernel_fn call.
+
+  With `large` (a dict), inputs x1 and x2 of more than UPLOAD_THRESHOLD_BYTES are not copied into the
+  request: it holds their shape and dtype only, and `large` receives name -> array (to be uploaded).
+  """
   names, _, _ = _parse_get(get)
   request = _proto.service_pb2.KernelRequest(
       architecture=layer_proto(layer), get=names, output_dtype=tensors.wire_dtype(output_dtype),
       tile_size=int(tile_size))
-  tensors.fill_tensor(request.x1, x1)
-  if x2 is not None:
-    tensors.fill_tensor(request.x2, x2)
+  for name, x in (('x1', x1), ('x2', x2)):
+    if x is None:
+      continue
+    a = tensors.wire_array(x)
+    if large is not None and a.nbytes > connection_lib.UPLOAD_THRESHOLD_BYTES:
+      large[name] = a
+      getattr(request, name).shape[:] = a.shape
+      getattr(request, name).dtype = tensors.DType.FLOAT64
+    else:
+      tensors.fill_tensor(getattr(request, name), a)
   if diagonal_batch is not None:
     request.diagonal_batch = bool(diagonal_batch)
   if diagonal_spatial is not None:
@@ -276,13 +287,14 @@ def compute_kernel(layer, x1, x2=None, get=None, *, diagonal_batch=None, diagona
   return (cov2 when x2 is None) is None. Server errors raise grpc.RpcError.
   """
   _, names, single = _parse_get(get)
+  large = {}
   request = kernel_request(layer, x1, x2, get, diagonal_batch=diagonal_batch,
                            diagonal_spatial=diagonal_spatial, mask_constant=mask_constant,
-                           pattern=pattern, output_dtype=output_dtype, tile_size=tile_size)
+                           pattern=pattern, output_dtype=output_dtype, tile_size=tile_size, large=large)
   conn = connection or connection_lib.default_connection()
-  if tiling.needs_distribution(conn, request, out):
+  if large or tiling.needs_distribution(conn, request, out):
     arrays = tiling.distributed_kernel(conn, request, out=out, progress=progress, stats=stats,
-                                       timeout=timeout)
+                                       timeout=timeout, large=large)
   else:
     arrays = tensors.TileAssembler().consume(conn.compute_kernel(request, timeout=timeout))
   if names is None:

@@ -56,13 +56,19 @@ def fill_tensor(tensor, array, dtype=DType.FLOAT64):
   In place because copying a finished Tensor into a request (CopyFrom) copies its bytes again, which
   costs seconds for inputs of hundreds of MB.
   """
-  a = np.asarray(array, dtype=numpy_dtype(dtype))
-  if not a.flags.c_contiguous:
-    a = np.ascontiguousarray(a)  # Never on 0-d arrays, which it would make 1-d.
+  a = wire_array(array, dtype)
   tensor.shape[:] = a.shape
   tensor.dtype = dtype
   tensor.data = a.tobytes()
   return tensor
+
+
+def wire_array(array, dtype=DType.FLOAT64):
+  """The array as its wire bytes will hold it: C-contiguous, of `dtype` (no copy when it already is)."""
+  a = np.asarray(array, dtype=numpy_dtype(dtype))
+  if not a.flags.c_contiguous:
+    a = np.ascontiguousarray(a)  # Never on 0-d arrays, which it would make 1-d.
+  return a
 
 
 def to_tensor(array, dtype=DType.FLOAT64):
@@ -75,11 +81,12 @@ def from_tensor(tensor, copy=True):
   np_dtype = numpy_dtype(tensor.dtype)
   shape = tuple(tensor.shape)
   expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
-  if len(tensor.data) != expected:
+  data = tensor.data  # Each read of a bytes field copies it: read it once.
+  if len(data) != expected:
     raise ValueError(
         f'Tensor of shape {shape} and dtype {DType.Name(tensor.dtype)} needs {expected} bytes, '
-        f'got {len(tensor.data)}')
-  a = np.frombuffer(tensor.data, dtype=np_dtype).reshape(shape)
+        f'got {len(data)}')
+  a = np.frombuffer(data, dtype=np_dtype).reshape(shape)
   return a.copy() if copy else a
 
 

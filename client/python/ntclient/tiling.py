@@ -36,13 +36,19 @@ def _tensor_fields(request):
 class _Inputs:
   """The request's large tensors, uploaded lazily to each endpoint (again after NOT_FOUND)."""
 
-  def __init__(self, conn, request, threshold):
+  def __init__(self, conn, request, threshold, large=None):
     self.conn = conn
+    # Inputs the caller kept out of the request (name -> array; the request has their shape and dtype).
+    large = large or {}
+    self.arrays = dict(large)
+    self.dtypes = {name: getattr(request, name).dtype for name in large}
     # When the whole request would be too large, every input but tiny ones goes by handle.
     cutoff = threshold if request.ByteSize() <= threshold else min(threshold, 64 * 1024)
-    self.large = {name: t for name, t in _tensor_fields(request) if t.ByteSize() > cutoff}
-    self.arrays = {name: tensors.from_tensor(t, copy=False) for name, t in self.large.items()}
-    self.dtypes = {name: t.dtype for name, t in self.large.items()}
+    for name, t in _tensor_fields(request):
+      if name not in large and t.ByteSize() > cutoff:
+        self.arrays[name] = tensors.from_tensor(t, copy=False)
+        self.dtypes[name] = t.dtype
+    self.large = list(self.arrays)
     self.handles = {}  # endpoint address -> {name: Tensor with handle}
     self.lock = threading.Lock()
 
@@ -81,8 +87,10 @@ class _Inputs:
 
 
 def distributed_kernel(conn, request, *, out=None, ranges_per_endpoint=4, progress=None, stats=None,
-                       timeout=None, upload_threshold=None):
+                       timeout=None, upload_threshold=None, large=None):
   """Computes the KernelRequest `request` over every endpoint of `conn`.
+
+  `large`: inputs kept out of the request (name -> array, see stax.kernel_request), uploaded as they are.
 
   Returns the dict name -> array (numpy arrays; read-only memory maps of .npy files when `out` names a
   file, see tensors.NpyTargets). progress(address, tiles_done, tiles_total) is called after each tile;
@@ -103,7 +111,7 @@ def distributed_kernel(conn, request, *, out=None, ranges_per_endpoint=4, progre
   base = _proto.service_pb2.KernelRequest()
   base.CopyFrom(request)
   base.tile_size = plan.tile_size  # One tile grid on every server.
-  inputs = _Inputs(conn, base, upload_threshold)
+  inputs = _Inputs(conn, base, upload_threshold, large)
   for name in inputs.large:
     base.ClearField(name)
     getattr(base, name).handle = 'pending'  # Replaced per endpoint.
