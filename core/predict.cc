@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -203,11 +204,22 @@ absl::StatusOr<const MseEnsemble::Factors*> MseEnsemble::Cholesky(Kind kind) con
     fresh->chol = *k;
     const int64_t n = k->dim(0);
     const Real lam = RegularisationOf(*k, o_);
-    for (int64_t i = 0; i < n; ++i) fresh->chol[i * n + i] += lam;
+    Real max_diag = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      fresh->chol[i * n + i] += lam;
+      max_diag = std::max(max_diag, fresh->chol[i * n + i]);
+    }
     int info = 0;
     AllCoresBlas();
     Potrf(static_cast<int>(n), fresh->chol.data(), &info);
     if (info != 0) return NotPositiveDefinite(kind, k->dim(0), o_);
+    // Pivots at rounding level mean a singular kernel that rounding happened to keep positive (which
+    // triangle is read decides it): its solve would be noise, so it is refused as well.
+    const Real floor = Real(n) * std::numeric_limits<Real>::epsilon() * max_diag;
+    for (int64_t i = 0; i < n; ++i) {
+      const Real u = fresh->chol[i * n + i];
+      if (!(u * u > floor)) return NotPositiveDefinite(kind, k->dim(0), o_);
+    }
     f = std::move(fresh);
   }
   return f.get();
