@@ -1,13 +1,10 @@
 // nt-server: serves nt.v1.KernelService, grpc.health.v1 and reflection.
-#include <unistd.h>
-
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <optional>
 #include <sstream>
-#include <string>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -88,27 +85,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials() {
 
 }  // namespace
 
-namespace {
-
-// glibc reads its malloc tunables at start-up only: restart this process once with transparent huge
-// pages for malloc's large blocks (uploads, request and tile messages). A 4 KiB page fault costs about
-// 11 us on the VMs this was measured on; huge pages cut the upload and delivery of a 4096 x 4096 kernel
-// by a quarter (bench/run, target 4). NT_HUGEPAGES=0 keeps the default.
-void RestartWithHugePages(char** argv) {
-  const char* opt_out = std::getenv("NT_HUGEPAGES");
-  if (opt_out != nullptr && std::string(opt_out) == "0") return;
-  const char* tunables = std::getenv("GLIBC_TUNABLES");
-  const std::string have = tunables ? tunables : "";
-  if (have.find("glibc.malloc.hugetlb") != std::string::npos) return;  // Set (by us or the user).
-  const std::string want = have.empty() ? "glibc.malloc.hugetlb=1" : have + ":glibc.malloc.hugetlb=1";
-  if (setenv("GLIBC_TUNABLES", want.c_str(), 1) != 0) return;
-  execv("/proc/self/exe", argv);  // Returns only on failure: then go on as we are.
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-  RestartWithHugePages(argv);
   absl::SetProgramUsageMessage("nt-server: infinite-width NNGP/NTK kernels over gRPC");
   absl::ParseCommandLine(argc, argv);
 
