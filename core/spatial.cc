@@ -208,16 +208,18 @@ void ApplyOne(const Real* __restrict src, Real* __restrict dst, int64_t a, const
       }
       for (size_t t = 0; t < terms.size(); ++t) {
         for (const TermRun& r : terms[t]) {
-          const Real* __restrict base = s + r.i0 - r.step * r.j0;
+          const Real* __restrict in = s + r.i0;
+          Real* __restrict out = d + r.j0;
+          const int64_t len = r.j1 - r.j0, step = r.step;
           const Real w = r.w;
-          if (t == 0 && r.step == 1) {
-            for (int64_t j = r.j0; j < r.j1; ++j) d[j] = w * base[j];
+          if (t == 0 && step == 1) {
+            for (int64_t k = 0; k < len; ++k) out[k] = w * in[k];
           } else if (t == 0) {
-            for (int64_t j = r.j0; j < r.j1; ++j) d[j] = w * base[r.step * j];
-          } else if (r.step == 1) {
-            for (int64_t j = r.j0; j < r.j1; ++j) d[j] += w * base[j];
+            for (int64_t k = 0; k < len; ++k) out[k] = w * in[step * k];
+          } else if (step == 1) {
+            for (int64_t k = 0; k < len; ++k) out[k] += w * in[k];
           } else {
-            for (int64_t j = r.j0; j < r.j1; ++j) d[j] += w * base[r.step * j];
+            for (int64_t k = 0; k < len; ++k) out[k] += w * in[step * k];
           }
         }
       }
