@@ -41,7 +41,7 @@ double Seconds(std::chrono::steady_clock::time_point since) {
 }  // namespace
 
 grpc::Status KernelServiceImpl::PredictImpl(grpc::ServerContext* context, const nt::v1::PredictRequest* req,
-                                            grpc::ServerWriter<nt::v1::PredictResponse>* writer) {
+                                        grpc::ServerWriter<nt::v1::PredictResponse>* writer) {
   const auto start = std::chrono::steady_clock::now();
   if (!req->has_architecture()) return Invalid("architecture: is required");
   if (!req->has_x_train()) return Invalid("x_train: is required");
@@ -161,7 +161,8 @@ grpc::Status KernelServiceImpl::PredictImpl(grpc::ServerContext* context, const 
     }
   }
   const double kernel_seconds = Seconds(start);
-  if (Stopped(context)) return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
+  if (Stopped(context))
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
 
   const int64_t points = x_test ? td->Find("nngp")->dim(0) : n_train;
   const int64_t outputs = y_train->dim(1);
@@ -213,8 +214,8 @@ grpc::Status KernelServiceImpl::PredictImpl(grpc::ServerContext* context, const 
   summary.mutable_summary()->set_cached_bytes(predict_cache_.bytes());
   writer->Write(summary);
   LogInfo(absl::StrCat("Predict ", n_train, " training points, ", points, " points, ", times.size(),
-                       " times, ", kinds.size(), " kinds: ", blocks, " blocks in ", Seconds(start), " s (kernels ", kernel_seconds,
-                       " s)", cached ? " (train-train kernels cached)" : ""));
+                       " times, ", kinds.size(), " kinds: ", blocks, " blocks in ", Seconds(start),
+                       " s (kernels ", kernel_seconds, " s)", cached ? " (train-train kernels cached)" : ""));
   return grpc::Status::OK;
 }
 
