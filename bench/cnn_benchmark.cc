@@ -53,6 +53,7 @@ void BM_GemmRate(benchmark::State& state) {
   using RowMat = Eigen::Matrix<NT_CORE_NS::Real, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   RowMat a = RowMat::Random(n, n), b = RowMat::Random(n, n), c(n, n);
   openblas_set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
+  c.noalias() = a * b;  // Warm-up (bench_util.h).
   for (auto _ : state) {
     c.noalias() = a * b;
     benchmark::DoNotOptimize(c.data());

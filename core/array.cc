@@ -1,13 +1,17 @@
 #include "core/array.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_join.h"
 
@@ -15,16 +19,19 @@ namespace NT_CORE_NS {
 
 namespace {
 
-constexpr size_t kMinCachedBytes = size_t{1} << 18;  // 256 KiB.
+constexpr size_t kMinCachedBytes = size_t{1} << 18;   // 256 KiB.
+constexpr size_t kMaxThreadBlockBytes = size_t{32} << 20;  // Larger blocks go to the shared cache.
 constexpr size_t kMaxCachedBytesPerThread = size_t{192} << 20;
 constexpr size_t kHugePageBytes = size_t{2} << 20;
+
+size_t RoundToHugePages(size_t bytes) { return (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes; }
 
 // Blocks of 2 MiB and more are backed by transparent huge pages where the kernel allows them: a 4 KiB
 // page fault costs about 11 us on these VMs (a 256 MiB kernel output took 0.7 s to touch, 0.2 s with
 // huge pages), and outputs and inputs are touched once. Smaller blocks go to operator new.
 void* SystemAllocate(size_t bytes) {
   if (bytes < kHugePageBytes) return ::operator new(bytes);
-  const size_t rounded = (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  const size_t rounded = RoundToHugePages(bytes);
   void* p = std::aligned_alloc(kHugePageBytes, rounded);
   if (p == nullptr) throw std::bad_alloc();
   madvise(p, rounded, MADV_HUGEPAGE);  // Advice only: without THP the pages stay 4 KiB.
@@ -39,13 +46,13 @@ void SystemFree(void* p, size_t bytes) {
   }
 }
 
-// Freed large blocks of this thread, reused for allocations of exactly the same size (a network's
-// layers allocate the same few sizes over and over).
+// Freed blocks, reused for allocations of exactly the same size (a network's layers allocate the same
+// few sizes over and over; a service computes the same shapes request after request). The oldest blocks
+// are dropped first when a new one would exceed the capacity.
 class BlockCache {
  public:
-  ~BlockCache() {
-    for (const auto& [bytes, p] : blocks_) SystemFree(p, bytes);
-  }
+  explicit BlockCache(size_t capacity) : capacity_(capacity) {}
+  ~BlockCache() { Shrink(0); }
   void* Take(size_t bytes) {
     for (size_t i = blocks_.size(); i-- > 0;) {
       if (blocks_[i].first == bytes) {
@@ -58,32 +65,70 @@ class BlockCache {
     return nullptr;
   }
   bool Put(void* p, size_t bytes) {
-    if (bytes > kMaxCachedBytesPerThread) return false;
-    // Make room by dropping the oldest blocks.
-    while (cached_ + bytes > kMaxCachedBytesPerThread && !blocks_.empty()) {
-      SystemFree(blocks_.front().second, blocks_.front().first);
-      cached_ -= blocks_.front().first;
-      blocks_.erase(blocks_.begin());
-    }
+    if (bytes > capacity_) return false;
+    Shrink(capacity_ - bytes);
     blocks_.emplace_back(bytes, p);
     cached_ += bytes;
     return true;
   }
+  // Frees the oldest blocks until at most `bytes` stay cached.
+  void Shrink(size_t bytes) {
+    while (cached_ > bytes && !blocks_.empty()) {
+      SystemFree(blocks_.front().second, blocks_.front().first);
+      cached_ -= blocks_.front().first;
+      blocks_.erase(blocks_.begin());
+    }
+  }
+  void set_capacity(size_t capacity) {
+    capacity_ = capacity;
+    Shrink(capacity);
+  }
+  size_t capacity() const { return capacity_; }
 
  private:
+  size_t capacity_;
   std::vector<std::pair<size_t, void*>> blocks_;
   size_t cached_ = 0;
 };
 
 BlockCache& ThreadCache() {
-  thread_local BlockCache cache;
+  thread_local BlockCache cache(kMaxCachedBytesPerThread);
   return cache;
+}
+
+// Blocks above kMaxThreadBlockBytes (kernel outputs, inputs, Predict's matrices: hundreds of MB, freed
+// by one thread and allocated again by another) are shared by all threads. Cached blocks are marked
+// MADV_FREE: the kernel may reclaim them under memory pressure; otherwise reuse costs no page faults.
+struct SharedCache {
+  std::mutex mu;
+  BlockCache cache{DefaultSharedBlockCacheBytes()};
+};
+
+SharedCache& Shared() {
+  static auto* shared = new SharedCache;  // Never destroyed: blocks may be freed during exit.
+  return *shared;
 }
 
 }  // namespace
 
+size_t DefaultSharedBlockCacheBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  const size_t ram = pages > 0 && page > 0 ? size_t(pages) * size_t(page) : size_t{8} << 30;
+  return std::min(size_t{2} << 30, ram / 8);
+}
+
+void SetSharedBlockCacheBytes(size_t bytes) {
+  SharedCache& shared = Shared();
+  std::lock_guard<std::mutex> lock(shared.mu);
+  shared.cache.set_capacity(bytes);
+}
+
 void* AllocateBlock(size_t bytes) {
-  if (bytes >= kMinCachedBytes) {
+  if (bytes > kMaxThreadBlockBytes) {
+    SharedCache& shared = Shared();
+    std::lock_guard<std::mutex> lock(shared.mu);
+    if (void* p = shared.cache.Take(RoundToHugePages(bytes))) return p;
+  } else if (bytes >= kMinCachedBytes) {
     if (void* p = ThreadCache().Take(bytes)) return p;
   }
   return SystemAllocate(bytes);
@@ -91,7 +136,15 @@ void* AllocateBlock(size_t bytes) {
 
 void FreeBlock(void* p, size_t bytes) {
   if (p == nullptr) return;
-  if (bytes >= kMinCachedBytes && ThreadCache().Put(p, bytes)) return;
+  if (bytes > kMaxThreadBlockBytes) {
+    const size_t rounded = RoundToHugePages(bytes);
+    madvise(p, rounded, MADV_FREE);
+    SharedCache& shared = Shared();
+    std::lock_guard<std::mutex> lock(shared.mu);
+    if (shared.cache.Put(p, rounded)) return;
+  } else if (bytes >= kMinCachedBytes && ThreadCache().Put(p, bytes)) {
+    return;
+  }
   SystemFree(p, bytes);
 }
 

@@ -19,8 +19,12 @@ using Shape = std::vector<int64_t>;
 // Large blocks (kernel arrays of a few MB, allocated and freed per layer by every tile) come from a
 // small per-thread cache: fresh memory from the system costs a page fault per 4 KiB on first touch,
 // which took 15-30% of CNN kernel time with glibc's allocator. Small blocks go to operator new.
+// Blocks over 32 MiB (outputs, inputs, Predict's matrices) go to one cache shared by all threads, of
+// capacity min(2 GiB, RAM / 8) unless set; its blocks may be reclaimed by the system under pressure.
 void* AllocateBlock(size_t bytes);
 void FreeBlock(void* p, size_t bytes);
+size_t DefaultSharedBlockCacheBytes();
+void SetSharedBlockCacheBytes(size_t bytes);
 
 // Leaves doubles uninitialised on resize: large outputs are written tile by tile by worker threads,
 // so zero-filling them first (single-threaded, touching every page) would only cost time.

@@ -151,10 +151,9 @@ Array InputCovDiag(const CanonicalInput& a, int64_t r0, int64_t r1, bool diagona
     Array out = Array::Uninitialized(shape);
     for (int64_t i = 0; i < r; ++i) {
       for (int64_t q = 0; q < p; ++q) {
-        const Real* v = a.data() + ((r0 + i) * p + q) * ch;
-        Real s = 0;
-        for (int64_t k = 0; k < ch; ++k) s += v[k] * v[k];
-        out[i * p + q] = s * inv;
+        // Eigen's vectorised reduction: a plain loop is one dependent chain of adds (9% of FC time).
+        Eigen::Map<const Eigen::Matrix<Real, Eigen::Dynamic, 1>> v(a.data() + ((r0 + i) * p + q) * ch, ch);
+        out[i * p + q] = v.squaredNorm() * inv;
       }
     }
     return out;

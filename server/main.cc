@@ -11,6 +11,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "core/array.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -27,6 +28,9 @@ ABSL_FLAG(int, threads, 0, "Engine worker threads (0: all cores).");
 ABSL_FLAG(int64_t, max_message_bytes, 256LL << 20, "Largest request or response message, in bytes.");
 ABSL_FLAG(int64_t, memory_budget_mb, 8192, "Engine memory budget across concurrent requests, in MiB.");
 ABSL_FLAG(int64_t, upload_budget_mb, 2048, "Uploaded tensors (UploadTensor) held at once, in MiB.");
+ABSL_FLAG(int64_t, block_cache_mb, -1,
+          "Freed engine blocks over 32 MiB kept for reuse (no page faults on the next request), in MiB; "
+          "the system may reclaim them under memory pressure (-1: min(2048, RAM / 8)).");
 ABSL_FLAG(int64_t, upload_ttl_s, 3600, "Uploads unused for this many seconds are dropped (0: never).");
 ABSL_FLAG(double, max_request_seconds, 0,
           "A call running longer is stopped with DEADLINE_EXCEEDED (0: no limit; client deadlines also apply).");
@@ -103,6 +107,9 @@ int main(int argc, char** argv) {
         "--threads must be >= 0, --max_message_bytes >= 4096, --memory_budget_mb > 0, --upload_budget_mb >= 0 "
         "and --upload_ttl_s, --max_request_seconds, --max_concurrent_requests >= 0");
     return 2;
+  }
+  if (const int64_t mb = absl::GetFlag(FLAGS_block_cache_mb); mb >= 0) {
+    nt::SetSharedBlockCacheBytes(static_cast<size_t>(mb) << 20);
   }
   std::unique_ptr<tbb::global_control> threads;
   if (options.worker_threads > 0) {

@@ -1,5 +1,7 @@
 #include "core/array.h"
 
+#include <thread>
+
 #include "core/kernel.h"
 #include "gtest/gtest.h"
 
@@ -43,6 +45,28 @@ TEST(ArrayTest, PlaceBlockRowsOnly) {
   PlaceBlock(Iota({2, 3}), 1, 2, 0, false, false, &full);
   EXPECT_EQ(full[6], 0.0);
   EXPECT_EQ(full[11], 5.0);
+}
+
+TEST(ArrayTest, LargeBlocksAreReusedAcrossThreadsUpToTheSharedCapacity) {
+  const size_t bytes = size_t{48} << 20;  // Above the per-thread caches: the shared cache.
+  SetSharedBlockCacheBytes(size_t{64} << 20);
+  void* first = AllocateBlock(bytes);
+  static_cast<char*>(first)[bytes - 1] = 1;
+  std::thread([&] { FreeBlock(first, bytes); }).join();
+  void* again = AllocateBlock(bytes);
+  EXPECT_EQ(again, first);  // Freed on another thread, taken back here: no fresh pages.
+  static_cast<char*>(again)[0] = 2;
+  void* other = AllocateBlock(bytes);
+  EXPECT_NE(other, again);
+  FreeBlock(again, bytes);
+  FreeBlock(other, bytes);  // Evicts `again`: two would exceed 64 MiB.
+  void* reused = AllocateBlock(bytes);
+  EXPECT_EQ(reused, other);
+  FreeBlock(reused, bytes);
+  SetSharedBlockCacheBytes(0);  // Frees everything cached; nothing is kept any more.
+  void* fresh = AllocateBlock(bytes);
+  FreeBlock(fresh, bytes);
+  SetSharedBlockCacheBytes(DefaultSharedBlockCacheBytes());
 }
 
 TEST(KernelTest, GetDiagonalOfFullSpatialCovariance) {
