@@ -86,11 +86,13 @@ class _Inputs:
           pass  # The server went away or dropped it already.
 
 
-def distributed_kernel(conn, request, *, out=None, ranges_per_endpoint=4, progress=None, stats=None,
+def distributed_kernel(conn, request, *, out=None, ranges_per_endpoint=None, progress=None, stats=None,
                        timeout=None, upload_threshold=None, large=None):
   """Computes the KernelRequest `request` over every endpoint of `conn`.
 
   `large`: inputs kept out of the request (name -> array, see stax.kernel_request), uploaded as they are.
+  `ranges_per_endpoint`: tile ranges per endpoint, for balancing and retries (default 4 with several
+  endpoints; 1 with one, where more ranges only add requests run one after the other).
 
   Returns the dict name -> array (numpy arrays; read-only memory maps of .npy files when `out` names a
   file, see tensors.NpyTargets). progress(address, tiles_done, tiles_total) is called after each tile;
@@ -117,6 +119,8 @@ def distributed_kernel(conn, request, *, out=None, ranges_per_endpoint=4, progre
     getattr(base, name).handle = 'pending'  # Replaced per endpoint.
 
   total = int(plan.num_tiles)
+  if ranges_per_endpoint is None:
+    ranges_per_endpoint = 4 if len(endpoints) > 1 else 1
   n_ranges = max(1, min(total, ranges_per_endpoint * len(endpoints)))
   bounds = [round(i * total / n_ranges) for i in range(n_ranges + 1)]
   work = queue.Queue()
