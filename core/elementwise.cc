@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 namespace NT_CORE_NS {
@@ -39,6 +40,53 @@ bool MapInPlace<double>(const ElementwiseLayer& layer, const double* d_left, con
     }
   }
   return true;
+}
+
+// MapArray over runs of the offsets (PairOffsetTable::run): the diagonals are read as a constant or a
+// contiguous stretch per run instead of through two offset arrays (a gather per entry dominated the
+// map for full-layout kernels such as CNN+GlobalAvgPool's).
+void MapArrayRuns(const ElementwiseLayer& layer, int batch_axes, const Array& d_left, const Array& d_right,
+                  const PairOffsetTable& table, int64_t p, Array* a, Array* ntk) {
+  const int64_t rows = a->dim(0);
+  const int64_t cols = batch_axes == 2 ? a->dim(1) : 1;
+  const int64_t inner = static_cast<int64_t>(table.left.size());
+  const int64_t run = table.run, step = table.left_step;
+  double q11[kChunk], q12[kChunk], q22[kChunk], t[kChunk], tdot[kChunk];
+  for (int64_t i = 0; i < rows; ++i) {
+    Real* row = a->data() + i * cols * inner;
+    Real* nrow = ntk ? ntk->data() + i * cols * inner : nullptr;
+    const Real* dl = d_left.data() + i * p;
+    int64_t start = 0, fill = 0;  // Row index of the buffer's first entry; entries buffered.
+    auto flush = [&] {
+      std::copy(row + start, row + start + fill, q12);
+      layer.PairMap(q11, q12, q22, fill, t, nrow ? tdot : nullptr);
+      std::copy(t, t + fill, row + start);
+      if (nrow) {
+        for (int64_t k = 0; k < fill; ++k) nrow[start + k] *= tdot[k];
+      }
+      start += fill;
+      fill = 0;
+    };
+    for (int64_t j = 0; j < cols; ++j) {
+      const Real* dr = d_right.data() + (batch_axes == 2 ? j : i) * p;
+      for (int64_t e = 0; e < inner; e += run) {
+        // The compact run tables: the full ones are 8 bytes per entry, a cache miss per run.
+        const Real* l = dl + table.run_left[e / run];
+        const Real* r = dr + table.run_right[e / run];
+        for (int64_t t0 = 0; t0 < run;) {
+          const int64_t m = std::min(run - t0, kChunk - fill);
+          for (int64_t k = 0; k < m; ++k) {
+            q11[fill + k] = l[step * (t0 + k)];
+            q22[fill + k] = r[t0 + k];
+          }
+          fill += m;
+          t0 += m;
+          if (fill == kChunk) flush();
+        }
+      }
+    }
+    if (fill > 0) flush();
+  }
 }
 
 // Applies the pair map to an array with `batch_axes` leading axes whose entries pair d_left[row] with
@@ -131,7 +179,16 @@ absl::Status ElementwiseLayer::TransformKernel(KernelFlow* kf, const KernelConte
   const std::vector<int64_t>& off_r = offsets->right;
 
   Array* ntk = (k.ntk && k.ntk->rank() > 0) ? &*k.ntk : nullptr;  // A rank-0 NTK is 0 and stays 0.
-  MapArray(*this, 2, d1, d2, off_l, off_r, p, k.diagonal_spatial, &k.nngp, ntk);
+  // The in-place diagonal path of MapArray first (double engines), else runs where the layout has them.
+  auto map = [&](int batch_axes, const Array& dl, const Array& dr, Array* a, Array* n) {
+    const bool in_place = k.diagonal_spatial && std::is_same_v<Real, double> && p >= kChunk / 4;
+    if (!in_place && offsets->run >= 8) {
+      MapArrayRuns(*this, batch_axes, dl, dr, *offsets, p, a, n);
+    } else {
+      MapArray(*this, batch_axes, dl, dr, off_l, off_r, p, k.diagonal_spatial, a, n);
+    }
+  };
+  map(2, d1, d2, &k.nngp, ntk);
   auto map_cov = [&](Array* cov, const Array& d) {
     if (cb == 1 && cov_diagonal) {
       double q[kChunk], t[kChunk];
@@ -143,7 +200,7 @@ absl::Status ElementwiseLayer::TransformKernel(KernelFlow* kf, const KernelConte
         std::copy(t, t + n, c + start);
       }
     } else {
-      MapArray(*this, cb, d, d, off_l, off_r, p, k.diagonal_spatial, cov, nullptr);
+      map(cb, d, d, cov, nullptr);
     }
   };
   map_cov(&k.cov1, d1);

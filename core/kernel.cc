@@ -125,6 +125,22 @@ std::shared_ptr<const PairOffsetTable> PairOffsetsFor(const Shape& sizes, bool d
   }
   auto table = std::make_shared<PairOffsetTable>();
   PairOffsets(sizes, diagonal_spatial, &table->left, &table->right);
+  const int64_t inner = static_cast<int64_t>(table->left.size());
+  const int64_t run = diagonal_spatial ? inner : (sizes.empty() ? 1 : sizes.back());
+  const int64_t step = diagonal_spatial ? 1 : 0;
+  bool runs = run > 1 && inner % run == 0;
+  for (int64_t e = 0; runs && e < inner; ++e) {
+    const int64_t t = e % run;
+    runs = table->left[e] == table->left[e - t] + step * t && table->right[e] == table->right[e - t] + t;
+  }
+  if (runs) {
+    table->run = run;
+    table->left_step = step;
+    for (int64_t e = 0; e < inner; e += run) {
+      table->run_left.push_back(table->left[e]);
+      table->run_right.push_back(table->right[e]);
+    }
+  }
   if (cache.size() >= 4) cache.erase(cache.begin());
   cache.push_back(Entry{sizes, diagonal_spatial, table});
   return table;

@@ -69,6 +69,11 @@ void PairOffsets(const Shape& sizes, bool diagonal_spatial, std::vector<int64_t>
 // PairOffsets memoised per thread (a network's layers reuse a few layouts).
 struct PairOffsetTable {
   std::vector<int64_t> left, right;
+  // The entries come in runs of `run` (dividing their count) along which right grows by 1 and left by
+  // left_step (0: the full layout's last axis; 1: the diagonal layout, one run). run 1: no such runs.
+  int64_t run = 1;
+  int64_t left_step = 0;
+  std::vector<int64_t> run_left, run_right;  // left and right at each run's start (when run > 1).
 };
 std::shared_ptr<const PairOffsetTable> PairOffsetsFor(const Shape& sizes, bool diagonal_spatial);
 

@@ -402,6 +402,59 @@ TEST(ElementwiseConsistencyTest, LayoutsAgree) {
   }
 }
 
+// Spatial kernels whose last axis is long enough for the run-wise map (9 >= 8 entries per run) agree
+// entry by entry with the pair map of the input kernel's entries, in both spatial layouts.
+TEST(ElementwiseConsistencyTest, SpatialKernelsAreTheEntrywiseMap) {
+  const Array x1 = RngKey(21).Normal({3, 2, 9, 4}), x2 = RngKey(22).Normal({2, 2, 9, 4});
+  const int64_t n1 = 3, n2 = 2, p = 18;
+  for (bool diagonal_spatial : {false, true}) {
+    KernelOptions o;
+    o.diagonal_batch = false;
+    o.diagonal_spatial = diagonal_spatial;
+    auto in = serial(Dense(8, 1.1, 0.2)).kernel_fn(x1, &x2, {"nngp", "ntk", "cov1", "cov2"}, o);
+    ASSERT_TRUE(in.ok()) << in.status();
+    const Array &q12 = *in->Find("nngp"), &ntk = *in->Find("ntk");
+    const Array &c1 = *in->Find("cov1"), &c2 = *in->Find("cov2");
+    const int64_t inner = diagonal_spatial ? p : p * p;
+    // Variance of sample i (of n) at flat spatial position s, from a full-batch covariance array.
+    auto var = [&](const Array& c, int64_t n, int64_t i, int64_t s) {
+      if (diagonal_spatial) return c[(i * n + i) * inner + s];
+      return c[(i * n + i) * inner + ((s / 9 * 2 + s / 9) * 9 + s % 9) * 9 + s % 9];
+    };
+    // Flat spatial positions (s1 * 9 + s2) of an entry's two members; the full layout's trailing axes
+    // are (s1, s1', s2, s2') of sizes (2, 2, 9, 9).
+    auto left = [&](int64_t s) { return diagonal_spatial ? s : s / 162 * 9 + s / 9 % 9; };
+    auto right = [&](int64_t s) { return diagonal_spatial ? s : s / 81 % 2 * 9 + s % 9; };
+    for (const auto& [name, layer] : AllLayers()) {
+      const auto* l = dynamic_cast<const ElementwiseLayer*>(layer.layer().get());
+      ASSERT_NE(l, nullptr) << name;
+      auto out = serial(Dense(8, 1.1, 0.2), layer).kernel_fn(x1, &x2, {"nngp", "ntk", "cov1"}, o);
+      ASSERT_TRUE(out.ok()) << name << ": " << out.status();
+      const Array &t = *out->Find("nngp"), &tn = *out->Find("ntk"), &t1 = *out->Find("cov1");
+      ASSERT_EQ(t.size(), n1 * n2 * inner) << name;
+      for (int64_t e = 0; e < n1 * n2 * inner; ++e) {
+        const int64_t i = e / (n2 * inner), j = e / inner % n2, s = e % inner;
+        const double v1 = var(c1, n1, i, left(s)), v2 = var(c2, n2, j, right(s));
+        double want, tdot;
+        const double v12 = q12[e];
+        l->PairMap(&v1, &v12, &v2, 1, &want, &tdot);
+        EXPECT_NEAR(t[e], want, 1e-12 * std::max(1.0, std::abs(want))) << name << " nngp at " << e;
+        EXPECT_NEAR(tn[e], ntk[e] * tdot, 1e-12 * std::max(1.0, std::abs(ntk[e] * tdot)))
+            << name << " ntk at " << e;
+      }
+      // cov1 (full batch): the map of x1's covariance with itself.
+      for (int64_t e = 0; e < n1 * n1 * inner; ++e) {
+        const int64_t i = e / (n1 * inner), k = e / inner % n1, s = e % inner;
+        const double v1 = var(c1, n1, i, left(s)), v2 = var(c1, n1, k, right(s));
+        double want;
+        const double v12 = c1[e];
+        l->PairMap(&v1, &v12, &v2, 1, &want, nullptr);
+        EXPECT_NEAR(t1[e], want, 1e-12 * std::max(1.0, std::abs(want))) << name << " cov1 at " << e;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace nt
 
