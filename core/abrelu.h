@@ -14,6 +14,9 @@ class ABReluLayer : public ElementwiseLayer {
   std::string name() const override { return name_; }
   void PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
                double* tdot) const override;
+  // Float32 engine: single-precision square root and arctangent (twice the lanes of double).
+  void PairMapReal(const Real* q11, const Real* q12, const Real* q22, int64_t n, Real* t,
+                   Real* tdot) const override;
   void DiagMap(const double* q, int64_t n, double* t) const override;
   double Phi(double x) const override { return x < 0 ? a_ * x : b_ * x; }
   double DPhi(double x) const override { return x < 0 ? a_ : b_; }

@@ -20,8 +20,9 @@ bool MapInPlace(const ElementwiseLayer&, const R*, const R*, int64_t, int64_t, b
 }
 
 template <>
-bool MapInPlace<double>(const ElementwiseLayer& layer, const double* d_left, const double* d_right,
-                        int64_t rows, int64_t cols, bool two_batch_axes, int64_t p, double* a, double* ntk) {
+[[maybe_unused]] bool MapInPlace<double>(const ElementwiseLayer& layer, const double* d_left,
+                                         const double* d_right, int64_t rows, int64_t cols,
+                                         bool two_batch_axes, int64_t p, double* a, double* ntk) {
   double t[kChunk], tdot[kChunk];
   for (int64_t i = 0; i < rows; ++i) {
     for (int64_t j = 0; j < cols; ++j) {
@@ -51,7 +52,7 @@ void MapArrayRuns(const ElementwiseLayer& layer, int batch_axes, const Array& d_
   const int64_t cols = batch_axes == 2 ? a->dim(1) : 1;
   const int64_t inner = static_cast<int64_t>(table.left.size());
   const int64_t run = table.run, step = table.left_step;
-  double q11[kChunk], q12[kChunk], q22[kChunk], t[kChunk], tdot[kChunk];
+  Real q11[kChunk], q12[kChunk], q22[kChunk], t[kChunk], tdot[kChunk];
   for (int64_t i = 0; i < rows; ++i) {
     Real* row = a->data() + i * cols * inner;
     Real* nrow = ntk ? ntk->data() + i * cols * inner : nullptr;
@@ -59,7 +60,7 @@ void MapArrayRuns(const ElementwiseLayer& layer, int batch_axes, const Array& d_
     int64_t start = 0, fill = 0;  // Row index of the buffer's first entry; entries buffered.
     auto flush = [&] {
       std::copy(row + start, row + start + fill, q12);
-      layer.PairMap(q11, q12, q22, fill, t, nrow ? tdot : nullptr);
+      layer.PairMapReal(q11, q12, q22, fill, t, nrow ? tdot : nullptr);
       std::copy(t, t + fill, row + start);
       if (nrow) {
         for (int64_t k = 0; k < fill; ++k) nrow[start + k] *= tdot[k];
@@ -86,6 +87,26 @@ void MapArrayRuns(const ElementwiseLayer& layer, int batch_axes, const Array& d_
       }
     }
     if (fill > 0) flush();
+  }
+}
+
+// PairMap on any Real: directly in double, through double copies chunk by chunk otherwise.
+template <typename R>
+void PairMapThroughDouble(const ElementwiseLayer& layer, const R* q11, const R* q12, const R* q22, int64_t n,
+                          R* t, R* tdot) {
+  if constexpr (std::is_same_v<R, double>) {
+    layer.PairMap(q11, q12, q22, n, t, tdot);
+  } else {
+    double a[kChunk], b[kChunk], c[kChunk], u[kChunk], v[kChunk];
+    for (int64_t start = 0; start < n; start += kChunk) {
+      const int64_t m = std::min(kChunk, n - start);
+      std::copy(q11 + start, q11 + start + m, a);
+      std::copy(q12 + start, q12 + start + m, b);
+      std::copy(q22 + start, q22 + start + m, c);
+      layer.PairMap(a, b, c, m, u, tdot ? v : nullptr);
+      std::copy(u, u + m, t + start);
+      if (tdot) std::copy(v, v + m, tdot + start);
+    }
   }
 }
 
@@ -150,6 +171,11 @@ absl::StatusOr<ArrayFlow> ElementwiseLayer::Apply(const Params&, const ArrayFlow
   ArrayFlow y = x;
   for (Real& v : y.single().vec()) v = static_cast<Real>(Phi(v));
   return y;
+}
+
+void ElementwiseLayer::PairMapReal(const Real* q11, const Real* q12, const Real* q22, int64_t n, Real* t,
+                                   Real* tdot) const {
+  PairMapThroughDouble(*this, q11, q12, q22, n, t, tdot);
 }
 
 void ElementwiseLayer::DiagMap(const double* q, int64_t n, double* t) const {

@@ -37,6 +37,10 @@ class ElementwiseLayer : public Layer {
   // Gaussian with covariance [[q11, q12], [q12, q22]], for n entries.
   virtual void PairMap(const double* q11, const double* q12, const double* q22, int64_t n, double* t,
                        double* tdot) const = 0;
+  // PairMap on the engine's Real. Default: PairMap itself in double engines, through double copies in
+  // the float32 engine, whose layers may override it with single-precision arithmetic.
+  virtual void PairMapReal(const Real* q11, const Real* q12, const Real* q22, int64_t n, Real* t,
+                           Real* tdot) const;
   // E[phi(u)^2] for variance q; default: PairMap(q, q, q).
   virtual void DiagMap(const double* q, int64_t n, double* t) const;
   // phi(x) for the finite network.

@@ -1,6 +1,7 @@
 // The float32 engine (nt_core_f32: the core's sources compiled with Real = float) reproduces the golden
 // cases to float32 accuracy. This file is compiled against nt_core_f32 only, so it builds its networks
 // from the cases' JSON with the engine's own stax factories (the server's builder is float64).
+#include <array>
 #include <cmath>
 #include <fstream>
 #include <optional>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/abrelu.h"
 #include "core/stax.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -135,6 +137,44 @@ TEST_P(Float32EngineTest, MatchesGoldenToFloat32Accuracy) {
     for (int64_t i = 0; i < expected.size(); ++i) {
       ASSERT_NEAR((*got)[i], expected[i], 1e-3 * std::abs(double(expected[i])) + 1e-3 * max_abs)
           << GetParam() << " " << key << "[" << i << "]";
+    }
+  }
+}
+
+// ABRelu's single-precision pair map against its double map on the same float inputs, from correlation
+// -1 to 1 (where T and Tdot are smallest and cancellation would show), zero vectors and scaled inputs.
+TEST(Float32ABReluTest, SinglePrecisionMapMatchesTheDoubleMap) {
+  std::vector<float> q11, q12, q22;
+  for (double c = -1; c <= 1.0; c += 1.0 / 512) {
+    for (double e : {0.0, 1e-6, 1e-3}) {  // Correlations next to +-1 as well.
+      const double cc = c < 0 ? std::min(c + e, 1.0) : std::max(c - e, -1.0);
+      for (auto [v1, v2] : {std::pair{1.0, 1.0}, {0.3, 2.5}, {1e-20, 4e-20}, {3e15, 1e15}}) {
+        q11.push_back(static_cast<float>(v1));
+        q22.push_back(static_cast<float>(v2));
+        q12.push_back(static_cast<float>(cc * std::sqrt(double(q11.back()) * double(q22.back()))));
+      }
+    }
+  }
+  for (auto [v1, v12, v2] : {std::array<float, 3>{0, 0, 0}, {0, 0, 1}, {2, 0, 0}}) {
+    q11.push_back(v1);
+    q12.push_back(v12);
+    q22.push_back(v2);
+  }
+  const int64_t n = static_cast<int64_t>(q11.size());
+  for (auto [a, b] : {std::pair{0.0, 1.0}, {0.1, 1.0}, {-1.0, 1.0}, {-0.3, 2.0}, {1.5, 0.5}}) {
+    ABReluLayer layer(a, b, false);
+    std::vector<float> t(n), tdot(n), t_only(n);
+    layer.PairMapReal(q11.data(), q12.data(), q22.data(), n, t.data(), tdot.data());
+    layer.PairMapReal(q11.data(), q12.data(), q22.data(), n, t_only.data(), nullptr);
+    for (int64_t i = 0; i < n; ++i) {
+      const double d11 = q11[i], d12 = q12[i], d22 = q22[i];
+      double want, want_dot;
+      layer.PairMap(&d11, &d12, &d22, 1, &want, &want_dot);
+      const double scale = std::sqrt(d11 * d22);  // T's size at correlation 0; Tdot's is 1.
+      const std::string at = absl::StrCat("a=", a, " b=", b, " at (", d11, ", ", d12, ", ", d22, ")");
+      EXPECT_NEAR(t[i], want, 1e-6 * std::abs(want) + 1e-7 * scale) << at;
+      EXPECT_NEAR(tdot[i], want_dot, 1e-6 * std::abs(want_dot) + 1e-7) << at;
+      EXPECT_EQ(t_only[i], t[i]) << at;
     }
   }
 }

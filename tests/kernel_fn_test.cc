@@ -124,7 +124,9 @@ TEST(KernelFnTest, TileRangesPartitionTheTiles) {
             ++nngp_blocks;
             EXPECT_EQ(std::get<1>(key) % t, 0);
             EXPECT_EQ(std::get<2>(key) % t, 0);
-            if (!with_x2) EXPECT_LE(std::get<1>(key), std::get<2>(key));
+            if (!with_x2) {
+              EXPECT_LE(std::get<1>(key), std::get<2>(key));
+            }
           }
         }
         EXPECT_EQ(nngp_blocks, expected_nngp) << "x2 " << with_x2 << " tile " << t;
