@@ -90,6 +90,24 @@ void BM_CholeskySolve(benchmark::State& state) {
   }
 }
 
+// The t = inf ensemble of the train-train kernels, then the NTK mean on the test-train kernels `td`; a
+// failure ends the benchmark with its message.
+bool PredictMean(benchmark::State& state, const Data& in, std::optional<nt::Array> nngp,
+                 std::optional<nt::Array> ntk, const nt::KernelResult& td) {
+  auto ens = nt::predict::MseEnsemble::Create(std::move(nngp), std::move(ntk), in.y_train,
+                                              nt::predict::MseOptions{1.0, kDiagReg, false});
+  auto p = ens.ok() ? (*ens)->Predict(nt::predict::Kind::kNtk, std::nullopt,
+                                      nt::predict::TestKernels{td.Find("ntk"), td.Find("nngp"), nullptr},
+                                      /*compute_cov=*/false)
+                    : ens.status();
+  if (!p.ok()) {
+    state.SkipWithError(std::string(p.status().message()).c_str());
+    return false;
+  }
+  benchmark::DoNotOptimize(p->mean.data());
+  return true;
+}
+
 void BM_PredictInfinity(benchmark::State& state) {
   const Data& in = Inputs();
   const nt::stax::Net net = Network();
@@ -100,18 +118,7 @@ void BM_PredictInfinity(benchmark::State& state) {
       state.SkipWithError(std::string(td.status().message()).c_str());
       return false;
     }
-    auto ens = nt::predict::MseEnsemble::Create(dd->Take("nngp"), dd->Take("ntk"), in.y_train,
-                                                nt::predict::MseOptions{1.0, kDiagReg, false});
-    auto p = ens.ok() ? (*ens)->Predict(nt::predict::Kind::kNtk, std::nullopt,
-                                        nt::predict::TestKernels{td->Find("ntk"), td->Find("nngp"), nullptr},
-                                        /*compute_cov=*/false)
-                      : ens.status();
-    if (!p.ok()) {
-      state.SkipWithError(std::string(p.status().message()).c_str());
-      return false;
-    }
-    benchmark::DoNotOptimize(p->mean.data());
-    return true;
+    return PredictMean(state, in, dd->Take("nngp"), dd->Take("ntk"), *td);
   };
   if (!run()) return;  // Warm-up (bench_util.h): a fresh ensemble each run, nothing reused but memory.
   for (auto _ : state) {
@@ -136,18 +143,7 @@ void BM_PredictInfinityFromKernels(benchmark::State& state) {
     nngp = *dd->Find("nngp");
     ntk = *dd->Find("ntk");
     if (timed) state.ResumeTiming();
-    auto ens = nt::predict::MseEnsemble::Create(std::move(nngp), std::move(ntk), in.y_train,
-                                                nt::predict::MseOptions{1.0, kDiagReg, false});
-    auto p = ens.ok() ? (*ens)->Predict(nt::predict::Kind::kNtk, std::nullopt,
-                                        nt::predict::TestKernels{td->Find("ntk"), td->Find("nngp"), nullptr},
-                                        /*compute_cov=*/false)
-                      : ens.status();
-    if (!p.ok()) {
-      state.SkipWithError(std::string(p.status().message()).c_str());
-      return false;
-    }
-    benchmark::DoNotOptimize(p->mean.data());
-    return true;
+    return PredictMean(state, in, std::move(nngp), std::move(ntk), *td);
   };
   if (!run(false)) return;  // Warm-up (bench_util.h).
   for (auto _ : state) {
