@@ -9,17 +9,32 @@ namespace nt::server {
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the wire format is little-endian");
 
+namespace {
+
+absl::Status DTypeError(const std::string& field, bool allow_integers, nt::v1::DType dtype) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ".dtype: must be FLOAT64 or FLOAT32",
+                                                 allow_integers ? ", INT64 or BOOL" : "", ", got ",
+                                                 nt::v1::DType_Name(dtype)));
+}
+
+}  // namespace
+
 absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& field, bool allow_integers,
                                    TensorStore* store) {
   if (!t.handle().empty()) {
-    if (!store) return absl::InvalidArgumentError(absl::StrCat(field, ".handle: this field takes no uploads"));
+    if (!store)
+      return absl::InvalidArgumentError(absl::StrCat(field, ".handle: this field takes no uploads"));
     if (t.shape_size() > 0 || t.dtype() != nt::v1::DTYPE_UNSPECIFIED || !t.data().empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat(field, ": give either a handle or shape, dtype and data, not both"));
     }
     auto stored = store->Get(t.handle());
     if (!stored.ok()) return absl::NotFoundError(absl::StrCat(field, ".handle: ", stored.status().message()));
-    return DecodeTensor(**stored, field, allow_integers, nullptr);
+    const nt::v1::DType dtype = (*stored)->dtype;
+    if (!allow_integers && dtype != nt::v1::FLOAT64 && dtype != nt::v1::FLOAT32) {
+      return DTypeError(field, allow_integers, dtype);
+    }
+    return (*stored)->values;
   }
   Shape shape(t.shape().begin(), t.shape().end());
   int64_t n = 1;
@@ -51,9 +66,7 @@ absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& f
       }
       [[fallthrough]];
     default:
-      return absl::InvalidArgumentError(absl::StrCat(field, ".dtype: must be FLOAT64 or FLOAT32",
-                                                     allow_integers ? ", INT64 or BOOL" : "", ", got ",
-                                                     nt::v1::DType_Name(t.dtype())));
+      return DTypeError(field, allow_integers, t.dtype());
   }
   if (t.data().size() != static_cast<size_t>(n) * width) {
     return absl::InvalidArgumentError(

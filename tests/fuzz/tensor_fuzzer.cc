@@ -26,16 +26,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     nt::server::EncodeTensor(*a, nt::v1::FLOAT64, &out);
     if (out.data().size() != static_cast<size_t>(n) * 8) __builtin_trap();
   }
-  // The same tensor uploaded (UploadTensor's store) and read back by handle.
+  // The same tensor uploaded (UploadTensor keeps it decoded) and read back by handle: the same values,
+  // and the same dtype rules.
   if (t.handle().empty()) {
-    nt::v1::Tensor copy = t;
-    auto handle = store->Put(std::move(copy));
+    auto values = nt::server::DecodeTensor(t, "x", true, nullptr);
+    if (!values.ok()) return 0;
+    const nt::v1::DType dtype = t.dtype() == nt::v1::DTYPE_UNSPECIFIED ? nt::v1::FLOAT64 : t.dtype();
+    auto handle = store->Put(nt::server::StoredTensor{dtype, *values});
     if (handle.ok()) {
       nt::v1::Tensor by_handle;
       by_handle.set_handle(*handle);
       auto a = nt::server::DecodeTensor(by_handle, "x", true, store);
-      auto b = nt::server::DecodeTensor(t, "x", true, nullptr);
-      if (a.ok() != b.ok()) __builtin_trap();
+      if (!a.ok() || a->shape() != values->shape()) __builtin_trap();
+      for (int64_t i = 0; i < a->size(); ++i) {
+        if (!((*a)[i] == (*values)[i] || ((*a)[i] != (*a)[i] && (*values)[i] != (*values)[i])))
+          __builtin_trap();
+      }
+      auto floats_only = nt::server::DecodeTensor(by_handle, "x", false, store);
+      const bool is_float = dtype == nt::v1::FLOAT64 || dtype == nt::v1::FLOAT32;
+      if (floats_only.ok() != is_float) __builtin_trap();
       if (!store->Release(*handle)) __builtin_trap();
     }
   }

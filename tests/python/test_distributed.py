@@ -219,6 +219,26 @@ class UploadTest(server_fixture.ServerTestCase):
     self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
     self.assertIn('x1.handle', e.exception.details())
 
+  def test_uploads_keep_their_dtype_rules_and_values(self):
+    # Uploads are kept converted to float64; the dtype they came as still decides where they may go.
+    _, _, kernel_fn = _fc()
+    x = np.random.default_rng(10).standard_normal((50, 7))
+    as_float32 = self.conn.upload(x, dtype='float32', chunk_bytes=1000)
+    request = stax.kernel_request(kernel_fn, x[:1], None, 'nngp')
+    request.x1.CopyFrom(as_float32)
+    got = ntclient.tensors.TileAssembler().consume(self.conn.compute_kernel(request))['nngp']
+    np.testing.assert_allclose(got, kernel_fn(x.astype(np.float32).astype(np.float64), None, 'nngp',
+                                              connection=self.conn), rtol=1e-13)
+    # Chunks that split float64 values between them.
+    request.x1.CopyFrom(self.conn.upload(x, chunk_bytes=1001))
+    got = ntclient.tensors.TileAssembler().consume(self.conn.compute_kernel(request))['nngp']
+    np.testing.assert_array_equal(got, kernel_fn(x, None, 'nngp', connection=self.conn))
+    request.x1.CopyFrom(self.conn.upload(np.arange(14).reshape(2, 7)))
+    with self.assertRaises(grpc.RpcError) as e:
+      list(self.conn.compute_kernel(request))
+    self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+    self.assertIn('x1.dtype: must be FLOAT64 or FLOAT32, got INT64', e.exception.details())
+
   def _upload(self, chunks):
     return self.stub.UploadTensor(iter(chunks), timeout=30)
 
