@@ -5,6 +5,10 @@
 #include <type_traits>
 #include <vector>
 
+#include "tbb/blocked_range.h"
+#include "tbb/parallel_for.h"
+#include "tbb/partitioner.h"
+
 namespace NT_CORE_NS {
 
 namespace {
@@ -45,49 +49,55 @@ template <>
 
 // MapArray over runs of the offsets (PairOffsetTable::run): the diagonals are read as a constant or a
 // contiguous stretch per run instead of through two offset arrays (a gather per entry dominated the
-// map for full-layout kernels such as CNN+GlobalAvgPool's).
+// map for full-layout kernels such as CNN+GlobalAvgPool's). Runs are mapped in parallel: a tile of one
+// entry can be a whole kernel's last tile, which would otherwise leave the other cores idle. The
+// simple partitioner splits the same way on every run, so the chunks (and the results) do not depend
+// on the thread count or timing.
 void MapArrayRuns(const ElementwiseLayer& layer, int batch_axes, const Array& d_left, const Array& d_right,
                   const PairOffsetTable& table, int64_t p, Array* a, Array* ntk) {
-  const int64_t rows = a->dim(0);
   const int64_t cols = batch_axes == 2 ? a->dim(1) : 1;
-  const int64_t inner = static_cast<int64_t>(table.left.size());
   const int64_t run = table.run, step = table.left_step;
-  Real q11[kChunk], q12[kChunk], q22[kChunk], t[kChunk], tdot[kChunk];
-  for (int64_t i = 0; i < rows; ++i) {
-    Real* row = a->data() + i * cols * inner;
-    Real* nrow = ntk ? ntk->data() + i * cols * inner : nullptr;
-    const Real* dl = d_left.data() + i * p;
-    int64_t start = 0, fill = 0;  // Row index of the buffer's first entry; entries buffered.
-    auto flush = [&] {
-      std::copy(row + start, row + start + fill, q12);
-      layer.PairMapReal(q11, q12, q22, fill, t, nrow ? tdot : nullptr);
-      std::copy(t, t + fill, row + start);
-      if (nrow) {
-        for (int64_t k = 0; k < fill; ++k) nrow[start + k] *= tdot[k];
-      }
-      start += fill;
-      fill = 0;
-    };
-    for (int64_t j = 0; j < cols; ++j) {
-      const Real* dr = d_right.data() + (batch_axes == 2 ? j : i) * p;
-      for (int64_t e = 0; e < inner; e += run) {
-        // The compact run tables: the full ones are 8 bytes per entry, a cache miss per run.
-        const Real* l = dl + table.run_left[e / run];
-        const Real* r = dr + table.run_right[e / run];
-        for (int64_t t0 = 0; t0 < run;) {
-          const int64_t m = std::min(run - t0, kChunk - fill);
-          for (int64_t k = 0; k < m; ++k) {
-            q11[fill + k] = l[step * (t0 + k)];
-            q22[fill + k] = r[t0 + k];
+  const int64_t runs_per_block = static_cast<int64_t>(table.left.size()) / run;
+  const int64_t total_runs = a->dim(0) * cols * runs_per_block;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / run);  // About 64K entries per task.
+  tbb::parallel_for(
+      tbb::blocked_range<int64_t>(0, total_runs, grain),
+      [&](const tbb::blocked_range<int64_t>& range) {
+        Real q11[kChunk], q12[kChunk], q22[kChunk], t[kChunk], tdot[kChunk];
+        // Blocks (i, j) are contiguous, so run R's entries start at R * run in both arrays.
+        Real* out = a->data();
+        Real* nout = ntk ? ntk->data() : nullptr;
+        int64_t start = range.begin() * run, fill = 0;  // Position of the buffer's first entry; entries.
+        auto flush = [&] {
+          std::copy(out + start, out + start + fill, q12);
+          layer.PairMapReal(q11, q12, q22, fill, t, nout ? tdot : nullptr);
+          std::copy(t, t + fill, out + start);
+          if (nout) {
+            for (int64_t k = 0; k < fill; ++k) nout[start + k] *= tdot[k];
           }
-          fill += m;
-          t0 += m;
-          if (fill == kChunk) flush();
+          start += fill;
+          fill = 0;
+        };
+        for (int64_t run_index = range.begin(); run_index < range.end(); ++run_index) {
+          const int64_t block = run_index / runs_per_block, r = run_index % runs_per_block;
+          const int64_t i = block / cols, j = block % cols;
+          // The compact run tables: the full ones are 8 bytes per entry, a cache miss per run.
+          const Real* l = d_left.data() + i * p + table.run_left[r];
+          const Real* rr = d_right.data() + (batch_axes == 2 ? j : i) * p + table.run_right[r];
+          for (int64_t t0 = 0; t0 < run;) {
+            const int64_t m = std::min(run - t0, kChunk - fill);
+            for (int64_t k = 0; k < m; ++k) {
+              q11[fill + k] = l[step * (t0 + k)];
+              q22[fill + k] = rr[t0 + k];
+            }
+            fill += m;
+            t0 += m;
+            if (fill == kChunk) flush();
+          }
         }
-      }
-    }
-    if (fill > 0) flush();
-  }
+        if (fill > 0) flush();
+      },
+      tbb::simple_partitioner());
 }
 
 // PairMap on any Real: directly in double, through double copies chunk by chunk otherwise.
