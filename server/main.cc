@@ -34,11 +34,9 @@ ABSL_FLAG(int64_t, block_cache_mb, -1,
           "Freed engine blocks over 32 MiB kept for reuse (no page faults on the next request), in MiB; "
           "the system may reclaim them under memory pressure (-1: min(2048, RAM / 8)).");
 ABSL_FLAG(int64_t, upload_ttl_s, 3600, "Uploads unused for this many seconds are dropped (0: never).");
-ABSL_FLAG(
-    double, max_request_seconds, 0,
-    "A call running longer is stopped with DEADLINE_EXCEEDED (0: no limit; client deadlines also apply).");
-ABSL_FLAG(int, max_concurrent_requests, 256,
-          "Calls handled at once; more get RESOURCE_EXHAUSTED (0: no limit).");
+ABSL_FLAG(double, max_request_seconds, 0,
+          "A call running longer is stopped with DEADLINE_EXCEEDED (0: no limit; client deadlines also apply).");
+ABSL_FLAG(int, max_concurrent_requests, 256, "Calls handled at once; more get RESOURCE_EXHAUSTED (0: no limit).");
 ABSL_FLAG(std::string, tls_cert_file, "", "PEM certificate chain: serve TLS only (with --tls_key_file).");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file.");
 ABSL_FLAG(std::string, tls_client_ca_file, "",
@@ -114,8 +112,7 @@ int main(int argc, char** argv) {
       options.upload_budget_bytes < 0 || options.upload_ttl_seconds < 0 || options.max_request_seconds < 0 ||
       options.max_concurrent_requests < 0) {
     nt::server::LogError(
-        "--threads must be >= 0, --max_message_bytes >= 4096, --memory_budget_mb > 0, --upload_budget_mb >= "
-        "0 "
+        "--threads must be >= 0, --max_message_bytes >= 4096, --memory_budget_mb > 0, --upload_budget_mb >= 0 "
         "and --upload_ttl_s, --max_request_seconds, --max_concurrent_requests >= 0");
     return 2;
   }

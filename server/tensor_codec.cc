@@ -22,8 +22,7 @@ absl::Status DTypeError(const std::string& field, bool allow_integers, nt::v1::D
 absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& field, bool allow_integers,
                                    TensorStore* store) {
   if (!t.handle().empty()) {
-    if (!store)
-      return absl::InvalidArgumentError(absl::StrCat(field, ".handle: this field takes no uploads"));
+    if (!store) return absl::InvalidArgumentError(absl::StrCat(field, ".handle: this field takes no uploads"));
     if (t.shape_size() > 0 || t.dtype() != nt::v1::DTYPE_UNSPECIFIED || !t.data().empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat(field, ": give either a handle or shape, dtype and data, not both"));

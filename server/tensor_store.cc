@@ -37,8 +37,8 @@ void TensorStore::ExpireLocked(Clock::time_point now) {
 absl::StatusOr<std::string> TensorStore::Put(StoredTensor&& tensor) {
   const int64_t size = StoredBytes(tensor.values.size());
   if (!Fits(size)) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("upload: ", size, " bytes exceed the server's upload budget of ", budget_, " bytes"));
+    return absl::ResourceExhaustedError(absl::StrCat("upload: ", size, " bytes exceed the server's upload budget of ",
+                                                     budget_, " bytes"));
   }
   auto shared = std::make_shared<const StoredTensor>(std::move(tensor));
   std::lock_guard<std::mutex> lock(mu_);
@@ -69,9 +69,8 @@ absl::StatusOr<std::shared_ptr<const StoredTensor>> TensorStore::Get(const std::
   ExpireLocked(now);
   auto it = entries_.find(handle);
   if (it == entries_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("no uploaded tensor '", handle.substr(0, 64),
-                     "' on this server (released, expired or evicted); upload it again"));
+    return absl::NotFoundError(absl::StrCat("no uploaded tensor '", handle.substr(0, 64),
+                                            "' on this server (released, expired or evicted); upload it again"));
   }
   it->second.last_used = now;
   lru_.splice(lru_.begin(), lru_, it->second.lru);

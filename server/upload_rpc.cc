@@ -59,10 +59,8 @@ grpc::Status KernelServiceImpl::UploadTensorImpl(grpc::ServerContext* context,
       expected = n * width;
       const int64_t held = TensorStore::StoredBytes(n);
       if (!tensor_store_.Fits(held)) {
-        return Exhausted(absl::StrCat("shape: the tensor takes ", held,
-                                      " bytes as float64, more than the server's "
-                                      "upload budget of ",
-                                      options_.upload_budget_bytes, " bytes"));
+        return Exhausted(absl::StrCat("shape: the tensor takes ", held, " bytes as float64, more than the "
+                                      "server's upload budget of ", options_.upload_budget_bytes, " bytes"));
       }
       stored.dtype = chunk.dtype() == nt::v1::DTYPE_UNSPECIFIED ? nt::v1::FLOAT64 : chunk.dtype();
       // Other dtypes are held twice for a moment: as received and converted.
