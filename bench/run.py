@@ -10,8 +10,8 @@ Run through bench/run (which builds what this needs). Targets, float64 unless st
   4. target 1's kernel through the service into numpy (Python client, x uploaded by the call):
      <= 1.15 x the in-process time. Also shown, not counted: the same kernel from an already uploaded x,
      and the floor of any transport on this machine: the in-process time plus the CPU seconds a bare
-     loopback socket (no protocol) takes to carry x in and the kernels out, over the cores (the engine
-     keeps them all busy).
+     loopback socket (no protocol) takes to carry x in and the kernel tiles out, over the cores (the
+     engine keeps them all busy).
   5. Predict at t = infinity (NTK mean) for 8192 training points, nothing cached: <= 1.2 x dpotrf + dpotrs
      (OpenBLAS, all cores) of the same regularised train-train NTK. Counted: Predict given that matrix (and
      the test-train kernel), as the floor is (predict_benchmark, same process). Shown, not counted: the
@@ -221,9 +221,13 @@ def main():
         by_handle = best_of(2, lambda: server.kernel(request))
         row(4, '  the same from an uploaded x (not counted)', by_handle, 's', fc_in_process, 'in-process', 1.15,
             counted=False)
-        # The bound on this machine: the engine keeps every core busy, so moving x in and the kernels out
-        # adds at least (CPU seconds of a bare socket carrying those bytes) / cores to the in-process time.
-        moved = x.nbytes + 2 * 4096 * 4096 * 8
+        # The bound on this machine: the engine keeps every core busy, so moving x in and the tiles out
+        # (one triangle; the client mirrors the other) adds at least (CPU seconds of a bare socket
+        # carrying those bytes) / cores to the in-process time.
+        sent = []
+        tensors.TileAssembler().consume(ntclient.default_connection().compute_kernel(request),
+                                        on_tile=lambda tile: sent.append(tile.block.ByteSize()))
+        moved = x.nbytes + sum(sent)
         floor = fc_in_process + socket_cpu_seconds(moved) / os.cpu_count()
         row(4, '  floor: + a bare socket moving the bytes (info)', floor, 's', fc_in_process, 'in-process', 1.15,
             counted=False)
