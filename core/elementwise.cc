@@ -123,9 +123,11 @@ void PairMapThroughDouble(const ElementwiseLayer& layer, const R* q11, const R* 
 // Applies the pair map to an array with `batch_axes` leading axes whose entries pair d_left[row] with
 // d_right[col] (rows x cols batch grid; for one batch axis, row == col). `ntk` (same shape as `a`, may be
 // null) is multiplied by tdot in place. `diagonal_layout`: the offsets are the identity (e pairs with e).
+// In order of preference: in place (diagonal layout, double), by runs of the offsets, by gathers.
 void MapArray(const ElementwiseLayer& layer, int batch_axes, const Array& d_left, const Array& d_right,
-              const std::vector<int64_t>& off_l, const std::vector<int64_t>& off_r, int64_t p,
-              bool diagonal_layout, Array* a, Array* ntk) {
+              const PairOffsetTable& table, int64_t p, bool diagonal_layout, Array* a, Array* ntk) {
+  const std::vector<int64_t>& off_l = table.left;
+  const std::vector<int64_t>& off_r = table.right;
   const int64_t rows = a->dim(0);
   const int64_t cols = batch_axes == 2 ? a->dim(1) : 1;
   const int64_t inner = static_cast<int64_t>(off_l.size());
@@ -135,6 +137,10 @@ void MapArray(const ElementwiseLayer& layer, int batch_axes, const Array& d_left
   if (diagonal_layout && inner >= kChunk / 4 &&
       MapInPlace(layer, d_left.data(), d_right.data(), rows, cols, batch_axes == 2, inner, a->data(),
                  ntk ? ntk->data() : nullptr)) {
+    return;
+  }
+  if (table.run >= 8) {
+    MapArrayRuns(layer, batch_axes, d_left, d_right, table, p, a, ntk);
     return;
   }
   for (int64_t i = 0; i < rows; ++i) {
@@ -211,20 +217,9 @@ absl::Status ElementwiseLayer::TransformKernel(KernelFlow* kf, const KernelConte
   const Shape sizes(d1.shape().begin() + 1, d1.shape().end());
   const int64_t p = NumElements(sizes);
   const auto offsets = PairOffsetsFor(sizes, k.diagonal_spatial);
-  const std::vector<int64_t>& off_l = offsets->left;
-  const std::vector<int64_t>& off_r = offsets->right;
 
   Array* ntk = (k.ntk && k.ntk->rank() > 0) ? &*k.ntk : nullptr;  // A rank-0 NTK is 0 and stays 0.
-  // The in-place diagonal path of MapArray first (double engines), else runs where the layout has them.
-  auto map = [&](int batch_axes, const Array& dl, const Array& dr, Array* a, Array* n) {
-    const bool in_place = k.diagonal_spatial && std::is_same_v<Real, double> && p >= kChunk / 4;
-    if (!in_place && offsets->run >= 8) {
-      MapArrayRuns(*this, batch_axes, dl, dr, *offsets, p, a, n);
-    } else {
-      MapArray(*this, batch_axes, dl, dr, off_l, off_r, p, k.diagonal_spatial, a, n);
-    }
-  };
-  map(2, d1, d2, &k.nngp, ntk);
+  MapArray(*this, 2, d1, d2, *offsets, p, k.diagonal_spatial, &k.nngp, ntk);
   auto map_cov = [&](Array* cov, const Array& d) {
     if (cb == 1 && cov_diagonal) {
       double q[kChunk], t[kChunk];
@@ -236,7 +231,7 @@ absl::Status ElementwiseLayer::TransformKernel(KernelFlow* kf, const KernelConte
         std::copy(t, t + n, c + start);
       }
     } else {
-      map(cb, d, d, cov, nullptr);
+      MapArray(*this, cb, d, d, *offsets, p, k.diagonal_spatial, cov, nullptr);
     }
   };
   map_cov(&k.cov1, d1);

@@ -33,8 +33,8 @@ int64_t Width(nt::v1::DType dtype) {
 }  // namespace
 
 grpc::Status KernelServiceImpl::UploadTensorImpl(grpc::ServerContext* context,
-                                                 grpc::ServerReader<nt::v1::TensorChunk>* reader,
-                                                 nt::v1::UploadTensorResponse* response) {
+                                             grpc::ServerReader<nt::v1::TensorChunk>* reader,
+                                             nt::v1::UploadTensorResponse* response) {
   nt::v1::TensorChunk chunk;
   // FLOAT64 bytes go straight into the stored array; other dtypes are gathered here and converted at
   // the end.
@@ -114,9 +114,8 @@ grpc::Status KernelServiceImpl::UploadTensorImpl(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status KernelServiceImpl::ReleaseTensorImpl(grpc::ServerContext*,
-                                                  const nt::v1::ReleaseTensorRequest* request,
-                                                  nt::v1::ReleaseTensorResponse* response) {
+grpc::Status KernelServiceImpl::ReleaseTensorImpl(grpc::ServerContext*, const nt::v1::ReleaseTensorRequest* request,
+                                              nt::v1::ReleaseTensorResponse* response) {
   if (request->handle().empty()) return Invalid("handle: is required");
   response->set_released(tensor_store_.Release(request->handle()));
   return grpc::Status::OK;
