@@ -108,7 +108,8 @@ class Server:
 
   def kernel(self, request):
     """A ComputeKernel request assembled into numpy arrays."""
-    return tensors.TileAssembler().consume(ntclient.default_connection().compute_kernel(request))
+    stream = ntclient.default_connection().compute_kernel(request, split_tiles=True)
+    return tensors.TileAssembler().consume(stream)
 
   def __exit__(self, *exc):
     self.proc.terminate()
@@ -224,9 +225,8 @@ def main():
         # The bound on this machine: the engine keeps every core busy, so moving x in and the tiles out
         # (one triangle; the client mirrors the other) adds at least (CPU seconds of a bare socket
         # carrying those bytes) / cores to the in-process time.
-        sent = []
-        tensors.TileAssembler().consume(ntclient.default_connection().compute_kernel(request),
-                                        on_tile=lambda tile: sent.append(tile.block.ByteSize()))
+        sent = [response.nbytes for response in
+                ntclient.default_connection().compute_kernel(request, split_tiles=True)]
         moved = x.nbytes + sum(sent)
         floor = fc_in_process + socket_cpu_seconds(moved) / os.cpu_count()
         row(4, '  floor: + a bare socket moving the bytes (info)', floor, 's', fc_in_process, 'in-process', 1.15,

@@ -296,7 +296,8 @@ def compute_kernel(layer, x1, x2=None, get=None, *, diagonal_batch=None, diagona
     arrays = tiling.distributed_kernel(conn, request, out=out, progress=progress, stats=stats,
                                        timeout=timeout, large=large)
   else:
-    arrays = tensors.TileAssembler().consume(conn.compute_kernel(request, timeout=timeout))
+    stream = conn.compute_kernel(request, timeout=timeout, split_tiles=True)
+    arrays = tensors.TileAssembler().consume(stream)
   if names is None:
     names = [n for n in GET_NAMES if n in arrays] + [n for n in arrays if n not in GET_NAMES]
   if single:

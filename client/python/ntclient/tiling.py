@@ -157,7 +157,7 @@ def distributed_kernel(conn, request, *, out=None, ranges_per_endpoint=None, pro
           if progress is not None:
             progress(address, n, None)
 
-        assembler.consume(endpoint.stub.ComputeKernel(req, timeout=timeout), on_tile=on_tile)
+        assembler.consume(endpoint.compute_kernel_split(req, timeout=timeout), on_tile=on_tile)
         failures = 0
         with lock:
           pending[0] -= 1
