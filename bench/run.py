@@ -11,7 +11,9 @@ Run through bench/run (which builds what this needs). Targets, float64 unless st
      <= 1.15 x the in-process time. Also shown, not counted: the same kernel from an already uploaded x,
      and the floor of any transport on this machine: the in-process time plus the CPU seconds a bare
      loopback socket (no protocol) takes to carry x in and the kernel tiles out, over the cores (the
-     engine keeps them all busy).
+     engine keeps them all busy), and the floor of gRPC itself: the same upload and kernel stream by a
+     C++ client that builds its chunks ready-made and drains the tiles without parsing or placing them
+     (bench/grpc_floor.cc), i.e. what any gRPC client in any language costs at least against this server.
   5. Predict at t = infinity (NTK mean) for 8192 training points, nothing cached: <= 1.2 x dpotrf + dpotrs
      (OpenBLAS, all cores) of the same regularised train-train NTK. Counted: Predict given that matrix (and
      the test-train kernel), as the floor is (predict_benchmark, same process). Shown, not counted: the
@@ -170,6 +172,22 @@ def socket_cpu_seconds(nbytes, rounds=3):
   return min(r + float(s) for r, s in zip(receiver_cpu, tail.split()))
 
 
+def grpc_floor(address, kernel_fn, x):
+  """Target 4 done by the least any gRPC client can do (bench/grpc_floor.cc: x uploaded as ready-made
+  chunks, the tile stream drained without parsing or placing anything); best of 3 runs, in seconds."""
+  large = {}
+  request = stax.kernel_request(kernel_fn, x, None, ('nngp', 'ntk'), large=large)  # x1: shape only.
+  with tempfile.TemporaryDirectory() as tmp:
+    with open(os.path.join(tmp, 'request.bin'), 'wb') as f:
+      f.write(request.SerializeToString())
+    np.ascontiguousarray(x, dtype='<f8').tofile(os.path.join(tmp, 'x.bin'))
+    out = subprocess.run([os.path.join(BUILD, 'bench', 'grpc_floor'), f'--server={address}',
+                          f'--request={tmp}/request.bin', f'--x={tmp}/x.bin', f'--rows={x.shape[0]}',
+                          f'--cols={x.shape[1]}', '--runs=3'], check=True, stdout=subprocess.PIPE,
+                         timeout=600).stdout
+  return json.loads(out)
+
+
 def best_of(k, fn):
   """The shortest of k timed calls of fn, after an untimed warm-up call."""
   fn()
@@ -231,6 +249,11 @@ def main():
         floor = fc_in_process + socket_cpu_seconds(moved) / os.cpu_count()
         row(4, '  floor: + a bare socket moving the bytes (info)', floor, 's', fc_in_process, 'in-process', 1.15,
             counted=False)
+        grpc = grpc_floor(server.address, kernel_fn, x)
+        row(4, '  floor: gRPC itself, C++ raw client (info)', grpc['with_upload'], 's', fc_in_process,
+            'in-process', 1.15, counted=False)
+        row(4, '  floor: gRPC itself, from an uploaded x (info)', grpc['by_handle'], 's', fc_in_process,
+            'in-process', 1.15, counted=False)
       if 5 in only:
         n, d = 8192, 256
         _, _, kernel_fn = stax.serial(stax.Dense(512, 1.5, 0.05), stax.Relu(), stax.Dense(10, 1.5, 0.05))
