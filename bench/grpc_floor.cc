@@ -174,8 +174,8 @@ int main(int argc, char** argv) {
   std::string server, request_path, x_path, rows_s, cols_s, runs_s = "3";
   for (int i = 1; i < argc; ++i) {
     if (!Flag(argv[i], "--server", &server) && !Flag(argv[i], "--request", &request_path) &&
-        !Flag(argv[i], "--x", &x_path) && !Flag(argv[i], "--rows", &rows_s) && !Flag(argv[i], "--cols", &cols_s) &&
-        !Flag(argv[i], "--runs", &runs_s)) {
+        !Flag(argv[i], "--x", &x_path) && !Flag(argv[i], "--rows", &rows_s) &&
+        !Flag(argv[i], "--cols", &cols_s) && !Flag(argv[i], "--runs", &runs_s)) {
       std::cerr << "grpc_floor: unknown argument " << argv[i] << "\n";
       return 2;
     }

@@ -38,11 +38,11 @@ absl::StatusOr<DecodedKernelRequest> DecodeKernelRequest(const nt::v1::KernelReq
   auto net = BuildLayer(req.architecture());
   if (!net.ok()) return net.status();
   d.net = *std::move(net);
-  auto x1 = DecodeTensor(req.x1(), "x1", false, store);
+  auto x1 = DecodeSharedTensor(req.x1(), "x1", false, store);
   if (!x1.ok()) return x1.status();
   d.x1 = *std::move(x1);
   if (req.has_x2()) {
-    auto a = DecodeTensor(req.x2(), "x2", false, store);
+    auto a = DecodeSharedTensor(req.x2(), "x2", false, store);
     if (!a.ok()) return a.status();
     d.x2 = *std::move(a);
   }
@@ -54,12 +54,12 @@ absl::StatusOr<DecodedKernelRequest> DecodeKernelRequest(const nt::v1::KernelReq
   if (req.has_mask_constant()) o.mask_constant = req.mask_constant();
   for (const bool first : {true, false}) {
     if (!(first ? req.has_pattern1() : req.has_pattern2())) continue;
-    auto p = DecodeTensor(first ? req.pattern1() : req.pattern2(), first ? "pattern1" : "pattern2",
-                          /*allow_integers=*/true, store);
+    auto p = DecodeSharedTensor(first ? req.pattern1() : req.pattern2(), first ? "pattern1" : "pattern2",
+                                /*allow_integers=*/true, store);
     if (!p.ok()) return p.status();
-    (first ? o.pattern1 : o.pattern2) = std::make_shared<const Array>(*std::move(p));
+    (first ? o.pattern1 : o.pattern2) = *std::move(p);
   }
-  auto plan = PlanKernel(*d.net, d.x1, d.x2 ? &*d.x2 : nullptr, o, concurrency);
+  auto plan = PlanKernel(*d.net, *d.x1, d.x2.get(), o, concurrency);
   if (!plan.ok()) return plan.status();
   d.plan = *std::move(plan);
 

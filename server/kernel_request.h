@@ -4,7 +4,7 @@
 #define NT_SERVER_KERNEL_REQUEST_H_
 
 #include <cstdint>
-#include <optional>
+#include <memory>
 
 #include "absl/status/statusor.h"
 #include "core/kernel_fn.h"
@@ -16,8 +16,8 @@ namespace nt::server {
 
 struct DecodedKernelRequest {
   LayerPtr net;
-  Array x1;
-  std::optional<Array> x2;
+  // Shared with the tensor store when given by handle (never copied); x2 null when absent.
+  std::shared_ptr<const Array> x1, x2;
   KernelOptions options;
   KernelPlan plan;
   nt::v1::DType dtype = nt::v1::FLOAT64;

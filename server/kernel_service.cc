@@ -318,7 +318,7 @@ grpc::Status KernelServiceImpl::ComputeKernelImpl(grpc::ServerContext* context, 
   int64_t tiles_sent = 0;
   absl::Status engine_status;
   std::thread engine([&] {
-    engine_status = ComputeKernelTiles(*net, d.x1, d.x2 ? &*d.x2 : nullptr, *plan, o, [&](TileBlock&& b) {
+    engine_status = ComputeKernelTiles(*net, *d.x1, d.x2.get(), *plan, o, [&](TileBlock&& b) {
       nt::v1::KernelResponse r;
       nt::v1::KernelTile* t = r.mutable_tile();
       t->set_name(b.name);

@@ -17,22 +17,41 @@ absl::Status DTypeError(const std::string& field, bool allow_integers, nt::v1::D
                                                  nt::v1::DType_Name(dtype)));
 }
 
+// The uploaded tensor a handle field names, with the field's checks.
+absl::StatusOr<std::shared_ptr<const StoredTensor>> StoredFor(const nt::v1::Tensor& t, const std::string& field,
+                                                              bool allow_integers, TensorStore* store) {
+  if (!store) return absl::InvalidArgumentError(absl::StrCat(field, ".handle: this field takes no uploads"));
+  if (t.shape_size() > 0 || t.dtype() != nt::v1::DTYPE_UNSPECIFIED || !t.data().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": give either a handle or shape, dtype and data, not both"));
+  }
+  auto stored = store->Get(t.handle());
+  if (!stored.ok()) return absl::NotFoundError(absl::StrCat(field, ".handle: ", stored.status().message()));
+  const nt::v1::DType dtype = (*stored)->dtype;
+  if (!allow_integers && dtype != nt::v1::FLOAT64 && dtype != nt::v1::FLOAT32) {
+    return DTypeError(field, allow_integers, dtype);
+  }
+  return *std::move(stored);
+}
+
 }  // namespace
+
+absl::StatusOr<std::shared_ptr<const Array>> DecodeSharedTensor(const nt::v1::Tensor& t, const std::string& field,
+                                                                bool allow_integers, TensorStore* store) {
+  if (!t.handle().empty()) {
+    auto stored = StoredFor(t, field, allow_integers, store);
+    if (!stored.ok()) return stored.status();
+    return std::shared_ptr<const Array>(*stored, &(*stored)->values);  // Aliasing: owns the stored tensor.
+  }
+  auto a = DecodeTensor(t, field, allow_integers, store);
+  if (!a.ok()) return a.status();
+  return std::make_shared<const Array>(*std::move(a));
+}
 
 absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& field, bool allow_integers,
                                    TensorStore* store) {
   if (!t.handle().empty()) {
-    if (!store) return absl::InvalidArgumentError(absl::StrCat(field, ".handle: this field takes no uploads"));
-    if (t.shape_size() > 0 || t.dtype() != nt::v1::DTYPE_UNSPECIFIED || !t.data().empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ": give either a handle or shape, dtype and data, not both"));
-    }
-    auto stored = store->Get(t.handle());
-    if (!stored.ok()) return absl::NotFoundError(absl::StrCat(field, ".handle: ", stored.status().message()));
-    const nt::v1::DType dtype = (*stored)->dtype;
-    if (!allow_integers && dtype != nt::v1::FLOAT64 && dtype != nt::v1::FLOAT32) {
-      return DTypeError(field, allow_integers, dtype);
-    }
+    auto stored = StoredFor(t, field, allow_integers, store);
+    if (!stored.ok()) return stored.status();
     return (*stored)->values;
   }
   Shape shape(t.shape().begin(), t.shape().end());

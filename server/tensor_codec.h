@@ -2,6 +2,7 @@
 #ifndef NT_SERVER_TENSOR_CODEC_H_
 #define NT_SERVER_TENSOR_CODEC_H_
 
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -16,6 +17,12 @@ namespace nt::server {
 // tensor given by handle is looked up in `store` (null: handles are refused for this field).
 absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& field,
                                    bool allow_integers = false, TensorStore* store = nullptr);
+// The same, shared: a tensor given by handle is not copied (the pointer keeps the stored tensor alive,
+// also if it is released meanwhile); for inputs of hundreds of MB, a copy is a serial pause before the
+// first tile.
+absl::StatusOr<std::shared_ptr<const Array>> DecodeSharedTensor(const nt::v1::Tensor& t, const std::string& field,
+                                                                bool allow_integers = false,
+                                                                TensorStore* store = nullptr);
 // Encodes as FLOAT64 or FLOAT32 (anything else: FLOAT64).
 void EncodeTensor(const Array& a, nt::v1::DType dtype, nt::v1::Tensor* out);
 

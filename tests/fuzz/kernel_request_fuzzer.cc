@@ -19,7 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto d = nt::server::DecodeKernelRequest(req, store, /*concurrency=*/2, /*max_message_bytes=*/256LL << 20);
   if (!d.ok()) return 0;
   if (nt::fuzz::TinyPlan(d->plan)) {
-    (void)nt::fuzz::RunTinyPlan(*d->net, d->x1, d->x2 ? &*d->x2 : nullptr, d->plan, d->options, d->dtype);
+    (void)nt::fuzz::RunTinyPlan(*d->net, *d->x1, d->x2.get(), d->plan, d->options, d->dtype);
   }
   return 0;
 }
