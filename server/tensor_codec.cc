@@ -18,11 +18,13 @@ absl::Status DTypeError(const std::string& field, bool allow_integers, nt::v1::D
 }
 
 // The uploaded tensor a handle field names, with the field's checks.
-absl::StatusOr<std::shared_ptr<const StoredTensor>> StoredFor(const nt::v1::Tensor& t, const std::string& field,
-                                                              bool allow_integers, TensorStore* store) {
+absl::StatusOr<std::shared_ptr<const StoredTensor>> StoredFor(const nt::v1::Tensor& t,
+                                                              const std::string& field, bool allow_integers,
+                                                              TensorStore* store) {
   if (!store) return absl::InvalidArgumentError(absl::StrCat(field, ".handle: this field takes no uploads"));
   if (t.shape_size() > 0 || t.dtype() != nt::v1::DTYPE_UNSPECIFIED || !t.data().empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ": give either a handle or shape, dtype and data, not both"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": give either a handle or shape, dtype and data, not both"));
   }
   auto stored = store->Get(t.handle());
   if (!stored.ok()) return absl::NotFoundError(absl::StrCat(field, ".handle: ", stored.status().message()));
@@ -35,8 +37,9 @@ absl::StatusOr<std::shared_ptr<const StoredTensor>> StoredFor(const nt::v1::Tens
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<const Array>> DecodeSharedTensor(const nt::v1::Tensor& t, const std::string& field,
-                                                                bool allow_integers, TensorStore* store) {
+absl::StatusOr<std::shared_ptr<const Array>> DecodeSharedTensor(const nt::v1::Tensor& t,
+                                                                const std::string& field, bool allow_integers,
+                                                                TensorStore* store) {
   if (!t.handle().empty()) {
     auto stored = StoredFor(t, field, allow_integers, store);
     if (!stored.ok()) return stored.status();

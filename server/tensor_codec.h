@@ -20,7 +20,8 @@ absl::StatusOr<Array> DecodeTensor(const nt::v1::Tensor& t, const std::string& f
 // The same, shared: a tensor given by handle is not copied (the pointer keeps the stored tensor alive,
 // also if it is released meanwhile); for inputs of hundreds of MB, a copy is a serial pause before the
 // first tile.
-absl::StatusOr<std::shared_ptr<const Array>> DecodeSharedTensor(const nt::v1::Tensor& t, const std::string& field,
+absl::StatusOr<std::shared_ptr<const Array>> DecodeSharedTensor(const nt::v1::Tensor& t,
+                                                                const std::string& field,
                                                                 bool allow_integers = false,
                                                                 TensorStore* store = nullptr);
 // Encodes as FLOAT64 or FLOAT32 (anything else: FLOAT64).
