@@ -2,6 +2,8 @@
 copy (wire.tensor_chunk), result memory reused (buffers) and mirrored blocks written in strips."""
 
 import gc
+import threading
+import time
 import unittest
 
 import numpy as np
@@ -161,6 +163,38 @@ class BuffersTest(unittest.TestCase):
     self.assertEqual(buffers.cached_bytes(), 0)
     a = buffers.empty((4096, 1024))
     self.assertTrue(a.flags.owndata)  # Off: plain numpy memory.
+
+  def test_arrays_dropped_while_the_cache_is_busy_are_settled_after(self):
+    a = buffers.empty((4096, 1024))
+    before = buffers.cached_bytes()
+    cache = buffers._cache  # pylint: disable=protected-access
+    with cache.lock:  # As if the collection happened inside the cache's own critical section.
+      del a
+      gc.collect()
+      self.assertEqual(len(cache.returned), 1)
+    self.assertEqual(buffers.cached_bytes(), before + (32 << 20))
+
+  def test_threads_never_share_a_live_block(self):
+    errors = []
+
+    def work(value):
+      try:
+        for _ in range(4):
+          a = buffers.empty((4096, 1024))
+          a.fill(value)
+          time.sleep(0.001)
+          if not (a[0, 0] == value and a[-1, -1] == value and float(a[::512].min()) == value):
+            errors.append(f'block of thread {value} was overwritten')
+          del a
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(float(v),)) for v in range(4)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    self.assertEqual(errors, [])
 
   def test_float32_and_odd_sizes(self):
     a = buffers.empty((3001, 4001), np.float32)

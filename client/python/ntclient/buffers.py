@@ -39,11 +39,13 @@ class _Cache:
 
   def __init__(self, capacity):
     self.capacity = capacity
-    self.free = collections.OrderedDict()  # id -> (size, mapping), oldest first.
+    self.free = collections.OrderedDict()  # id(mapping) -> (size, mapping), oldest first.
     self.cached = 0
-    # Re-entrant: a collected array returns its mapping from whatever code dropped it, possibly
-    # inside empty() of the same thread.
-    self.lock = threading.RLock()
+    self.lock = threading.Lock()
+    # Mappings of collected arrays. A collection can happen inside any allocation, also while this
+    # thread holds the lock (e.g. in _take): the callback only appends here, and whoever holds the lock
+    # moves them to the free list (_settle) before letting go.
+    self.returned = collections.deque()
 
   def empty(self, shape, dtype):
     dtype = np.dtype(dtype)
@@ -59,23 +61,39 @@ class _Cache:
         mapping.madvise(mmap.MADV_HUGEPAGE)
     flat = np.frombuffer(mapping, dtype=dtype, count=count)
     # `flat` is the base of every view of the result: when it is collected, no view is left.
-    weakref.finalize(flat, self._put, size, mapping)
+    weakref.finalize(flat, self._return, size, mapping)
     return flat.reshape(shape)
 
-  def _take(self, size):
-    with self.lock:
-      for key, (block_size, mapping) in self.free.items():
-        if block_size == size:
-          del self.free[key]
-          self.cached -= size
-          return mapping
-    return None
+  def _return(self, size, mapping):
+    self.returned.append((size, mapping))
+    self._settle()
 
-  def _put(self, size, mapping):
+  def _settle(self):
+    """Moves returned mappings to the free list and trims it to the capacity."""
+    while self.returned:
+      if not self.lock.acquire(blocking=False):
+        return  # The holder settles once more after letting go.
+      try:
+        while self.returned:
+          size, mapping = self.returned.popleft()
+          self.free[id(mapping)] = (size, mapping)
+          self.cached += size
+        self._shrink(self.capacity)
+      finally:
+        self.lock.release()
+
+  def _take(self, size):
+    mapping = None
     with self.lock:
-      self.free[id(mapping)] = (size, mapping)
-      self.cached += size
-      self._shrink(self.capacity)
+      for block_size, candidate in self.free.values():
+        if block_size == size:
+          mapping = candidate
+          break
+      if mapping is not None:
+        del self.free[id(mapping)]
+        self.cached -= size
+    self._settle()
+    return mapping
 
   def _shrink(self, limit):
     while self.cached > limit and self.free:
@@ -88,6 +106,7 @@ class _Cache:
     with self.lock:
       self.capacity = int(nbytes)
       self._shrink(max(self.capacity, 0))
+    self._settle()
 
 
 _cache = _Cache(_default_capacity())
@@ -106,6 +125,7 @@ def set_capacity(nbytes):
 
 def cached_bytes():
   """Bytes held in the free list now."""
+  _cache._settle()  # pylint: disable=protected-access
   return _cache.cached
 
 
