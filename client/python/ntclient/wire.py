@@ -8,8 +8,8 @@ a 2-core VM, against 0.04 s when the block is read where gRPC put it (split_kern
 upload chunk built as a TensorChunk message is copied three times; tensor_chunk() copies it once.
 
 Only the wire format's framing is read here (tags, lengths): every field but the block's bytes is still
-parsed by protobuf, and anything unexpected (a repeated occurrence, a malformed length) falls back to a
-plain parse or raises.
+parsed by protobuf, and anything unexpected (a repeated field, other fields next to the tile, malformed
+framing) goes to protobuf's plain parse.
 """
 
 import collections
@@ -31,11 +31,15 @@ class SplitResponse(collections.namedtuple('SplitResponse', ('message', 'data', 
   `nbytes` is the serialized size."""
 
 
+class _Unscannable(Exception):
+  """Framing this reader does not take apart (malformed, or groups): left to protobuf's own parse."""
+
+
 def _varint(buf, i, end):
   value = shift = 0
   while True:
     if i >= end or shift > 63:
-      raise ValueError('malformed protobuf varint')
+      raise _Unscannable()
     byte = buf[i]
     i += 1
     value |= (byte & 0x7F) << shift
@@ -67,23 +71,30 @@ def _find(buf, begin, end, number):
           return None
         found = (tag_start, value_start, i)
     else:  # Groups (3, 4) are not in our protos.
-      raise ValueError(f'unexpected protobuf wire type {wire_type}')
+      raise _Unscannable()
     if i > end:
-      raise ValueError('protobuf field runs past its message')
+      raise _Unscannable()
   return found
 
 
 def split_kernel_response(raw):
-  """A serialized KernelResponse -> SplitResponse (a gRPC response deserializer)."""
+  """A serialized KernelResponse -> SplitResponse (a gRPC response deserializer). Equal to protobuf's
+  parse in every case: what is not a plain tile message (the tile field alone, its block and the
+  block's data once each) is parsed by protobuf, malformed input raising its DecodeError."""
   KernelResponse = _proto.service_pb2.KernelResponse  # pylint: disable=invalid-name
   view = memoryview(raw)
-  tile = _find(view, 0, len(raw), _RESPONSE_TILE)
-  block = tile and _find(view, tile[1], tile[2], _TILE_BLOCK)
-  data = block and _find(view, block[1], block[2], _TENSOR_DATA)
+  try:
+    tile = _find(view, 0, len(raw), _RESPONSE_TILE)
+    # The tile alone at the top: other payload fields would take the oneof depending on their order.
+    block = tile and tile[0] == 0 and tile[2] == len(raw) and _find(view, tile[1], tile[2], _TILE_BLOCK)
+    data = block and _find(view, block[1], block[2], _TENSOR_DATA)
+  except _Unscannable:
+    data = None
   if not data:
     return SplitResponse(KernelResponse.FromString(raw), None, len(raw))
-  # Everything but the block's bytes: a few dozen bytes of framing and fields, parsed by protobuf.
-  message = KernelResponse.FromString(bytes(view[:tile[0]]) + bytes(view[tile[2]:]))
+  # Everything but the block's bytes: a few dozen bytes of fields, parsed by protobuf (in their order).
+  message = KernelResponse()
+  message.tile.block.SetInParent()
   message.tile.MergeFromString(bytes(view[tile[1]:block[0]]) + bytes(view[block[2]:tile[2]]))
   message.tile.block.MergeFromString(bytes(view[block[1]:data[0]]) + bytes(view[data[2]:block[2]]))
   return SplitResponse(message, view[data[1]:data[2]].toreadonly(), len(raw))
