@@ -103,7 +103,7 @@ std::string Upload(grpc::GenericStub& stub, const std::vector<double>& x, int64_
   RawCall call(stub, "/nt.v1.KernelService/UploadTensor");
   const char* data = reinterpret_cast<const char*>(x.data());
   const size_t total = x.size() * sizeof(double);
-  for (size_t offset = 0; offset < total || offset == 0; offset += kChunkBytes) {
+  for (size_t offset = 0; offset < total; offset += kChunkBytes) {
     nt::v1::TensorChunk head;
     if (offset == 0) {
       head.add_shape(rows);
@@ -119,7 +119,6 @@ std::string Upload(grpc::GenericStub& stub, const std::vector<double>& x, int64_
     std::memcpy(const_cast<uint8_t*>(slice.begin()), prefix.data(), prefix.size());
     std::memcpy(const_cast<uint8_t*>(slice.begin()) + prefix.size(), data + offset, n);
     if (!call.Write(grpc::ByteBuffer(&slice, 1))) break;
-    if (total == 0) break;
   }
   call.WritesDone();
   grpc::ByteBuffer reply;

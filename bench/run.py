@@ -245,6 +245,7 @@ def main():
           grpc = grpc_floor(server.address, kernel_fn, x)
           rounds['gRPC'].append(grpc['with_upload'])
           rounds['gRPC by handle'].append(grpc['by_handle'])
+          stream_bytes = grpc['bytes']  # The kernel's whole response stream, as the server sent it.
         print('  [4] rounds: ' + '; '.join(f'{k} ' + ' '.join(f'{v:.3f}' for v in vs) for k, vs in rounds.items()),
               flush=True)
         fc_in_process = min(rounds['in-process'])
@@ -255,9 +256,7 @@ def main():
         # The bound on this machine: the engine keeps every core busy, so moving x in and the tiles out
         # (one triangle; the client mirrors the other) adds at least (CPU seconds of a bare socket
         # carrying those bytes) / cores to the in-process time.
-        sent = [response.nbytes for response in
-                ntclient.default_connection().compute_kernel(request, split_tiles=True)]
-        moved = x.nbytes + sum(sent)
+        moved = x.nbytes + stream_bytes
         floor = fc_in_process + socket_cpu_seconds(moved) / os.cpu_count()
         row(4, '  floor: + a bare socket moving the bytes (info)', floor, 's', fc_in_process, 'in-process', 1.15,
             counted=False)

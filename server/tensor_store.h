@@ -19,7 +19,8 @@ namespace nt::server {
 
 // An uploaded tensor: the dtype it was sent as, and its values as float64 (FLOAT32, INT64 and BOOL
 // converted). The values live in a core Array, whose large blocks are reused across uploads (a fresh
-// 100 MB buffer per upload cost ~0.3 s of page faults), and are copied into each request that names it.
+// 100 MB buffer per upload cost ~0.3 s of page faults). Kernel requests share them (DecodeSharedTensor);
+// other requests copy them (DecodeTensor).
 struct StoredTensor {
   nt::v1::DType dtype = nt::v1::FLOAT64;
   Array values;
